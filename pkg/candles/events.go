@@ -1,0 +1,132 @@
+package candles
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Event kinds; each is published on candles.events.<kind>.
+const (
+	KindSyncStarted     = "sync.started"
+	KindSyncCompleted   = "sync.completed"
+	KindSyncFailed      = "sync.failed"
+	KindSyncTimeout     = "sync.timeout"
+	KindPairCompleted   = "pair.completed"
+	KindPairFailed      = "pair.failed"
+	KindRateLimitHit    = "ratelimit.hit"
+	KindRateLimitBanned = "ratelimit.banned"
+	KindBatchRejected   = "batch.rejected"
+)
+
+// EventHeader starts every event.
+type EventHeader struct {
+	V     int       `json:"v"`
+	Kind  string    `json:"kind"`
+	Time  time.Time `json:"time"`
+	RunID string    `json:"run_id,omitempty"`
+}
+
+// Head gives PublishEvent access to the header.
+func (h *EventHeader) Head() *EventHeader { return h }
+
+// Event is any event struct embedding EventHeader.
+type Event interface{ Head() *EventHeader }
+
+// SyncStarted: a request was accepted and split into pairs.
+type SyncStarted struct {
+	EventHeader
+	Pairs      []Pair `json:"pairs"`
+	PairsTotal int    `json:"pairs_total"`
+	Reason     string `json:"reason,omitempty"`
+}
+
+// SyncCompleted: every pair of the run is written or failed.
+type SyncCompleted struct {
+	EventHeader
+	PairsTotal  int          `json:"pairs_total"`
+	PairsOK     int          `json:"pairs_ok"`
+	PairsFailed int          `json:"pairs_failed"`
+	Candles     int64        `json:"candles"`
+	StartedAt   time.Time    `json:"started_at"`
+	FinishedAt  time.Time    `json:"finished_at"`
+	Failed      []PairFailed `json:"failed,omitempty"`
+}
+
+// SyncFailed: a request could not be run at all.
+type SyncFailed struct {
+	EventHeader
+	Reason string `json:"reason"`
+}
+
+// PairCompleted: the writer applied the last page of a pair in a run.
+type PairCompleted struct {
+	EventHeader
+	Symbol   string `json:"symbol"`
+	Interval string `json:"interval"`
+	Candles  int64  `json:"candles"`
+}
+
+// PairFailed: a pair of a run could not be fetched; the others go on.
+type PairFailed struct {
+	EventHeader
+	Symbol   string `json:"symbol"`
+	Interval string `json:"interval"`
+	Reason   string `json:"reason"`
+}
+
+// BatchRejected: a page failed validation and was not written.
+type BatchRejected struct {
+	EventHeader
+	Symbol    string `json:"symbol,omitempty"`
+	Interval  string `json:"interval,omitempty"`
+	Reason    string `json:"reason"`
+	Source    string `json:"source"` // "exchange" (fetcher) or "stream" (writer)
+	StreamSeq uint64 `json:"stream_seq,omitempty"`
+}
+
+// RateLimitHit: the exchange answered 429.
+type RateLimitHit struct {
+	EventHeader
+	Symbol     string  `json:"symbol,omitempty"`
+	Interval   string  `json:"interval,omitempty"`
+	RetryAfter float64 `json:"retry_after_seconds"`
+	UsedWeight int     `json:"used_weight"`
+}
+
+// RateLimitBanned: the exchange answered 418; every fetcher pauses.
+type RateLimitBanned struct {
+	EventHeader
+	Until      time.Time `json:"until"`
+	RetryAfter float64   `json:"retry_after_seconds"`
+}
+
+// NewHeader returns a header for an event of kind in run runID.
+func NewHeader(kind, runID string) EventHeader {
+	return EventHeader{V: Version, Kind: kind, RunID: runID}
+}
+
+// PublishEvent stamps ev with now (if unset) and publishes it to EVENTS.
+// msgID, when not empty, makes a re-published event a duplicate JetStream drops.
+func PublishEvent(ctx context.Context, js jetstream.JetStream, ev Event, msgID string, now time.Time) error {
+	h := ev.Head()
+	h.V = Version
+	if h.Time.IsZero() {
+		h.Time = now.UTC()
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode %s event: %w", h.Kind, err)
+	}
+	var opts []jetstream.PublishOpt
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	if _, err := js.Publish(ctx, EventSubject(h.Kind), data, opts...); err != nil {
+		return fmt.Errorf("publish %s event: %w", h.Kind, err)
+	}
+	return nil
+}
