@@ -1,0 +1,272 @@
+// Package binance adapts github.com/adshao/go-binance/v2 to the fetcher: it
+// pages /api/v3/klines, parses decimal strings strictly and classifies every
+// failure so the fetcher can decide between retry, wait and give up.
+//
+// go-binance v2.8.7 reports every HTTP error as the same *common.APIError
+// without the status code or Retry-After, keeps the used weight in a shared,
+// racy field and turns a JSON field of the wrong type into "" or 0. So each
+// request carries its own capture in its context, filled by a RoundTripper,
+// and an empty or unparsable field makes the whole page bad.
+package binance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"strconv"
+	"time"
+
+	gobinance "github.com/adshao/go-binance/v2"
+	"github.com/adshao/go-binance/v2/common"
+
+	"github.com/candlekeep/candlekeep/pkg/candles"
+)
+
+// DefaultURL is the production REST API.
+const DefaultURL = "https://api.binance.com"
+
+// Response is what one HTTP exchange with the API said besides its body.
+type Response struct {
+	Status     int           // HTTP status; 0 when no response arrived
+	UsedWeight int           // X-MBX-USED-WEIGHT-1M; -1 when absent
+	RetryAfter time.Duration // Retry-After; 0 when absent
+	Date       time.Time     // the Date header, if any
+}
+
+// Error kinds a caller branches on with errors.Is.
+var (
+	// ErrTemporary: a timeout, a connection failure or a 5xx; retry later.
+	ErrTemporary = errors.New("temporary exchange failure")
+	// ErrRateLimited: HTTP 429; wait Retry-After.
+	ErrRateLimited = errors.New("rate limited (HTTP 429)")
+	// ErrBanned: HTTP 418; every request waits until the ban ends.
+	ErrBanned = errors.New("IP banned (HTTP 418)")
+	// ErrRejected: a 4xx business error such as -1121 Invalid symbol; retrying cannot help.
+	ErrRejected = errors.New("request rejected by the exchange")
+	// ErrBadPage: a 200 whose body is truncated, malformed or of the wrong shape.
+	ErrBadPage = errors.New("bad page from the exchange")
+)
+
+// Error is a classified failure of one request.
+type Error struct {
+	Kind     error // one of the Err* values above
+	Response Response
+	Code     int64  // Binance error code, when the body had one
+	Msg      string // Binance's message or the underlying error
+}
+
+func (e *Error) Error() string {
+	switch {
+	case e.Code != 0:
+		return fmt.Sprintf("%v: HTTP %d, code %d: %s", e.Kind, e.Response.Status, e.Code, e.Msg)
+	case e.Response.Status != 0:
+		return fmt.Sprintf("%v: HTTP %d: %s", e.Kind, e.Response.Status, e.Msg)
+	default:
+		return fmt.Sprintf("%v: %s", e.Kind, e.Msg)
+	}
+}
+
+// Unwrap lets errors.Is match the kind.
+func (e *Error) Unwrap() error { return e.Kind }
+
+// Client talks to one Binance-compatible base URL.
+type Client struct {
+	api *gobinance.Client
+}
+
+// New returns a client for baseURL. hc's transport is wrapped to capture
+// status and headers per request; hc.Timeout bounds each request.
+func New(baseURL string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = &http.Client{Timeout: 10 * time.Second}
+	}
+	wrapped := *hc
+	base := hc.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	wrapped.Transport = captureTransport{base: base}
+	api := gobinance.NewClient("", "")
+	api.BaseURL = baseURL
+	api.HTTPClient = &wrapped
+	api.Logger = log.New(io.Discard, "", 0)
+	return &Client{api: api}
+}
+
+type captureKey struct{}
+
+type capture struct {
+	resp Response
+}
+
+// captureTransport records status and rate-limit headers into the capture
+// carried by the request's context.
+type captureTransport struct{ base http.RoundTripper }
+
+func (t captureTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if c, ok := req.Context().Value(captureKey{}).(*capture); ok && resp != nil {
+		c.resp = parseResponse(resp)
+	}
+	return resp, err
+}
+
+func parseResponse(resp *http.Response) Response {
+	r := Response{Status: resp.StatusCode, UsedWeight: -1}
+	if v := resp.Header.Get("X-Mbx-Used-Weight-1m"); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			r.UsedWeight = n
+		}
+	}
+	if v := resp.Header.Get("Retry-After"); v != "" {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			r.RetryAfter = time.Duration(n) * time.Second
+		} else if t, err := http.ParseTime(v); err == nil {
+			r.RetryAfter = time.Until(t)
+		}
+	}
+	if v := resp.Header.Get("Date"); v != "" {
+		if t, err := http.ParseTime(v); err == nil {
+			r.Date = t
+		}
+	}
+	return r
+}
+
+// do runs one call with a fresh capture and classifies its error.
+func do[T any](ctx context.Context, call func(context.Context) (T, error)) (T, Response, error) {
+	c := &capture{resp: Response{UsedWeight: -1}}
+	v, err := call(context.WithValue(ctx, captureKey{}, c))
+	if err != nil {
+		return v, c.resp, classify(ctx, c.resp, err)
+	}
+	return v, c.resp, nil
+}
+
+func classify(ctx context.Context, r Response, err error) error {
+	var apiErr *common.APIError
+	isAPI := errors.As(err, &apiErr)
+	e := &Error{Response: r, Msg: err.Error()}
+	if isAPI {
+		e.Code, e.Msg = apiErr.Code, apiErr.Message
+		if !apiErr.IsValid() {
+			e.Msg = truncate(string(apiErr.Response), 200)
+		}
+	}
+	switch {
+	case r.Status == http.StatusTooManyRequests:
+		e.Kind = ErrRateLimited
+	case r.Status == http.StatusTeapot:
+		e.Kind = ErrBanned
+	case r.Status >= 500:
+		e.Kind = ErrTemporary
+	case r.Status >= 400 && r.Status != http.StatusRequestTimeout:
+		e.Kind = ErrRejected
+	case r.Status == http.StatusOK:
+		e.Kind = ErrBadPage // 200 but the body did not parse: truncated or malformed
+	case ctx.Err() != nil:
+		return ctx.Err() // our own shutdown, not the exchange's fault
+	default:
+		e.Kind = ErrTemporary // no response: timeout, refused, reset
+	}
+	return e
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// ServerTime returns the exchange's clock.
+func (c *Client) ServerTime(ctx context.Context) (time.Time, Response, error) {
+	ms, r, err := do(ctx, func(ctx context.Context) (int64, error) { return c.api.NewServerTimeService().Do(ctx) })
+	if err != nil {
+		return time.Time{}, r, err
+	}
+	if ms <= 0 {
+		return time.Time{}, r, &Error{Kind: ErrBadPage, Response: r, Msg: "serverTime missing or not a number"}
+	}
+	return time.UnixMilli(ms).UTC(), r, nil
+}
+
+// Klines fetches up to limit candles of symbol/interval opening in
+// [start, end] (ms, inclusive as Binance defines endTime), oldest first. The
+// still-open last candle is included; the caller decides what is closed.
+func (c *Client) Klines(ctx context.Context, symbol, interval string, start, end int64, limit int) ([]candles.Candle, Response, error) {
+	ks, r, err := do(ctx, func(ctx context.Context) ([]*gobinance.Kline, error) {
+		return c.api.NewKlinesService().Symbol(symbol).Interval(interval).
+			StartTime(start).EndTime(end).Limit(limit).Do(ctx)
+	})
+	if err != nil {
+		return nil, r, err
+	}
+	out := make([]candles.Candle, len(ks))
+	for i, k := range ks {
+		cd, perr := convert(k)
+		if perr != nil {
+			return nil, r, &Error{Kind: ErrBadPage, Response: r, Msg: fmt.Sprintf("kline %d: %v", i, perr)}
+		}
+		out[i] = cd
+	}
+	return out, r, nil
+}
+
+// convert parses one kline's decimal strings; go-binance leaves "" for a
+// field of the wrong JSON type, which is an error here, never a zero.
+func convert(k *gobinance.Kline) (candles.Candle, error) {
+	var err error
+	f := func(name, s string) float64 {
+		if err != nil {
+			return 0
+		}
+		v, e := strconv.ParseFloat(s, 64)
+		if e != nil || s == "" {
+			err = fmt.Errorf("%s %q is not a decimal string", name, s)
+		}
+		return v
+	}
+	c := candles.Candle{
+		OpenTime:            k.OpenTime,
+		Open:                f("open", k.Open),
+		High:                f("high", k.High),
+		Low:                 f("low", k.Low),
+		Close:               f("close", k.Close),
+		Volume:              f("volume", k.Volume),
+		CloseTime:           k.CloseTime,
+		QuoteVolume:         f("quote_volume", k.QuoteAssetVolume),
+		Trades:              k.TradeNum,
+		TakerBuyBaseVolume:  f("taker_buy_base_volume", k.TakerBuyBaseAssetVolume),
+		TakerBuyQuoteVolume: f("taker_buy_quote_volume", k.TakerBuyQuoteAssetVolume),
+	}
+	if err == nil && (k.OpenTime <= 0 || k.CloseTime <= 0) {
+		err = fmt.Errorf("open_time %d / close_time %d missing or not a number", k.OpenTime, k.CloseTime)
+	}
+	return c, err
+}
+
+// WeightLimit reads the REQUEST_WEIGHT limit from /api/v3/exchangeInfo,
+// asking about one symbol so the answer stays small.
+func (c *Client) WeightLimit(ctx context.Context, symbol string) (limit int, window time.Duration, r Response, err error) {
+	info, r, err := do(ctx, func(ctx context.Context) (*gobinance.ExchangeInfo, error) {
+		return c.api.NewExchangeInfoService().Symbol(symbol).Do(ctx)
+	})
+	if err != nil {
+		return 0, 0, r, err
+	}
+	for _, rl := range info.RateLimits {
+		if rl.RateLimitType != "REQUEST_WEIGHT" || rl.Limit <= 0 || rl.IntervalNum <= 0 {
+			continue
+		}
+		unit := map[string]time.Duration{"SECOND": time.Second, "MINUTE": time.Minute, "HOUR": time.Hour, "DAY": 24 * time.Hour}[rl.Interval]
+		if unit == 0 {
+			continue
+		}
+		return int(rl.Limit), time.Duration(rl.IntervalNum) * unit, r, nil
+	}
+	return 0, 0, r, &Error{Kind: ErrBadPage, Response: r, Msg: "exchangeInfo has no REQUEST_WEIGHT rate limit"}
+}

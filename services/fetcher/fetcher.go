@@ -1,0 +1,290 @@
+// Package fetcher is candlekeep's fetcher service: it takes sync requests
+// (from the SYNC stream and the candles.api.sync endpoint), splits them into
+// one job per (symbol, interval) on a work queue that every fetcher process
+// shares, pages /api/v3/klines for each job, drops the still-open candle,
+// validates every page and publishes it to candles.batch.<interval>.<SYMBOL>
+// with a Nats-Msg-Id, so a retried job never stores a page twice.
+package fetcher
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/services/fetcher/binance"
+)
+
+// Defaults of Options.
+const (
+	DefaultBinanceURL      = binance.DefaultURL
+	DefaultInterval        = "4h"
+	DefaultLookback        = 1000
+	DefaultConcurrency     = 8
+	DefaultPageLimit       = 1000
+	DefaultMaxDeliver      = 4 // the first try and three retries
+	DefaultRetryBase       = 2 * time.Second
+	DefaultRequestTimeout  = 15 * time.Second
+	DefaultWeightLimit     = 6000
+	DefaultCoverageTimeout = 10 * time.Second
+
+	// Consumer names, shared by every fetcher process.
+	RequestConsumer = "fetcher-requests"
+	JobConsumer     = "fetcher-jobs"
+
+	// ServiceName is the NATS micro service name (`nats micro ls`).
+	ServiceName = "candlekeep-fetcher"
+	// ServiceVersion is reported by `nats micro info`.
+	ServiceVersion = "0.1.0"
+
+	requestMaxDeliver = 10
+	jobAckWait        = time.Minute
+	closeMargin       = time.Second // a candle counts as closed only this long after its close time
+	pageRetries       = 2           // in-handler retries of one page before the job is redelivered
+)
+
+// Options configures a Fetcher.
+type Options struct {
+	Conn        *nats.Conn
+	BinanceURL  string
+	HTTPClient  *http.Client // nil: a client with RequestTimeout
+	Symbols     []string     // the configured set, used when a request names none
+	Intervals   []string
+	Lookback    int // bars fetched for a pair with no stored candles
+	Concurrency int // jobs fetched at once by this process
+	PageLimit   int // klines per request (Binance max 1000)
+	MaxDeliver  int // attempts per job before the pair fails
+	RetryBase   time.Duration
+	// RequestTimeout bounds each HTTP request when HTTPClient is nil.
+	RequestTimeout time.Duration
+	// WeightLimit is used until /api/v3/exchangeInfo tells the real one.
+	WeightLimit int
+	Streams     candles.StreamOptions
+	Logger      *slog.Logger
+	Now         func() time.Time
+}
+
+// DefaultOptions returns the production defaults (Conn and Logger unset).
+func DefaultOptions() Options {
+	return Options{
+		BinanceURL:     DefaultBinanceURL,
+		Symbols:        candles.DefaultSymbols(),
+		Intervals:      []string{DefaultInterval},
+		Lookback:       DefaultLookback,
+		Concurrency:    DefaultConcurrency,
+		PageLimit:      DefaultPageLimit,
+		MaxDeliver:     DefaultMaxDeliver,
+		RetryBase:      DefaultRetryBase,
+		RequestTimeout: DefaultRequestTimeout,
+		WeightLimit:    DefaultWeightLimit,
+		Now:            time.Now,
+	}
+}
+
+// Validate names the flag at fault and what it allows.
+func (o Options) Validate() error {
+	if o.Conn == nil {
+		return errors.New("fetcher: no NATS connection")
+	}
+	if o.Logger == nil {
+		return errors.New("fetcher: no logger")
+	}
+	if u, err := url.Parse(o.BinanceURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("--binance-url %q: want an http(s) URL such as %s", o.BinanceURL, DefaultBinanceURL)
+	}
+	if err := (candles.SyncRequest{Symbols: o.Symbols, Intervals: o.Intervals}).Validate(); err != nil {
+		return fmt.Errorf("--%w", err)
+	}
+	if len(o.Symbols) == 0 || len(o.Intervals) == 0 {
+		return errors.New("--symbols and --intervals must each name at least one")
+	}
+	switch {
+	case o.Lookback < 1 || o.Lookback > candles.MaxLookback:
+		return fmt.Errorf("--lookback %d: want 1 to %d bars", o.Lookback, candles.MaxLookback)
+	case o.Concurrency < 1 || o.Concurrency > 256:
+		return fmt.Errorf("--fetch-concurrency %d: want 1 to 256", o.Concurrency)
+	case o.PageLimit < 1 || o.PageLimit > 1000:
+		return fmt.Errorf("page limit %d: want 1 to 1000", o.PageLimit)
+	case o.MaxDeliver < 1:
+		return fmt.Errorf("--max-attempts %d: want at least 1", o.MaxDeliver)
+	case o.RetryBase <= 0:
+		return fmt.Errorf("--retry-base %v: want a positive duration", o.RetryBase)
+	case o.WeightLimit < 10:
+		return fmt.Errorf("--weight-limit %d: want at least 10", o.WeightLimit)
+	}
+	return nil
+}
+
+// Fetcher is one fetcher process's worth of workers.
+type Fetcher struct {
+	o      Options
+	log    *slog.Logger
+	js     jetstream.JetStream
+	api    *binance.Client
+	pacer  *pacer
+	clock  exchangeClock
+	runCtx context.Context
+}
+
+// New checks o and builds a Fetcher; Run starts it.
+func New(o Options) (*Fetcher, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(o.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	hc := o.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: o.RequestTimeout}
+	}
+	f := &Fetcher{
+		o:     o,
+		log:   o.Logger,
+		js:    js,
+		api:   binance.New(o.BinanceURL, hc),
+		pacer: newPacer(o.WeightLimit, time.Minute, 10*o.Concurrency, o.Now),
+	}
+	f.clock.now = o.Now
+	return f, nil
+}
+
+// Run serves until ctx ends, then stops taking work, hands unfinished jobs
+// back to the queue and returns nil.
+func (f *Fetcher) Run(ctx context.Context) error {
+	f.runCtx = ctx
+	if err := candles.EnsureStreams(ctx, f.js, f.o.Streams); err != nil {
+		return err
+	}
+	reqCons, err := f.js.CreateOrUpdateConsumer(ctx, candles.StreamSync, jetstream.ConsumerConfig{
+		Durable:       RequestConsumer,
+		Description:   "fetchers take sync requests",
+		FilterSubject: candles.SubjectSyncRequest,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    requestMaxDeliver,
+		MaxAckPending: 64,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", RequestConsumer, err)
+	}
+	jobCons, err := f.js.CreateOrUpdateConsumer(ctx, candles.StreamJobs, jetstream.ConsumerConfig{
+		Durable:       JobConsumer,
+		Description:   "fetchers share per-pair fetch jobs",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       jobAckWait,
+		MaxDeliver:    f.o.MaxDeliver,
+		MaxAckPending: 1024,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", JobConsumer, err)
+	}
+	svc, err := micro.AddService(f.o.Conn, micro.Config{
+		Name:        ServiceName,
+		Version:     ServiceVersion,
+		Description: "takes candle sync requests and fetches klines from Binance",
+	})
+	if err != nil {
+		return fmt.Errorf("register micro service: %w", err)
+	}
+	defer svc.Stop()
+	if err := svc.AddEndpoint("sync", micro.HandlerFunc(f.handleSyncAPI),
+		micro.WithEndpointSubject(candles.SubjectAPISync),
+		micro.WithEndpointMetadata(map[string]string{"description": "validate and queue a sync request; replies {run_id, pairs}"})); err != nil {
+		return fmt.Errorf("register sync endpoint: %w", err)
+	}
+	f.readWeightLimit(ctx)
+	f.log.Info("fetcher started", "binance_url", f.o.BinanceURL, "symbols", len(f.o.Symbols),
+		"intervals", f.o.Intervals, "concurrency", f.o.Concurrency)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return f.consume(gctx, reqCons, 1, f.handleRequest) })
+	g.Go(func() error { return f.consume(gctx, jobCons, f.o.Concurrency, f.handleJob) })
+	err = g.Wait()
+	f.log.Info("fetcher stopped")
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// readWeightLimit asks the exchange for its weight limit; the default stands
+// if it cannot be read.
+func (f *Fetcher) readWeightLimit(ctx context.Context) {
+	sym := f.o.Symbols[0]
+	ctx, cancel := context.WithTimeout(ctx, f.o.RequestTimeout)
+	defer cancel()
+	limit, window, r, err := f.api.WeightLimit(ctx, sym)
+	f.pacer.observe(r.UsedWeight)
+	if err != nil {
+		f.log.Warn("cannot read the weight limit from exchangeInfo; pacing with the default", "limit", f.o.WeightLimit, "err", err)
+		return
+	}
+	f.pacer.setLimit(limit, window)
+	f.log.Info("exchange weight limit", "limit", limit, "window", window)
+}
+
+// consume hands each message of cons to handle, at most workers at a time,
+// until ctx ends; then it waits for the handlers in flight.
+func (f *Fetcher) consume(ctx context.Context, cons jetstream.Consumer, workers int, handle func(context.Context, jetstream.Msg)) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(workers))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", cons.CachedInfo().Name, err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, workers)
+	for {
+		msg, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return nil
+		}
+		if err != nil {
+			f.log.Warn("consumer interrupted; retrying", "consumer", cons.CachedInfo().Name, "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			handle(ctx, msg)
+		}()
+	}
+}
+
+// newRunID returns a sortable, unique run id such as 20261127T142600Z-3f9a0c1d.
+func newRunID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
+}
+
+// streamRunID derives a run id for a request published without one (by the
+// schedule or `nats pub`) from its stream position, so a redelivered request
+// keeps its id.
+func streamRunID(meta *jetstream.MsgMetadata) string {
+	return fmt.Sprintf("%s-s%d", meta.Timestamp.UTC().Format("20060102T150405Z"), meta.Sequence.Stream)
+}
