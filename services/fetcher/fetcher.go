@@ -159,7 +159,7 @@ func New(o Options) (*Fetcher, error) {
 		log:   o.Logger,
 		js:    js,
 		api:   binance.New(o.BinanceURL, hc),
-		pacer: newPacer(o.WeightLimit, time.Minute, 10*o.Concurrency, o.Now),
+		pacer: newPacer(o.WeightLimit, time.Minute, klinesWeight*o.Concurrency, o.Now),
 	}
 	f.clock.now = o.Now
 	return f, nil

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	_ "modernc.org/sqlite"
+
+	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/sim"
+	"github.com/candlekeep/candlekeep/services/fetcher"
+	"github.com/candlekeep/candlekeep/services/writer"
+)
+
+// testLogger writes to the test log only with -v, so failures stay readable.
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startSim serves a simulator on 127.0.0.1.
+func startSim(t testing.TB, o sim.Options) (*sim.Sim, string) {
+	t.Helper()
+	s := sim.New(o)
+	srv := httptest.NewServer(s)
+	t.Cleanup(func() { s.Close(); srv.Close() })
+	return s, srv.URL
+}
+
+// testFetcherOptions are production defaults pointed at the simulator, with
+// quick retries.
+func testFetcherOptions(binanceURL string) fetcher.Options {
+	o := fetcher.DefaultOptions()
+	o.BinanceURL = binanceURL
+	o.RetryBase = 100 * time.Millisecond
+	o.RequestTimeout = 5 * time.Second
+	return o
+}
+
+// startUp runs `candlekeep up` in-process (embedded NATS on a free port) and
+// returns its client URL; it is stopped, and must stop cleanly, at cleanup.
+func startUp(t testing.TB, dataDir string, fo fetcher.Options) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	cfg := upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo, Writer: writer.DefaultOptions(),
+		Ready: func(url string) { ready <- url }}
+	go func() { done <- up(ctx, cfg, testLogger(t)) }()
+	var url string
+	select {
+	case url = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("up stopped at start: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("up did not start within 30s")
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("up returned %v on shutdown", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("up did not stop within 30s of cancel")
+		}
+	})
+	// Wait until both services answer.
+	nc := connect(t, url)
+	deadline := time.Now().Add(20 * time.Second)
+	for _, subj := range []string{candles.SubjectAPICoverage} {
+		for {
+			if _, err := nc.Request(subj, []byte(`{}`), time.Second); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s does not answer", subj)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return url
+}
+
+func connect(t testing.TB, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// events collects every event published on candles.events.>.
+type events struct {
+	mu  sync.Mutex
+	all []json.RawMessage
+}
+
+func watchEvents(t testing.TB, nc *nats.Conn) *events {
+	t.Helper()
+	ev := &events{}
+	sub, err := nc.Subscribe(candles.SubjectEventPrefix+">", func(m *nats.Msg) {
+		ev.mu.Lock()
+		ev.all = append(ev.all, append(json.RawMessage(nil), m.Data...))
+		ev.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return ev
+}
+
+// of returns the events of kind for runID ("" = any run), in arrival order.
+func (e *events) of(kind, runID string) []json.RawMessage {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []json.RawMessage
+	for _, raw := range e.all {
+		var h candles.EventHeader
+		if json.Unmarshal(raw, &h) == nil && h.Kind == kind && (runID == "" || h.RunID == runID) {
+			out = append(out, raw)
+		}
+	}
+	return out
+}
+
+// wait blocks until an event of kind for runID arrived and decodes it into v.
+func (e *events) wait(t testing.TB, kind, runID string, timeout time.Duration, v any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if got := e.of(kind, runID); len(got) > 0 {
+			if err := json.Unmarshal(got[0], v); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s event for run %q within %v", kind, runID, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitMatch blocks until an event of kind decoded into v satisfies ok.
+func (e *events) waitMatch(t testing.TB, kind string, timeout time.Duration, v any, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, raw := range e.of(kind, "") {
+			if json.Unmarshal(raw, v) == nil && ok() {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no matching %s event within %v", kind, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// requestSync sends a request to candles.api.sync and returns the accepted run.
+func requestSync(t testing.TB, nc *nats.Conn, body string) candles.SyncAccepted {
+	t.Helper()
+	msg, err := nc.Request(candles.SubjectAPISync, []byte(body), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
+		t.Fatalf("sync refused: %s %s", code, msg.Header.Get("Nats-Service-Error"))
+	}
+	var acc candles.SyncAccepted
+	if err := json.Unmarshal(msg.Data, &acc); err != nil || acc.RunID == "" {
+		t.Fatalf("bad reply %q: %v", msg.Data, err)
+	}
+	return acc
+}
+
+// readDB returns every stored candle, per pair, in open-time order.
+func readDB(t testing.TB, path string) map[candles.Pair][]candles.Candle {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query(`SELECT symbol, interval, open_time, open, high, low, close, volume, close_time,
+		quote_volume, trades, taker_buy_base_volume, taker_buy_quote_volume FROM candles ORDER BY symbol, interval, open_time`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[candles.Pair][]candles.Candle{}
+	for rows.Next() {
+		var p candles.Pair
+		var c candles.Candle
+		if err := rows.Scan(&p.Symbol, &p.Interval, &c.OpenTime, &c.Open, &c.High, &c.Low, &c.Close, &c.Volume,
+			&c.CloseTime, &c.QuoteVolume, &c.Trades, &c.TakerBuyBaseVolume, &c.TakerBuyQuoteVolume); err != nil {
+			t.Fatal(err)
+		}
+		out[p] = append(out[p], c)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// truth is what the simulator serves for pairs over [from, until).
+func truth(s *sim.Sim, symbols []string, interval string, from, until time.Time) map[candles.Pair][]candles.Candle {
+	iv := candles.MustInterval(interval)
+	out := map[candles.Pair][]candles.Candle{}
+	for _, sym := range symbols {
+		if cs := s.Klines(sym, iv, from.UnixMilli(), until.UnixMilli()); len(cs) > 0 {
+			out[candles.Pair{Symbol: sym, Interval: interval}] = cs
+		}
+	}
+	return out
+}
+
+// assertSame fails with the first difference between the database and the truth.
+func assertSame(t testing.TB, got, want map[candles.Pair][]candles.Candle) {
+	t.Helper()
+	if reflect.DeepEqual(got, want) {
+		return
+	}
+	for p, w := range want {
+		g := got[p]
+		if len(g) != len(w) {
+			t.Fatalf("%s: %d candles stored, want %d", p, len(g), len(w))
+		}
+		for i := range w {
+			if g[i] != w[i] {
+				t.Fatalf("%s candle %d:\n got %+v\nwant %+v", p, i, g[i], w[i])
+			}
+		}
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			t.Fatalf("%s stored but not expected", p)
+		}
+	}
+	t.Fatal("database differs from the truth")
+}
+
+func count(m map[candles.Pair][]candles.Candle) (n int) {
+	for _, cs := range m {
+		n += len(cs)
+	}
+	return n
+}

@@ -1,0 +1,69 @@
+// Command candlekeep keeps a local SQLite database of Binance spot candles
+// complete, fresh and recoverable. One binary, a target per service:
+// `candlekeep up` runs everything in one process around an embedded
+// nats-server; `candlekeep fetcher` and `candlekeep writer` run one service
+// against --nats-url; `candlekeep sim` runs the Binance simulator.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv)
+	stop()
+	os.Exit(code)
+}
+
+// env looks up an environment variable (os.LookupEnv in production).
+type env func(string) (string, bool)
+
+// command is one target of the binary.
+type command struct {
+	name, synopsis string
+	run            func(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) int
+}
+
+func commands() []command {
+	return []command{
+		{"up", "embedded NATS + fetcher + writer in one process (what `make run` starts)", runUp},
+		{"fetcher", "the fetcher service, connected to --nats-url", runFetcher},
+		{"writer", "the writer service, connected to --nats-url", runWriter},
+		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
+	}
+}
+
+// run dispatches to a command and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:], stdout, stderr, getenv)
+		}
+	}
+	fmt.Fprintf(stderr, "candlekeep: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "candlekeep keeps a local SQLite database of Binance spot candles complete and fresh.")
+	fmt.Fprintln(w, "\nUsage: candlekeep <command> [flags]    (candlekeep <command> --help for its flags)")
+	fmt.Fprintln(w, "\nCommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.synopsis)
+	}
+	fmt.Fprintln(w, "\nEvery flag can also be set as CANDLEKEEP_<FLAG>, e.g. --binance-url as CANDLEKEEP_BINANCE_URL.")
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/candlekeep/candlekeep/services/writer"
+)
+
+func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv env) int {
+	fs := flagSet("fetcher", "candlekeep fetcher [flags]",
+		"Runs one fetcher against --nats-url. Run as many as you like: they share the\n"+
+			"sync requests and the per-pair jobs.", stderr)
+	var lf logFlags
+	lf.register(fs)
+	var ff fetcherFlags
+	ff.register(fs)
+	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	if code, ok := parseFlags(fs, args, getenv); !ok {
+		return code
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "candlekeep fetcher:", err)
+		return 2
+	}
+	if err := serveFetcher(ctx, *natsURL, ff.options(), log); err != nil {
+		log.Error("fetcher stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv env) int {
+	fs := flagSet("writer", "candlekeep writer [flags]",
+		"Runs the writer against --nats-url: the one consumer of the CANDLES stream,\n"+
+			"upserting each batch into <data-dir>/candles.db exactly once. Run exactly one\n"+
+			"per database.", stderr)
+	var lf logFlags
+	lf.register(fs)
+	dataDir := fs.String("data-dir", defaultDataDir, "directory of candles.db (created 0700)")
+	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	if code, ok := parseFlags(fs, args, getenv); !ok {
+		return code
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "candlekeep writer:", err)
+		return 2
+	}
+	dbPath, err := databasePath(*dataDir)
+	if err != nil {
+		fmt.Fprintln(stderr, "candlekeep writer:", err)
+		return 2
+	}
+	if err := serveWriter(ctx, *natsURL, dbPath, writer.DefaultOptions(), log); err != nil {
+		log.Error("writer stopped", "err", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,105 @@
+package writer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/candlekeep/candlekeep/pkg/candles"
+)
+
+// maxCoveragePairs bounds one coverage request.
+const maxCoveragePairs = candles.MaxSymbols * candles.MaxIntervals
+
+// coverageTimeout bounds the database work of one coverage request.
+const coverageTimeout = 30 * time.Second
+
+// handleCoverage answers candles.api.coverage: a CoverageRequest (an empty
+// body asks for every stored pair) gets a CoverageResponse; a bad request
+// gets error 400 naming the field, a database failure 500.
+func (w *Writer) handleCoverage(ctx context.Context, req micro.Request) {
+	r, err := DecodeCoverageRequest(req.Data())
+	if err != nil {
+		w.respondError(req, "400", err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, coverageTimeout)
+	defer cancel()
+	cov, err := w.o.Store.Coverage(ctx, r.Pairs)
+	if err != nil {
+		w.log.Error("coverage", "pairs", len(r.Pairs), "err", err)
+		w.respondError(req, "500", "coverage: the database could not be read; see the writer's log")
+		return
+	}
+	if cov == nil {
+		cov = []candles.PairCoverage{}
+	}
+	if err := req.RespondJSON(candles.CoverageResponse{Pairs: cov}); err != nil {
+		w.log.Warn("respond to coverage request", "err", err)
+	}
+}
+
+func (w *Writer) respondError(req micro.Request, code, msg string) {
+	if err := req.Error(code, msg, nil); err != nil {
+		w.log.Warn("respond to coverage request", "err", err)
+	}
+}
+
+// DecodeCoverageRequest parses a coverage request strictly: unknown fields,
+// trailing data and invalid symbols or intervals are errors that name the
+// field. An empty body asks for every stored pair.
+func DecodeCoverageRequest(data []byte) (candles.CoverageRequest, error) {
+	var r candles.CoverageRequest
+	if len(bytes.TrimSpace(data)) == 0 {
+		return r, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return candles.CoverageRequest{}, coverageJSONError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return candles.CoverageRequest{}, errors.New("malformed JSON: trailing data after the request object")
+	}
+	if len(r.Pairs) > maxCoveragePairs {
+		return candles.CoverageRequest{}, fmt.Errorf("pairs: %d pairs, at most %d per request", len(r.Pairs), maxCoveragePairs)
+	}
+	for i, p := range r.Pairs {
+		if !candles.ValidSymbol(p.Symbol) {
+			return candles.CoverageRequest{}, fmt.Errorf("pairs[%d].symbol: %q is not a symbol (2-20 upper-case letters and digits, e.g. BTCUSDT)", i, p.Symbol)
+		}
+		if _, err := candles.ParseInterval(p.Interval); err != nil {
+			return candles.CoverageRequest{}, fmt.Errorf("pairs[%d].interval: %w", i, err)
+		}
+	}
+	return r, nil
+}
+
+func coverageJSONError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		field := typeErr.Field
+		if field == "" {
+			return fmt.Errorf("request: must be a JSON object like {\"pairs\":[{\"symbol\":\"BTCUSDT\",\"interval\":\"4h\"}]}, not a JSON %s", typeErr.Value)
+		}
+		return fmt.Errorf("%s: wrong type (a JSON %s); want pairs as a list of {\"symbol\":\"BTCUSDT\",\"interval\":\"4h\"}", field, typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return fmt.Errorf("malformed JSON at byte %d: %v", syntaxErr.Offset, err)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return fmt.Errorf("%s: unknown field (allowed: pairs, and symbol and interval in each pair)", name)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errors.New("malformed JSON: the request is truncated")
+	default:
+		return fmt.Errorf("malformed JSON: %v", err)
+	}
+}

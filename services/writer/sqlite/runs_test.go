@@ -1,0 +1,283 @@
+package sqlite_test
+
+import (
+	"context"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/services/writer"
+	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+)
+
+var (
+	btc = candles.Pair{Symbol: "BTCUSDT", Interval: "4h"}
+	eth = candles.Pair{Symbol: "ETHUSDT", Interval: "4h"}
+	sol = candles.Pair{Symbol: "SOLUSDT", Interval: "4h"}
+)
+
+// op is one step of a run scenario; it returns the "complete" it reports.
+type op struct {
+	name string
+	do   func(ctx context.Context, s *sqlite.Store, seq uint64) (bool, error)
+}
+
+func register(pairs ...candles.Pair) op {
+	return op{"register", func(ctx context.Context, s *sqlite.Store, _ uint64) (bool, error) {
+		return s.RegisterRun(ctx, "r1", pairs, epoch, "daily")
+	}}
+}
+
+func page(p candles.Pair, final bool, n int) op {
+	return op{"batch " + p.String(), func(ctx context.Context, s *sqlite.Store, seq uint64) (bool, error) {
+		a, err := s.ApplyBatch(ctx, "CANDLES", seq, batch("r1", p.Symbol, final, series(t0+int64(seq)*1000*h4, n, 0)))
+		return a.RunComplete, err
+	}}
+}
+
+func fail(p candles.Pair, reason string) op {
+	return op{"fail " + p.String(), func(ctx context.Context, s *sqlite.Store, _ uint64) (bool, error) {
+		return s.FailPair(ctx, "r1", p.Symbol, p.Interval, reason)
+	}}
+}
+
+// at is the fake time of step i.
+func at(i int) time.Time { return epoch.Add(time.Duration(i+1) * time.Minute) }
+
+func TestRunTracking(t *testing.T) {
+	type step struct {
+		op       op
+		complete bool
+	}
+	failedAt := func(i int, p candles.Pair, reason string) candles.PairFailed {
+		h := candles.NewHeader(candles.KindPairFailed, "r1")
+		h.Time = at(i)
+		return candles.PairFailed{EventHeader: h, Symbol: p.Symbol, Interval: p.Interval, Reason: reason}
+	}
+	completed := func(finishedStep int, total, ok, failed int, n int64, fails ...candles.PairFailed) []candles.SyncCompleted {
+		h := candles.NewHeader(candles.KindSyncCompleted, "r1")
+		h.Time = at(finishedStep)
+		return []candles.SyncCompleted{{EventHeader: h, PairsTotal: total, PairsOK: ok, PairsFailed: failed,
+			Candles: n, StartedAt: epoch, FinishedAt: at(finishedStep), Failed: fails}}
+	}
+	tests := []struct {
+		name  string
+		steps []step
+		want  []candles.SyncCompleted
+	}{{
+		name: "register before batches",
+		steps: []step{
+			{register(btc, eth, sol), false},
+			{page(btc, false, 3), false},
+			{page(btc, true, 2), false},
+			{fail(eth, "HTTP 500"), false},
+			{page(sol, true, 4), true},
+		},
+		want: completed(4, 3, 2, 1, 9, failedAt(3, eth, "HTTP 500")),
+	}, {
+		name: "batches and failures before register",
+		steps: []step{
+			{page(btc, true, 2), false},
+			{fail(eth, "timeout"), false},
+			{page(sol, false, 1), false},
+			{page(sol, true, 0), false},
+			{register(btc, eth, sol, btc), true},
+		},
+		want: completed(4, 3, 2, 1, 3, failedAt(1, eth, "timeout")),
+	}, {
+		name: "completion is reported once",
+		steps: []step{
+			{register(btc), false},
+			{page(btc, true, 1), true},
+			{page(btc, true, 1), false},
+			{register(btc), false},
+			{fail(btc, "late"), false},
+		},
+		want: completed(1, 1, 1, 0, 2),
+	}, {
+		name: "an ok pair stays ok, a failed pair keeps its first reason",
+		steps: []step{
+			{register(btc, eth), false},
+			{page(btc, true, 1), false},
+			{fail(btc, "late failure"), false},
+			{fail(eth, "first"), true},
+			{fail(eth, "second"), false},
+		},
+		want: completed(3, 2, 1, 1, 1, failedAt(3, eth, "first")),
+	}, {
+		name: "a failed pair stays failed when its final batch arrives",
+		steps: []step{
+			{register(btc), false},
+			{fail(btc, "page rejected"), true},
+			{page(btc, true, 2), false},
+		},
+		want: completed(1, 1, 0, 1, 2, failedAt(1, btc, "page rejected")),
+	}, {
+		name:  "a run with no pairs completes when registered",
+		steps: []step{{register(), true}},
+		want:  completed(0, 0, 0, 0, 0),
+	}, {
+		name: "an unregistered run never completes",
+		steps: []step{
+			{page(btc, true, 1), false},
+			{fail(eth, "x"), false},
+		},
+	}, {
+		name: "a pending pair keeps the run open",
+		steps: []step{
+			{register(btc, eth), false},
+			{page(btc, true, 1), false},
+			{page(eth, false, 5), false},
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			s := openStore(t, tempDB(t), sqlite.WithNow(clk.Now))
+			ctx := context.Background()
+			for i, st := range tt.steps {
+				clk.Set(at(i))
+				got, err := st.op.do(ctx, s, uint64(i+1))
+				if err != nil {
+					t.Fatalf("step %d (%s): %v", i, st.op.name, err)
+				}
+				if got != st.complete {
+					t.Errorf("step %d (%s): complete = %v, want %v", i, st.op.name, got, st.complete)
+				}
+			}
+			got, err := s.PendingAnnouncements(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("PendingAnnouncements:\n got %+v\nwant %+v", got, tt.want)
+			}
+			if len(got) == 0 {
+				return
+			}
+			if err := s.MarkAnnounced(ctx, "r1"); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.PendingAnnouncements(ctx); err != nil || len(got) != 0 {
+				t.Errorf("after MarkAnnounced: %+v, %v; want none", got, err)
+			}
+		})
+	}
+}
+
+func TestPendingPairCompletions(t *testing.T) {
+	clk := newClock()
+	s := openStore(t, tempDB(t), sqlite.WithNow(clk.Now))
+	ctx := context.Background()
+	steps := []op{register(btc, eth), page(btc, false, 3), page(btc, true, 2), page(eth, false, 1), page(btc, true, 1)}
+	for i, o := range steps {
+		clk.Set(at(i))
+		if _, err := o.do(ctx, s, uint64(i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := candles.PairCompleted{EventHeader: candles.NewHeader(candles.KindPairCompleted, "r1"), Symbol: "BTCUSDT", Interval: "4h", Candles: 6}
+	want.Time = at(2)
+	got, err := s.PendingPairCompletions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, []candles.PairCompleted{want}) {
+		t.Errorf("PendingPairCompletions:\n got %+v\nwant %+v", got, []candles.PairCompleted{want})
+	}
+	if err := s.MarkPairAnnounced(ctx, "r1", "BTCUSDT", "4h"); err != nil {
+		t.Fatal(err)
+	}
+	// Another final page of an ok pair does not announce it again.
+	if _, err := page(btc, true, 1).do(ctx, s, 10); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.PendingPairCompletions(ctx); err != nil || len(got) != 0 {
+		t.Errorf("after MarkPairAnnounced: %+v, %v; want none", got, err)
+	}
+}
+
+func TestRunProgress(t *testing.T) {
+	clk := newClock()
+	s := openStore(t, tempDB(t), sqlite.WithNow(clk.Now))
+	ctx := context.Background()
+	if _, err := s.RegisterRun(ctx, "r2", []candles.Pair{btc}, epoch.Add(-time.Hour), ""); err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range []op{register(btc, eth, sol), page(btc, false, 3), page(btc, true, 2), fail(eth, "x"), page(sol, false, 4)} {
+		if _, err := o.do(ctx, s, uint64(i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.RunProgress(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []writer.Progress{
+		{RunID: "r2", PairsTotal: 1, PairsDone: 0, Candles: 0, StartedAt: epoch.Add(-time.Hour)},
+		{RunID: "r1", PairsTotal: 3, PairsDone: 2, Candles: 9, StartedAt: epoch},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("RunProgress:\n got %+v\nwant %+v", got, want)
+	}
+	if _, err := page(sol, true, 0).do(ctx, s, 20); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.RunProgress(ctx); err != nil || len(got) != 1 || got[0].RunID != "r2" {
+		t.Errorf("after r1 completed: %+v, %v; want only r2", got, err)
+	}
+}
+
+func TestCoverage(t *testing.T) {
+	s := openStore(t, tempDB(t))
+	ctx := context.Background()
+	bnb := candles.Pair{Symbol: "BNBUSDT", Interval: "1d"}
+	seq := uint64(0)
+	for _, b := range []candles.Batch{
+		batch("", "ETHUSDT", false, series(t0, 5, 0)),
+		batch("", "BTCUSDT", false, series(t0+10*h4, 2, 0)),
+		batch("", "BTCUSDT", false, series(t0+20*h4, 3, 0)),
+		{V: 1, Symbol: "BTCUSDT", Interval: "1h", Candles: []candles.Candle{{OpenTime: t0, CloseTime: t0 + 3600000 - 1, Open: 1, High: 1, Low: 1, Close: 1}}},
+	} {
+		seq++
+		if _, err := s.ApplyBatch(ctx, "CANDLES", seq, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name  string
+		pairs []candles.Pair
+		want  []candles.PairCoverage
+	}{{
+		name: "all stored pairs",
+		want: []candles.PairCoverage{
+			{Symbol: "BTCUSDT", Interval: "1h", First: t0, Last: t0, Count: 1},
+			{Symbol: "BTCUSDT", Interval: "4h", First: t0 + 10*h4, Last: t0 + 22*h4, Count: 5},
+			{Symbol: "ETHUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5},
+		},
+	}, {
+		name:  "asked pairs in the order asked, empty ones with zeros",
+		pairs: []candles.Pair{eth, bnb, btc},
+		want: []candles.PairCoverage{
+			{Symbol: "ETHUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5},
+			{Symbol: "BNBUSDT", Interval: "1d"},
+			{Symbol: "BTCUSDT", Interval: "4h", First: t0 + 10*h4, Last: t0 + 22*h4, Count: 5},
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := s.Coverage(ctx, tt.pairs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Coverage:\n got %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+	empty := openStore(t, tempDB(t))
+	if got, err := empty.Coverage(ctx, nil); err != nil || len(got) != 0 {
+		t.Errorf("empty database: %+v, %v", got, err)
+	}
+}

@@ -1,0 +1,106 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrSchemaTooNew is returned by Open for a database migrated by a newer
+// candlekeep; this code must not write to a schema it does not know.
+var ErrSchemaTooNew = errors.New("database schema is newer than this candlekeep")
+
+// migrations are applied in order; migration i+1 is migrations[i]. Never
+// edit an entry once released: add a new one.
+var migrations = []string{
+	// 1: candles (DESIGN.md section 3, verbatim), the stream watermarks and
+	// run tracking.
+	`CREATE TABLE candles (
+  symbol TEXT NOT NULL, interval TEXT NOT NULL,
+  open_time INTEGER NOT NULL,  close_time INTEGER NOT NULL,
+  open REAL NOT NULL, high REAL NOT NULL, low REAL NOT NULL, close REAL NOT NULL,
+  volume REAL NOT NULL, quote_volume REAL NOT NULL, trades INTEGER NOT NULL,
+  taker_buy_base_volume REAL NOT NULL, taker_buy_quote_volume REAL NOT NULL,
+  PRIMARY KEY (symbol, interval, open_time)
+) WITHOUT ROWID;
+
+CREATE TABLE stream_state (
+  stream TEXT PRIMARY KEY,
+  last_seq INTEGER NOT NULL
+);
+
+CREATE TABLE runs (
+  run_id TEXT PRIMARY KEY,
+  pairs_total INTEGER NOT NULL,
+  reason TEXT NOT NULL DEFAULT '',
+  started_at TEXT NOT NULL,
+  registered_at TEXT NOT NULL,
+  finished_at TEXT,
+  announced INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX runs_unfinished ON runs (run_id) WHERE finished_at IS NULL;
+CREATE INDEX runs_unannounced ON runs (run_id) WHERE finished_at IS NOT NULL AND announced = 0;
+
+CREATE TABLE run_pairs (
+  run_id TEXT NOT NULL, symbol TEXT NOT NULL, interval TEXT NOT NULL,
+  listed INTEGER NOT NULL DEFAULT 0,
+  status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'ok', 'failed')),
+  candles INTEGER NOT NULL DEFAULT 0,
+  reason TEXT NOT NULL DEFAULT '',
+  resolved_at TEXT,
+  announced INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (run_id, symbol, interval)
+) WITHOUT ROWID;
+CREATE INDEX run_pairs_unannounced ON run_pairs (run_id) WHERE status = 'ok' AND announced = 0;`,
+}
+
+// SchemaVersion is the schema version this code migrates databases to.
+func SchemaVersion() int { return len(migrations) }
+
+// migrate brings the database up to SchemaVersion in one transaction.
+func migrate(ctx context.Context, db *sql.DB, now time.Time) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+  version INTEGER PRIMARY KEY,
+  applied_at TEXT NOT NULL
+)`); err != nil {
+		return fmt.Errorf("migrate: create schema_migrations: %w", err)
+	}
+	var current int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("migrate: read schema version: %w", err)
+	}
+	if current > len(migrations) {
+		return fmt.Errorf("%w: the database is at version %d, this code knows up to %d; run a newer candlekeep or restore a matching backup",
+			ErrSchemaTooNew, current, len(migrations))
+	}
+	for v := current + 1; v <= len(migrations); v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`,
+			v, formatTime(now)); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate: commit: %w", err)
+	}
+	return nil
+}
+
+func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func parseTime(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("stored time %q: %w", s, err)
+	}
+	return t, nil
+}

@@ -1,0 +1,87 @@
+package writer
+
+import (
+	"context"
+	"time"
+
+	"github.com/candlekeep/candlekeep/pkg/candles"
+)
+
+// Store is what the writer needs from its database. The database, not
+// JetStream, is the truth about what has been applied: every stream keeps a
+// watermark (the last stream sequence applied) committed in the same
+// transaction as the rows it produced. services/writer/sqlite implements it.
+type Store interface {
+	BatchStore
+	RunStore
+	// Coverage reports what is stored per pair (every stored pair when
+	// pairs is empty).
+	Coverage(ctx context.Context, pairs []candles.Pair) ([]candles.PairCoverage, error)
+}
+
+// BatchStore applies CANDLES batches exactly once.
+type BatchStore interface {
+	// ApplyBatch upserts b and sets the watermark of stream to seq in one
+	// transaction; a seq at or below the watermark changes nothing and
+	// reports Skipped.
+	ApplyBatch(ctx context.Context, stream string, seq uint64, b candles.Batch) (Applied, error)
+	// Reject moves the watermark of stream past a batch that can never be
+	// applied, writing nothing else.
+	Reject(ctx context.Context, stream string, seq uint64) error
+	// Advance moves the watermark of stream to seq (never backwards) and
+	// writes nothing else: for messages handled elsewhere, such as the run
+	// events whose effect RegisterRun and FailPair committed.
+	Advance(ctx context.Context, stream string, seq uint64) error
+	// Watermark is the last stream sequence applied (0 when none).
+	Watermark(ctx context.Context, stream string) (uint64, error)
+	// ResetWatermark sets the watermark of stream to seq, also backwards.
+	// Only for a stream whose sequence space was reset.
+	ResetWatermark(ctx context.Context, stream string, seq uint64) error
+}
+
+// RunStore tracks which pairs of each sync run are done. A pair is pending
+// until its final batch makes it ok or a failure makes it failed; the first
+// resolution stands. A run is complete once it is registered and every pair
+// it lists is resolved; the store reports that transition exactly once.
+type RunStore interface {
+	// RegisterRun records a run and its pairs (idempotent).
+	RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string) (complete bool, err error)
+	// FailPair marks a pending pair of a run failed (creating it if the run
+	// or pair is not known yet); an ok or failed pair stays as it is.
+	FailPair(ctx context.Context, runID, symbol, interval, reason string) (complete bool, err error)
+	// PendingAnnouncements returns the sync.completed events of complete
+	// runs not yet marked announced.
+	PendingAnnouncements(ctx context.Context) ([]candles.SyncCompleted, error)
+	// MarkAnnounced records that sync.completed of runID was published.
+	MarkAnnounced(ctx context.Context, runID string) error
+	// PendingPairCompletions returns the pair.completed events of pairs
+	// finished by a final batch and not yet marked announced.
+	PendingPairCompletions(ctx context.Context) ([]candles.PairCompleted, error)
+	// MarkPairAnnounced records that pair.completed of the pair was published.
+	MarkPairAnnounced(ctx context.Context, runID, symbol, interval string) error
+	// RunProgress reports every registered run that is not complete.
+	RunProgress(ctx context.Context) ([]Progress, error)
+}
+
+// Applied is the outcome of ApplyBatch.
+type Applied struct {
+	// Skipped: the sequence was at or below the watermark; nothing changed.
+	Skipped bool
+	// Inserted, Updated and Unchanged count the batch's candles by what the
+	// upsert did to their rows.
+	Inserted, Updated, Unchanged int
+	// PairCandles is the number of candles the batch's run has written for
+	// the batch's pair so far, this batch included (0 without a run_id).
+	PairCandles int64
+	// RunComplete: this batch resolved the last pending pair of its run.
+	RunComplete bool
+}
+
+// Progress is how far an unfinished run has got.
+type Progress struct {
+	RunID      string
+	PairsTotal int
+	PairsDone  int // ok or failed
+	Candles    int64
+	StartedAt  time.Time
+}

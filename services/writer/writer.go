@@ -1,0 +1,195 @@
+// Package writer is candlekeep's single writer: it consumes the CANDLES
+// stream strictly in order and applies each batch to the database exactly
+// once, tracks sync runs from the EVENTS stream, announces pair.completed and
+// sync.completed, and answers candles.api.coverage.
+//
+// The database is the truth about what has been applied. Each batch is
+// committed together with its stream sequence (the watermark) and acked only
+// after the commit; at start-up the durable consumer is checked against the
+// watermark and recreated at watermark+1 when they disagree, so a crash, a
+// lost ack or a database restored from an older backup all converge on
+// "every batch applied once, in order".
+package writer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/candlekeep/candlekeep/pkg/candles"
+)
+
+// Names other tools see: `nats micro ls`, `nats consumer ls CANDLES`.
+const (
+	ServiceName    = "candlekeep-writer"
+	ServiceVersion = "0.1.0"
+	// ConsumerBatches is the durable consumer of CANDLES.
+	ConsumerBatches = "writer"
+	// ConsumerRuns is the durable consumer of the run events on EVENTS.
+	ConsumerRuns = "writer-runs"
+)
+
+// Defaults of Options.
+const (
+	DefaultProgressEvery = 10 * time.Second
+	DefaultAckWait       = 30 * time.Second
+	// batchMaxAckPending keeps enough batches in flight that the database,
+	// not the network round trip, sets the pace.
+	batchMaxAckPending = 256
+	// batchBufferBytes bounds the client-side buffer of batches (memory).
+	batchBufferBytes = 16 << 20
+	// retryMin and retryMax bound the backoff of a failing database write
+	// or a consumer that cannot be set up.
+	retryMin = 50 * time.Millisecond
+	retryMax = 5 * time.Second
+	// sideEffectTimeout bounds one event publish or database write done on
+	// the way out, after the run's context ended.
+	sideEffectTimeout = 10 * time.Second
+)
+
+// Options configure a Writer.
+type Options struct {
+	// Conn is a connected NATS connection, owned by the caller.
+	Conn *nats.Conn
+	// Store is the database.
+	Store Store
+	// Logger receives operator logs.
+	Logger *slog.Logger
+	// Now is the clock for event times and progress rates.
+	Now func() time.Time
+	// Streams sizes the streams EnsureStreams creates.
+	Streams candles.StreamOptions
+	// ProgressEvery is how often unfinished runs are logged.
+	ProgressEvery time.Duration
+	// AckWait is how long JetStream waits for the ack of a batch before
+	// delivering it again.
+	AckWait time.Duration
+}
+
+// DefaultOptions returns Options with every default set; Conn and Store
+// must still be provided, and Logger discards until replaced.
+func DefaultOptions() Options {
+	return Options{
+		Logger:        slog.New(slog.DiscardHandler),
+		Now:           time.Now,
+		ProgressEvery: DefaultProgressEvery,
+		AckWait:       DefaultAckWait,
+	}
+}
+
+// Validate reports the first option that cannot work.
+func (o Options) Validate() error {
+	switch {
+	case o.Conn == nil:
+		return errors.New("writer: Conn is required (a connected *nats.Conn; see --nats-url)")
+	case o.Store == nil:
+		return errors.New("writer: Store is required (the database under --data-dir)")
+	case o.Logger == nil:
+		return errors.New("writer: Logger is required")
+	case o.Now == nil:
+		return errors.New("writer: Now is required (use time.Now)")
+	case o.ProgressEvery <= 0:
+		return fmt.Errorf("writer: ProgressEvery %s must be positive (default %s)", o.ProgressEvery, DefaultProgressEvery)
+	case o.AckWait < time.Second:
+		return fmt.Errorf("writer: AckWait %s must be at least 1s (default %s)", o.AckWait, DefaultAckWait)
+	case o.Streams.Replicas < 0 || o.Streams.Replicas > 5:
+		return fmt.Errorf("writer: stream replicas %d must be between 1 and 5 (0 for the default)", o.Streams.Replicas)
+	}
+	return nil
+}
+
+// Writer is the writer service. Create it with New and start it with Run.
+type Writer struct {
+	o   Options
+	js  jetstream.JetStream
+	log *slog.Logger
+
+	// announceMu serialises announcing, which both consumers trigger, so an
+	// event is not published twice at once.
+	announceMu sync.Mutex
+}
+
+// New checks o and returns a Writer.
+func New(o Options) (*Writer, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(o.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("writer: jetstream: %w", err)
+	}
+	return &Writer{o: o, js: js, log: o.Logger}, nil
+}
+
+// Run ensures the streams, announces what a previous run committed but did
+// not publish, then consumes batches and run events and serves the coverage
+// endpoint until ctx ends. On cancellation it finishes the batch in hand,
+// stops consuming and returns nil; nothing is left half-applied because each
+// batch is one transaction acked after its commit.
+func (w *Writer) Run(ctx context.Context) error {
+	if err := candles.EnsureStreams(ctx, w.js, w.o.Streams); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return fmt.Errorf("writer: %w", err)
+	}
+	svc, err := micro.AddService(w.o.Conn, micro.Config{
+		Name:        ServiceName,
+		Version:     ServiceVersion,
+		Description: "applies candle batches to SQLite; reports what it holds",
+	})
+	if err != nil {
+		return fmt.Errorf("writer: add micro service: %w", err)
+	}
+	defer func() {
+		if err := svc.Stop(); err != nil {
+			w.log.Warn("stop micro service", "err", err)
+		}
+	}()
+	if err := svc.AddEndpoint("coverage", micro.ContextHandler(ctx, w.handleCoverage),
+		micro.WithEndpointSubject(candles.SubjectAPICoverage)); err != nil {
+		return fmt.Errorf("writer: add coverage endpoint: %w", err)
+	}
+
+	w.announce(ctx)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.consumeBatches(gctx) })
+	g.Go(func() error { return w.consumeRuns(gctx) })
+	g.Go(func() error { return w.reportProgress(gctx) })
+	err = g.Wait()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		w.log.Info("writer stopped")
+		return nil
+	}
+	return err
+}
+
+// sleep waits d or until ctx ends, reporting whether the full d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// nextBackoff doubles d within [retryMin, limit].
+func nextBackoff(d, limit time.Duration) time.Duration {
+	d *= 2
+	if d < retryMin {
+		d = retryMin
+	}
+	return min(d, limit)
+}
