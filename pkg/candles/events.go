@@ -36,12 +36,14 @@ func (h *EventHeader) Head() *EventHeader { return h }
 // Event is any event struct embedding EventHeader.
 type Event interface{ Head() *EventHeader }
 
-// SyncStarted: a request was accepted and split into pairs.
+// SyncStarted: a request was accepted and split into pairs. Deadline is when
+// the run times out (sync.timeout) if pairs are still open.
 type SyncStarted struct {
 	EventHeader
-	Pairs      []Pair `json:"pairs"`
-	PairsTotal int    `json:"pairs_total"`
-	Reason     string `json:"reason,omitempty"`
+	Pairs      []Pair    `json:"pairs"`
+	PairsTotal int       `json:"pairs_total"`
+	Reason     string    `json:"reason,omitempty"`
+	Deadline   time.Time `json:"deadline,omitzero"`
 }
 
 // SyncCompleted: every pair of the run is written or failed.
@@ -54,6 +56,20 @@ type SyncCompleted struct {
 	StartedAt   time.Time    `json:"started_at"`
 	FinishedAt  time.Time    `json:"finished_at"`
 	Failed      []PairFailed `json:"failed,omitempty"`
+	// Repaired counts candles written into holes found by the gap audit;
+	// GapsRecorded the candle slots newly known not to exist on the exchange.
+	Repaired     int64 `json:"repaired"`
+	GapsRecorded int64 `json:"gaps_recorded"`
+}
+
+// SyncTimeout: the run's deadline passed with pairs still open. What was
+// written stays; the open pairs are named.
+type SyncTimeout struct {
+	EventHeader
+	Deadline    time.Time `json:"deadline"`
+	OpenPairs   []Pair    `json:"open_pairs"`
+	PairsOK     int       `json:"pairs_ok"`
+	PairsFailed int       `json:"pairs_failed"`
 }
 
 // SyncFailed: a request could not be run at all.

@@ -3,6 +3,7 @@ package candles
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 // Version is the version of every message's JSON shape ("v").
@@ -16,20 +17,36 @@ type Pair struct {
 
 func (p Pair) String() string { return p.Symbol + "/" + p.Interval }
 
+// Range is the half-open span of open times [From, Until), in ms.
+type Range struct {
+	From  int64 `json:"from"`
+	Until int64 `json:"until"`
+}
+
 // Job asks one fetcher to fetch one pair for a run: the candles opening in
-// [From, Until), times in ms since the epoch.
+// [From, Until), times in ms since the epoch, after first re-fetching the
+// holes listed in Repair.
 type Job struct {
-	V        int    `json:"v"`
-	RunID    string `json:"run_id"`
-	Symbol   string `json:"symbol"`
-	Interval string `json:"interval"`
-	From     int64  `json:"from"`
-	Until    int64  `json:"until"`
+	V        int     `json:"v"`
+	RunID    string  `json:"run_id"`
+	Symbol   string  `json:"symbol"`
+	Interval string  `json:"interval"`
+	From     int64   `json:"from"`
+	Until    int64   `json:"until"`
+	Repair   []Range `json:"repair,omitempty"`
+	// Deadline is when the run times out; a job still running then stops.
+	Deadline time.Time `json:"deadline,omitempty"`
 }
 
 // Batch is one page of closed candles for one pair, published on
 // candles.batch.<interval>.<SYMBOL>. Final marks the last page of the pair in
 // its run (it may be empty when there was nothing new).
+//
+// From and Until (ms, optional) are the span of open times the exchange was
+// asked for and answered completely: every candle the exchange serves in
+// [From, Until) is in Candles, so a slot of that span without a candle is a
+// known gap (an exchange outage), not a hole to re-fetch. Repair marks pages
+// fetched to fill holes found by the gap audit.
 type Batch struct {
 	V        int      `json:"v"`
 	RunID    string   `json:"run_id"`
@@ -37,6 +54,9 @@ type Batch struct {
 	Interval string   `json:"interval"`
 	Page     int      `json:"page"`
 	Final    bool     `json:"final"`
+	From     int64    `json:"from,omitempty"`
+	Until    int64    `json:"until,omitempty"`
+	Repair   bool     `json:"repair,omitempty"`
 	Candles  []Candle `json:"candles"`
 }
 
@@ -64,23 +84,83 @@ func DecodeBatch(subject string, data []byte) (Batch, error) {
 	if err := Validate(iv, b.Candles); err != nil {
 		return Batch{}, fmt.Errorf("batch %s/%s page %d: %w", b.Symbol, b.Interval, b.Page, err)
 	}
+	if b.From != 0 || b.Until != 0 {
+		if b.From <= 0 || b.Until <= b.From {
+			return Batch{}, fmt.Errorf("batch %s/%s page %d: covered span [%d, %d) is empty or negative", b.Symbol, b.Interval, b.Page, b.From, b.Until)
+		}
+		if n := len(b.Candles); n > 0 && (b.Candles[0].OpenTime < b.From || b.Candles[n-1].OpenTime >= b.Until) {
+			return Batch{}, fmt.Errorf("batch %s/%s page %d: candles outside the covered span [%d, %d)", b.Symbol, b.Interval, b.Page, b.From, b.Until)
+		}
+	}
 	return b, nil
 }
 
 // CoverageRequest asks the writer what it holds for some pairs (all stored
-// pairs when Pairs is empty).
+// pairs when Pairs is empty). Gaps asks for the holes too (a scan of the
+// pair's rows, so only when needed: the gap audit and `candlekeep coverage`).
 type CoverageRequest struct {
 	Pairs []Pair `json:"pairs,omitempty"`
+	Gaps  bool   `json:"gaps,omitempty"`
 }
 
 // PairCoverage is what the database holds for one pair. First and Last are
-// open times in ms; both are zero when the pair has no candles.
+// open times in ms; both are zero when the pair has no candles. Expected is
+// the number of candles in [First, Last]; Expected - Count - the slots of
+// KnownGaps is the number of candles missing. Missing lists the holes (only
+// when the request asked for Gaps); KnownGaps the spans the exchange does not
+// serve. LastSync is when a run last completed the pair.
 type PairCoverage struct {
-	Symbol   string `json:"symbol"`
-	Interval string `json:"interval"`
-	First    int64  `json:"first_open_time"`
-	Last     int64  `json:"last_open_time"`
-	Count    int64  `json:"count"`
+	Symbol    string    `json:"symbol"`
+	Interval  string    `json:"interval"`
+	First     int64     `json:"first_open_time"`
+	Last      int64     `json:"last_open_time"`
+	Count     int64     `json:"count"`
+	Expected  int64     `json:"expected"`
+	KnownGaps []Range   `json:"known_gaps,omitempty"`
+	Missing   []Range   `json:"missing,omitempty"`
+	LastSync  time.Time `json:"last_sync,omitzero"`
+}
+
+// ReplayRequest asks the writer to re-apply CANDLES to the database from a
+// time (Since, RFC 3339) or a stream sequence (FromSeq), optionally only for
+// some symbols. Exactly one of Since and FromSeq is given.
+type ReplayRequest struct {
+	Since   string   `json:"since,omitempty"`
+	FromSeq uint64   `json:"from_seq,omitempty"`
+	Symbols []string `json:"symbols,omitempty"`
+}
+
+// ReplayResponse is the reply of candles.api.replay.
+type ReplayResponse struct {
+	FromSeq  uint64 `json:"from_seq"`
+	ToSeq    uint64 `json:"to_seq"`
+	Batches  int    `json:"batches"`
+	Candles  int64  `json:"candles"`
+	Inserted int64  `json:"inserted"`
+	Updated  int64  `json:"updated"`
+	Skipped  int    `json:"skipped"` // batches of other symbols, or not decodable
+}
+
+// PairPlan is one pair of a dry run's plan.
+type PairPlan struct {
+	Symbol   string  `json:"symbol"`
+	Interval string  `json:"interval"`
+	From     int64   `json:"from"`
+	Until    int64   `json:"until"`
+	Repair   []Range `json:"repair,omitempty"`
+	Candles  int64   `json:"candles"`  // candle slots in the ranges
+	Requests int     `json:"requests"` // klines requests expected
+}
+
+// SyncPlan is the reply of candles.api.sync to a dry run.
+type SyncPlan struct {
+	DryRun          bool       `json:"dry_run"`
+	Pairs           []PairPlan `json:"pairs"`
+	Requests        int        `json:"requests"`
+	Weight          int        `json:"weight"`
+	WeightLimit     int        `json:"weight_limit"`
+	WeightWindow    string     `json:"weight_window"`
+	EstimatedSecond float64    `json:"estimated_seconds"`
 }
 
 // CoverageResponse is the reply of candles.api.coverage.

@@ -31,7 +31,13 @@ type SyncRequest struct {
 	End       string   `json:"end,omitempty"`
 	Lookback  int      `json:"lookback,omitempty"`
 	Reason    string   `json:"reason,omitempty"`
+	// DryRun asks candles.api.sync for the plan (pairs, pages, weight,
+	// estimated time) without fetching anything.
+	DryRun bool `json:"dry_run,omitempty"`
 }
+
+// StartListing as Start asks for a pair's full history, from its listing.
+const StartListing = "listing"
 
 // FieldError is a sync request error that names the offending field.
 type FieldError struct {
@@ -80,7 +86,7 @@ func jsonFieldError(err error) error {
 		return &FieldError{Msg: fmt.Sprintf("malformed JSON at byte %d: %v", syntaxErr.Offset, err)}
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return &FieldError{Field: name, Msg: "unknown field (allowed: symbols, intervals, start, end, lookback, reason)"}
+		return &FieldError{Field: name, Msg: "unknown field (allowed: symbols, intervals, start, end, lookback, reason, dry_run)"}
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return &FieldError{Msg: "malformed JSON: the request is truncated"}
 	default:
@@ -94,6 +100,8 @@ func jsonTypeName(field string) string {
 		return "a list of strings"
 	case "lookback":
 		return "a whole number"
+	case "dry_run":
+		return "true or false"
 	default:
 		if strings.HasPrefix(field, "symbols") || strings.HasPrefix(field, "intervals") {
 			return "a string"
@@ -156,15 +164,19 @@ func (r SyncRequest) Validate() error {
 	return nil
 }
 
-// Range returns the parsed Start and End (nil where absent).
+// Listing reports whether the request asks for full history.
+func (r SyncRequest) Listing() bool { return r.Start == StartListing }
+
+// Range returns the parsed Start and End (nil where absent; Start is nil for
+// "listing", see Listing).
 func (r SyncRequest) Range() (start, end *time.Time, err error) {
 	parse := func(field, v string) (*time.Time, error) {
-		if v == "" {
+		if v == "" || (field == "start" && v == StartListing) {
 			return nil, nil
 		}
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			return nil, &FieldError{Field: field, Msg: fmt.Sprintf("%q is not an RFC 3339 time such as 2024-01-01T00:00:00Z", v)}
+			return nil, &FieldError{Field: field, Msg: fmt.Sprintf("%q is not an RFC 3339 time such as 2024-01-01T00:00:00Z%s", v, map[bool]string{true: ` or "listing"`}[field == "start"])}
 		}
 		t = t.UTC()
 		return &t, nil

@@ -12,6 +12,8 @@ const (
 	SubjectAPISync = "candles.api.sync"
 	// SubjectAPICoverage answers what the database holds per pair.
 	SubjectAPICoverage = "candles.api.coverage"
+	// SubjectAPIReplay re-applies CANDLES to the database.
+	SubjectAPIReplay = "candles.api.replay"
 	// SubjectBatchPrefix prefixes candles.batch.<interval>.<SYMBOL> (CANDLES stream).
 	SubjectBatchPrefix = "candles.batch."
 	// SubjectJobPrefix prefixes candles.jobs.<interval>.<SYMBOL>, the work

@@ -21,8 +21,12 @@ import (
 // klinesWeight is the request weight Binance charges for one klines call.
 const klinesWeight = 2
 
-// errBadJob marks a job that can never run.
-var errBadJob = errors.New("bad job")
+var (
+	// errBadJob marks a job that can never run.
+	errBadJob = errors.New("bad job")
+	// errDeadline: the run's deadline passed; the writer reports it as sync.timeout.
+	errDeadline = errors.New("run deadline passed")
+)
 
 // handleJob fetches one pair and decides, in this one place, what happens to
 // the job message: ack when every page is published, NAK with a delay for
@@ -56,6 +60,10 @@ func (f *Fetcher) handleJob(ctx context.Context, msg jetstream.Msg) {
 		return
 	case ctx.Err() != nil:
 		_ = msg.Nak() // shutting down: another fetcher takes it now
+		return
+	case errors.Is(err, errDeadline):
+		log.Warn("run deadline passed; pair left open", "pages", pages, "candles", n)
+		_ = msg.TermWithReason("run deadline passed")
 		return
 	case errors.Is(err, errBadJob), errors.Is(err, binance.ErrRejected):
 		f.failPair(ctx, msg, job, log, err.Error())
@@ -96,67 +104,111 @@ func (f *Fetcher) failPair(ctx context.Context, msg jetstream.Msg, job candles.J
 	_ = msg.TermWithReason("pair failed")
 }
 
-// fetchPair pages the job's range and publishes each page of closed candles.
-// The last page published is marked final (empty when nothing was new), which
-// tells the writer the pair is done.
+// fetchPair fetches the job's repair ranges, then its main range, and
+// publishes each page of closed candles. The last page published is marked
+// final (empty when nothing was new), which tells the writer the pair is
+// done. Each page says which span of open times the exchange answered
+// completely, so the writer can tell an exchange outage from a hole.
 func (f *Fetcher) fetchPair(ctx context.Context, msg jetstream.Msg, job candles.Job, log *slog.Logger) (pages int, total int64, err error) {
 	iv, err := candles.ParseInterval(job.Interval)
 	if err != nil {
 		return 0, 0, fmt.Errorf("%w: %v", errBadJob, err)
 	}
-	from := job.From
-	for page := 0; ; page++ {
-		var closed []candles.Candle
-		final := from >= job.Until
-		if !final {
-			raw, err := f.page(ctx, job, iv, from, log)
-			if err != nil {
-				return pages, total, err
-			}
-			exchangeNow, err := f.clock.exchangeNow(ctx, f)
-			if err != nil {
-				return pages, total, err
-			}
-			final = len(raw) < f.o.PageLimit
-			for _, c := range raw {
-				if c.OpenTime >= job.Until {
-					final = true
-					break
-				}
-				if c.CloseTime >= exchangeNow.Add(-closeMargin).UnixMilli() {
-					final = true // the still-open candle, and nothing after it
-					break
-				}
-				closed = append(closed, c)
-			}
-			if n := len(closed); n > 0 && iv.Next(closed[n-1].OpenTime) >= job.Until {
-				final = true
-			}
+	if !job.Deadline.IsZero() {
+		if !f.o.Now().Before(job.Deadline) {
+			return 0, 0, errDeadline
 		}
-		b := candles.Batch{V: candles.Version, RunID: job.RunID, Symbol: job.Symbol, Interval: job.Interval,
-			Page: page, Final: final, Candles: closed}
-		if err := f.publish(ctx, b, from); err != nil {
-			return pages, total, err
-		}
-		pages++
-		total += int64(len(closed))
-		log.Debug("page published", "page", page, "candles", len(closed), "final", final)
-		if final {
-			return pages, total, nil
-		}
-		if len(closed) == 0 {
-			// A full page with nothing closed cannot happen unless the exchange
-			// misbehaves; refuse to loop on it.
-			return pages, total, fmt.Errorf("%w: full page without a closed candle at %d", binance.ErrBadPage, from)
-		}
-		from = iv.Next(closed[len(closed)-1].OpenTime)
-		_ = msg.InProgress()
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, job.Deadline)
+		defer cancel()
 	}
+	type span struct {
+		candles.Range
+		repair bool
+	}
+	spans := make([]span, 0, len(job.Repair)+1)
+	for _, r := range job.Repair {
+		spans = append(spans, span{r, true})
+	}
+	spans = append(spans, span{candles.Range{From: job.From, Until: job.Until}, false})
+	page := 0
+	for si, sp := range spans {
+		lastSpan := si == len(spans)-1
+		from := sp.From
+		for first := true; ; first = false {
+			b := candles.Batch{V: candles.Version, RunID: job.RunID, Symbol: job.Symbol, Interval: job.Interval, Page: page, Repair: sp.repair}
+			done := from >= sp.Until
+			if !done {
+				raw, err := f.page(ctx, job, iv, from, sp.Until, log)
+				if err != nil {
+					if ctx.Err() != nil && !job.Deadline.IsZero() && !f.o.Now().Before(job.Deadline) {
+						return pages, total, errDeadline
+					}
+					return pages, total, err
+				}
+				exchangeNow, err := f.clock.exchangeNow(ctx, f)
+				if err != nil {
+					return pages, total, err
+				}
+				// Slots from the one still open (or closing within the margin)
+				// on are not settled yet.
+				settled := min(sp.Until, iv.Align(exchangeNow.Add(-closeMargin).UnixMilli()))
+				done = len(raw) < f.o.PageLimit
+				for _, c := range raw {
+					if c.OpenTime >= settled {
+						done = true
+						break
+					}
+					b.Candles = append(b.Candles, c)
+				}
+				coverUntil := settled
+				if !done {
+					coverUntil = min(settled, iv.Next(raw[len(raw)-1].OpenTime))
+				}
+				if n := len(b.Candles); n > 0 && iv.Next(b.Candles[n-1].OpenTime) >= sp.Until {
+					done = true
+				}
+				// The first page of the main range may start before the
+				// listing: slots before the first candle are not gaps.
+				coverFrom := from
+				if first && !sp.repair {
+					coverFrom = -1
+					if len(b.Candles) > 0 {
+						coverFrom = b.Candles[0].OpenTime
+					}
+				}
+				if coverFrom >= 0 && coverUntil > coverFrom {
+					b.From, b.Until = coverFrom, coverUntil
+				}
+			}
+			b.Final = done && lastSpan
+			if len(b.Candles) > 0 || b.Final || b.From != 0 {
+				if err := f.publish(ctx, b, from); err != nil {
+					return pages, total, err
+				}
+				pages++
+				page++
+				total += int64(len(b.Candles))
+				log.Debug("page published", "page", b.Page, "candles", len(b.Candles), "final", b.Final, "repair", b.Repair)
+			}
+			if done {
+				break
+			}
+			if len(b.Candles) == 0 {
+				// A full page with nothing closed cannot happen unless the
+				// exchange misbehaves; refuse to loop on it.
+				return pages, total, fmt.Errorf("%w: full page without a closed candle at %d", binance.ErrBadPage, from)
+			}
+			from = iv.Next(b.Candles[len(b.Candles)-1].OpenTime)
+			_ = msg.InProgress()
+		}
+	}
+	return pages, total, nil
 }
 
 // page fetches and validates one page, retrying a bad or failed page a few
 // times in place before the job as a whole is redelivered.
-func (f *Fetcher) page(ctx context.Context, job candles.Job, iv candles.Interval, from int64, log *slog.Logger) ([]candles.Candle, error) {
+func (f *Fetcher) page(ctx context.Context, job candles.Job, iv candles.Interval, from, until int64, log *slog.Logger) ([]candles.Candle, error) {
 	var lastErr error
 	for try := 0; try <= pageRetries; try++ {
 		if try > 0 {
@@ -169,7 +221,7 @@ func (f *Fetcher) page(ctx context.Context, job candles.Job, iv candles.Interval
 		if err := f.pacer.wait(ctx, klinesWeight); err != nil {
 			return nil, err
 		}
-		raw, r, err := f.api.Klines(ctx, job.Symbol, job.Interval, from, job.Until-1, f.o.PageLimit)
+		raw, r, err := f.api.Klines(ctx, job.Symbol, job.Interval, from, until-1, f.o.PageLimit)
 		f.pacer.observe(r.UsedWeight)
 		if err == nil {
 			err = checkPage(iv, from, raw)
