@@ -267,7 +267,7 @@ func BenchmarkServiceMemory(b *testing.B) {
 		syms := strings.Join(benchSymbols, ",")
 		w := start(b, nil, "writer", "--nats-url", ns.ClientURL(), "--data-dir", dataDir, "--log-level", "warn")
 		f := start(b, nil, "fetcher", "--nats-url", ns.ClientURL(), "--binance-url", "http://"+simAddr,
-			"--symbols", syms, "--intervals", "1m", "--log-level", "warn")
+			"--symbols", syms, "--intervals", "1m", "--log-level", "warn", "--catch-up=false", "--sync-schedule", "off")
 		nc := connect(b, ns.ClientURL())
 		ev := watchEvents(b, nc)
 		natsUntil(b, ns.ClientURL(), "candlekeep-writer", "micro", "ls")

@@ -80,6 +80,9 @@ func (f *fetcherFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.o.RetryBase, "retry-base", f.o.RetryBase, "first retry delay of a failed pair; doubles per attempt")
 	fs.DurationVar(&f.o.RequestTimeout, "request-timeout", f.o.RequestTimeout, "timeout of one HTTP request to the exchange")
 	fs.IntVar(&f.o.WeightLimit, "weight-limit", f.o.WeightLimit, "request weight per minute to stay under until exchangeInfo tells the real limit")
+	fs.StringVar(&f.o.SyncSchedule, "sync-schedule", f.o.SyncSchedule, `when to sync, installed as a JetStream message schedule: 6-field cron with seconds (UTC), 5-field cron, "@every 30s", "@hourly", "@daily", or "off"`)
+	fs.DurationVar(&f.o.SyncTimeout, "sync-timeout", f.o.SyncTimeout, "a run still open after this emits sync.timeout naming its open pairs (0: no deadline)")
+	fs.BoolVar(&f.o.CatchUp, "catch-up", f.o.CatchUp, "at start-up, sync at once if stored data is older than one interval")
 }
 
 // options returns the fetcher options after parsing.

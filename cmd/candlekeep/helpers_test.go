@@ -46,6 +46,8 @@ func testFetcherOptions(binanceURL string) fetcher.Options {
 	o.BinanceURL = binanceURL
 	o.RetryBase = 100 * time.Millisecond
 	o.RequestTimeout = 5 * time.Second
+	o.SyncSchedule = fetcher.ScheduleOff // a tick must not start a run mid-test
+	o.CatchUp = false                    // each test asks for exactly the runs it checks
 	return o
 }
 

@@ -24,7 +24,7 @@ func TestBinaryDrivenByTheNatsCLI(t *testing.T) {
 	waitHTTP(t, "http://"+simAddr+"/api/v3/ping", simProc)
 	upProc := start(t, []string{"CANDLEKEEP_LOOKBACK=24", "CANDLEKEEP_BINANCE_URL=http://" + simAddr},
 		"up", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT,SOLUSDT",
-		"--intervals", "1h,4h", "--sync-on-start=false", "--log-format", "json")
+		"--intervals", "1h,4h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json")
 	server := "nats://" + natsAddr
 	natsUntil(t, server, "candlekeep-writer", "micro", "ls")
 	natsUntil(t, server, "candlekeep-fetcher", "micro", "ls")

@@ -2,17 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
-	"time"
 
-	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/services/fetcher"
 	"github.com/candlekeep/candlekeep/services/writer"
@@ -20,11 +16,10 @@ import (
 
 // upConfig is everything `candlekeep up` runs with.
 type upConfig struct {
-	DataDir     string
-	NATSListen  string
-	SyncOnStart bool
-	Fetcher     fetcher.Options
-	Writer      writer.Options
+	DataDir    string
+	NATSListen string
+	Fetcher    fetcher.Options
+	Writer     writer.Options
 	// Ready, if set, is called with the embedded server's client URL once
 	// every service runs (tests use it with --nats-listen 127.0.0.1:-1).
 	Ready func(natsURL string)
@@ -33,7 +28,8 @@ type upConfig struct {
 func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) int {
 	fs := flagSet("up", "candlekeep up [flags]",
 		"Runs an embedded nats-server (JetStream, file store under --data-dir) with the\n"+
-			"fetcher and the writer in one process, and starts a catch-up sync at once.\n"+
+			"fetcher and the writer in one process. It installs the sync schedule and, if\n"+
+			"stored data is older than one interval, starts a catch-up sync at once.\n"+
 			"The database is <data-dir>/candles.db. Stop it with Ctrl-C or SIGTERM: work in\n"+
 			"flight is handed back to the streams, nothing is lost.", stderr)
 	var lf logFlags
@@ -43,7 +39,6 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 	cfg := upConfig{Writer: writer.DefaultOptions()}
 	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir, "directory of candles.db and the NATS store (created 0700)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", defaultNATSListen, "host:port of the embedded nats-server, for the nats CLI and split services")
-	fs.BoolVar(&cfg.SyncOnStart, "sync-on-start", true, "start a sync of the configured pairs at start-up (incremental: only what is missing)")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
@@ -81,38 +76,8 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveWriter(gctx, url, dbPath, cfg.Writer, log) })
 	g.Go(func() error { return serveFetcher(gctx, url, cfg.Fetcher, log) })
-	if cfg.SyncOnStart {
-		g.Go(func() error { startupSync(gctx, url, log); return nil })
-	}
 	if cfg.Ready != nil {
 		cfg.Ready(url)
 	}
 	return g.Wait()
-}
-
-// startupSync asks for a catch-up run once the fetcher answers, so a user
-// who starts candlekeep sees data arrive at once.
-func startupSync(ctx context.Context, url string, log *slog.Logger) {
-	nc, err := nats.Connect(url, nats.Name("candlekeep-startup"))
-	if err != nil {
-		log.Warn("start-up sync not requested", "err", err)
-		return
-	}
-	defer nc.Close()
-	body, _ := json.Marshal(candles.SyncRequest{Reason: "startup"})
-	for ctx.Err() == nil {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		msg, err := nc.RequestWithContext(rctx, candles.SubjectAPISync, body)
-		cancel()
-		if err == nil && msg.Header.Get("Nats-Service-Error-Code") == "" {
-			var acc candles.SyncAccepted
-			_ = json.Unmarshal(msg.Data, &acc)
-			log.Info("start-up sync requested", "run_id", acc.RunID, "pairs", acc.Pairs)
-			return
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }

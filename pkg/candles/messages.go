@@ -34,6 +34,10 @@ type Job struct {
 	From     int64   `json:"from"`
 	Until    int64   `json:"until"`
 	Repair   []Range `json:"repair,omitempty"`
+	// Incremental: From is the pair's last stored candle (no explicit start),
+	// so a job that had to wait for another run of the same pair may move
+	// From up to what that run stored.
+	Incremental bool `json:"incremental,omitempty"`
 	// Deadline is when the run times out; a job still running then stops.
 	Deadline time.Time `json:"deadline,omitempty"`
 }

@@ -56,11 +56,14 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 		Name:        StreamSync,
 		Description: "sync requests from the schedule, the nats CLI and candles.api.sync",
 		Subjects:    []string{"candles.sync.>"},
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      syncMaxAge,
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-		Duplicates:  o.DuplicateWindow,
+		// The sync schedule is a message in this stream; the server
+		// publishes its body to candles.sync.request on every tick.
+		AllowMsgSchedules: true,
+		Retention:         jetstream.LimitsPolicy,
+		MaxAge:            syncMaxAge,
+		Storage:           jetstream.FileStorage,
+		Replicas:          o.Replicas,
+		Duplicates:        o.DuplicateWindow,
 	}, {
 		Name:        StreamJobs,
 		Description: "per-pair fetch jobs shared by all fetchers",

@@ -7,6 +7,10 @@ import "strings"
 const (
 	// SubjectSyncRequest takes fire-and-forget sync requests (SYNC stream).
 	SubjectSyncRequest = "candles.sync.request"
+	// SubjectSyncSchedule holds candlekeep's sync schedule: a JetStream
+	// message schedule (Nats-Schedule) in the SYNC stream whose target is
+	// SubjectSyncRequest.
+	SubjectSyncSchedule = "candles.sync.schedule.default"
 	// SubjectAPISync is the request/reply endpoint that validates a sync
 	// request, queues it and answers with its run_id.
 	SubjectAPISync = "candles.api.sync"

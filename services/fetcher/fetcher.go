@@ -39,6 +39,7 @@ const (
 	DefaultRequestTimeout  = 15 * time.Second
 	DefaultWeightLimit     = 6000
 	DefaultCoverageTimeout = 10 * time.Second
+	DefaultSyncTimeout     = 30 * time.Minute
 
 	// Consumer names, shared by every fetcher process.
 	RequestConsumer = "fetcher-requests"
@@ -71,9 +72,17 @@ type Options struct {
 	RequestTimeout time.Duration
 	// WeightLimit is used until /api/v3/exchangeInfo tells the real one.
 	WeightLimit int
-	Streams     candles.StreamOptions
-	Logger      *slog.Logger
-	Now         func() time.Time
+	// SyncSchedule is --sync-schedule, installed as a JetStream message
+	// schedule (see ParseSchedule); "" leaves the installed one alone.
+	SyncSchedule string
+	// SyncTimeout is the run deadline (sync.timeout); 0 means none.
+	SyncTimeout time.Duration
+	// CatchUp starts a sync at start-up when stored data is older than one
+	// interval (the server does not replay ticks missed while it was down).
+	CatchUp bool
+	Streams candles.StreamOptions
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // DefaultOptions returns the production defaults (Conn and Logger unset).
@@ -89,6 +98,9 @@ func DefaultOptions() Options {
 		RetryBase:      DefaultRetryBase,
 		RequestTimeout: DefaultRequestTimeout,
 		WeightLimit:    DefaultWeightLimit,
+		SyncSchedule:   DefaultSyncSchedule,
+		SyncTimeout:    DefaultSyncTimeout,
+		CatchUp:        true,
 		Now:            time.Now,
 	}
 }
@@ -123,6 +135,13 @@ func (o Options) Validate() error {
 		return fmt.Errorf("--retry-base %v: want a positive duration", o.RetryBase)
 	case o.WeightLimit < 10:
 		return fmt.Errorf("--weight-limit %d: want at least 10", o.WeightLimit)
+	case o.SyncTimeout < 0:
+		return fmt.Errorf("--sync-timeout %v: want a positive duration, or 0 for none", o.SyncTimeout)
+	}
+	if o.SyncSchedule != "" {
+		if _, _, err := ParseSchedule(o.SyncSchedule, time.Now()); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -172,6 +191,15 @@ func (f *Fetcher) Run(ctx context.Context) error {
 	if err := candles.EnsureStreams(ctx, f.js, f.o.Streams); err != nil {
 		return err
 	}
+	if f.o.SyncSchedule != "" {
+		pattern, next, _ := ParseSchedule(f.o.SyncSchedule, f.o.Now())
+		if err := installSchedule(ctx, f.js, pattern, f.log); err != nil {
+			return err
+		}
+		if !next.IsZero() {
+			f.log.Info("next scheduled sync", "at", next.Format(time.RFC3339))
+		}
+	}
 	reqCons, err := f.js.CreateOrUpdateConsumer(ctx, candles.StreamSync, jetstream.ConsumerConfig{
 		Durable:       RequestConsumer,
 		Description:   "fetchers take sync requests",
@@ -216,6 +244,9 @@ func (f *Fetcher) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return f.consume(gctx, reqCons, 1, f.handleRequest) })
 	g.Go(func() error { return f.consume(gctx, jobCons, f.o.Concurrency, f.handleJob) })
+	if f.o.CatchUp {
+		g.Go(func() error { f.catchUp(gctx); return nil })
+	}
 	err = g.Wait()
 	f.log.Info("fetcher stopped")
 	if ctx.Err() != nil {

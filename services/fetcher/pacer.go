@@ -98,3 +98,10 @@ func (p *pacer) setLimit(limit int, window time.Duration) {
 		p.window = window
 	}
 }
+
+// budget returns the weight limit and its window.
+func (p *pacer) budget() (int, time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.limit, p.window
+}

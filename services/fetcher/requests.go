@@ -22,6 +22,17 @@ func (f *Fetcher) handleSyncAPI(req micro.Request) {
 		_ = req.Error("400", "invalid sync request: "+err.Error(), nil)
 		return
 	}
+	if r.DryRun {
+		ctx, cancel := context.WithTimeout(f.runCtx, time.Minute)
+		defer cancel()
+		plan, err := f.dryRun(ctx, r)
+		if err != nil {
+			_ = req.Error("503", "cannot plan the sync: "+err.Error(), nil)
+			return
+		}
+		_ = req.RespondJSON(plan)
+		return
+	}
 	runID := newRunID(f.o.Now())
 	msg := nats.NewMsg(candles.SubjectSyncRequest)
 	msg.Header.Set(candles.HeaderRunID, runID)
@@ -72,6 +83,13 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.TermWithReason("invalid sync request")
 		return
 	}
+	if req.DryRun {
+		log.Warn("dry run on the SYNC stream refused; use candles.api.sync")
+		f.event(ctx, log, &candles.SyncFailed{EventHeader: candles.NewHeader(candles.KindSyncFailed, runID),
+			Reason: "dry_run: only candles.api.sync answers dry runs (nats req candles.api.sync ...)"}, "sync.failed:"+runID)
+		_ = msg.TermWithReason("dry run on the stream")
+		return
+	}
 	jobs, err := f.plan(ctx, runID, req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -96,6 +114,9 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 	}
 	started := &candles.SyncStarted{EventHeader: candles.NewHeader(candles.KindSyncStarted, runID),
 		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason}
+	if len(jobs) > 0 {
+		started.Deadline = jobs[0].Deadline
+	}
 	if err := candles.PublishEvent(ctx, f.js, started, "sync.started:"+runID, f.o.Now()); err != nil {
 		log.Warn("cannot start the run; retrying", "err", err)
 		_ = msg.NakWithDelay(backoff(f.o.RetryBase, meta.NumDelivered))
@@ -114,19 +135,31 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 	log.Info("sync started", "pairs", len(jobs), "reason", req.Reason)
 }
 
+// listingFloor is where a full-history request starts looking: before
+// Binance's first candles, so the first page begins at each pair's listing.
+var listingFloor = time.Date(2017, 7, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+
 // plan resolves a request into jobs: the configured pairs where it names
-// none, and per pair the range [from, until) to fetch: from Start, else from
-// the last stored candle (fetched again, so a candle rewritten by the
-// exchange is corrected), else Lookback bars back.
+// none, and per pair the range [from, until) to fetch: from Start ("listing":
+// from the pair's first candle), else from the last stored candle (fetched
+// again, so a candle rewritten by the exchange is corrected) with the holes
+// the gap audit found to repair, else Lookback bars back. Until is End or the
+// exchange's now.
 func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncRequest) ([]candles.Job, error) {
 	symbols, intervals := f.pairSet(req)
 	start, end, err := req.Range()
 	if err != nil {
 		return nil, err
 	}
-	until := f.o.Now().UnixMilli()
+	var until int64
 	if end != nil {
 		until = end.UnixMilli()
+	} else {
+		now, err := f.clock.exchangeNow(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		until = now.UnixMilli()
 	}
 	lookback := req.Lookback
 	if lookback == 0 {
@@ -138,11 +171,16 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 			pairs = append(pairs, candles.Pair{Symbol: s, Interval: iv})
 		}
 	}
+	incremental := start == nil && !req.Listing()
 	var stored map[candles.Pair]candles.PairCoverage
-	if start == nil {
-		if stored, err = f.coverage(ctx, pairs); err != nil {
+	if incremental {
+		if stored, err = f.coverage(ctx, pairs, true); err != nil {
 			return nil, err
 		}
+	}
+	var deadline time.Time
+	if f.o.SyncTimeout > 0 {
+		deadline = f.o.Now().Add(f.o.SyncTimeout).UTC()
 	}
 	jobs := make([]candles.Job, 0, len(pairs))
 	for _, p := range pairs {
@@ -150,26 +188,91 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 		if err != nil {
 			return nil, err
 		}
-		var from int64
-		switch c, ok := stored[p]; {
+		j := candles.Job{V: candles.Version, RunID: runID, Symbol: p.Symbol, Interval: p.Interval, Until: until, Deadline: deadline}
+		c, ok := stored[p]
+		switch {
+		case req.Listing():
+			j.From = iv.Align(listingFloor)
 		case start != nil:
-			from = iv.Align(start.UnixMilli())
-			if from < start.UnixMilli() {
-				from = iv.Next(from)
+			j.From = iv.Align(start.UnixMilli())
+			if j.From < start.UnixMilli() {
+				j.From = iv.Next(j.From)
 			}
 		case ok && c.Count > 0:
-			from = c.Last
+			j.From, j.Incremental = c.Last, true
+			for _, m := range c.Missing {
+				if m.From < c.Last {
+					j.Repair = append(j.Repair, candles.Range{From: m.From, Until: min(m.Until, c.Last)})
+				}
+			}
 		default:
-			from = iv.Add(iv.Align(until-1), -lookback)
+			j.From, j.Incremental = iv.Add(iv.Align(until-1), -lookback), true
 		}
-		jobs = append(jobs, candles.Job{V: candles.Version, RunID: runID, Symbol: p.Symbol, Interval: p.Interval, From: from, Until: until})
+		jobs = append(jobs, j)
 	}
 	return jobs, nil
 }
 
+// dryRun answers a dry run with the plan: per pair the ranges, candle slots
+// and klines requests, and in total the request weight and the time it takes
+// at the exchange's weight budget. For "listing" the first candle of each
+// pair is looked up (one small request per pair).
+func (f *Fetcher) dryRun(ctx context.Context, req candles.SyncRequest) (candles.SyncPlan, error) {
+	jobs, err := f.plan(ctx, "dry-run", req)
+	if err != nil {
+		return candles.SyncPlan{}, err
+	}
+	limit, window := f.pacer.budget()
+	plan := candles.SyncPlan{DryRun: true, WeightLimit: limit, WeightWindow: window.String()}
+	for _, j := range jobs {
+		iv := candles.MustInterval(j.Interval)
+		from := j.From
+		if req.Listing() {
+			first, err := f.firstCandle(ctx, j.Symbol, j.Interval)
+			if err != nil {
+				return candles.SyncPlan{}, err
+			}
+			from = max(from, first)
+		}
+		pp := candles.PairPlan{Symbol: j.Symbol, Interval: j.Interval, From: from, Until: j.Until, Repair: j.Repair}
+		for _, r := range append(append([]candles.Range{}, j.Repair...), candles.Range{From: from, Until: j.Until}) {
+			n := iv.Count(r.From, iv.Align(r.Until-1))
+			pp.Candles += n
+			pp.Requests += int(n/int64(f.o.PageLimit)) + 1
+		}
+		plan.Pairs = append(plan.Pairs, pp)
+		plan.Requests += pp.Requests
+	}
+	plan.Weight = plan.Requests * klinesWeight
+	byWeight := float64(plan.Weight) / float64(limit) * window.Seconds()
+	byLatency := float64(plan.Requests) / float64(f.o.Concurrency) * estimatedRequestSeconds
+	plan.EstimatedSecond = max(byWeight, byLatency)
+	return plan, nil
+}
+
+// estimatedRequestSeconds is a typical klines round trip, for dry runs.
+const estimatedRequestSeconds = 0.25
+
+// firstCandle returns the open time of a pair's first candle on the exchange.
+func (f *Fetcher) firstCandle(ctx context.Context, symbol, interval string) (int64, error) {
+	if err := f.pacer.wait(ctx, klinesWeight); err != nil {
+		return 0, err
+	}
+	iv := candles.MustInterval(interval)
+	cs, r, err := f.api.Klines(ctx, symbol, interval, iv.Align(listingFloor), f.o.Now().UnixMilli(), 1)
+	f.pacer.observe(r.UsedWeight)
+	if err != nil {
+		return 0, fmt.Errorf("find the listing of %s/%s: %w", symbol, interval, err)
+	}
+	if len(cs) == 0 {
+		return f.o.Now().UnixMilli(), nil
+	}
+	return cs[0].OpenTime, nil
+}
+
 // coverage asks the writer what it stores for pairs.
-func (f *Fetcher) coverage(ctx context.Context, pairs []candles.Pair) (map[candles.Pair]candles.PairCoverage, error) {
-	data, _ := json.Marshal(candles.CoverageRequest{Pairs: pairs})
+func (f *Fetcher) coverage(ctx context.Context, pairs []candles.Pair, gaps bool) (map[candles.Pair]candles.PairCoverage, error) {
+	data, _ := json.Marshal(candles.CoverageRequest{Pairs: pairs, Gaps: gaps})
 	ctx, cancel := context.WithTimeout(ctx, DefaultCoverageTimeout)
 	defer cancel()
 	resp, err := f.o.Conn.RequestWithContext(ctx, candles.SubjectAPICoverage, data)
