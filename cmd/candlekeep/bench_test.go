@@ -219,7 +219,7 @@ func BenchmarkIncrementalSync(b *testing.B) {
 	}
 }
 
-// Weight budget: a backfill against a simulator enforcing 6000 weight per
+// Weight budget: a full-history backfill of 20 symbols x 1h against a simulator enforcing 6000 weight per
 // minute, scaled to 300 per 3 s so it fits a benchmark; share of the budget
 // used over the run and the number of 429s.
 func BenchmarkWeightBudget(b *testing.B) {
@@ -234,7 +234,7 @@ func BenchmarkWeightBudget(b *testing.B) {
 		time.Sleep(time.Until(time.Now().Truncate(window).Add(window))) // start on a window boundary
 		s.ResetStats()
 		began := time.Now()
-		acc := requestSync(b, nc, `{"start":"2023-01-01T00:00:00Z","end":"2024-12-01T00:00:00Z"}`)
+		acc := requestSync(b, nc, `{"start":"listing","end":"2025-01-01T00:00:00Z"}`)
 		var sc candles.SyncCompleted
 		ev.wait(b, candles.KindSyncCompleted, acc.RunID, 10*time.Minute, &sc)
 		took := time.Since(began)

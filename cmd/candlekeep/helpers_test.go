@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	_ "modernc.org/sqlite"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
@@ -85,9 +86,10 @@ func startUp(t testing.TB, dataDir string, fo fetcher.Options) string {
 	// Wait until both services answer.
 	nc := connect(t, url)
 	deadline := time.Now().Add(20 * time.Second)
-	for _, subj := range []string{candles.SubjectAPICoverage} {
+	// The fetcher answers an invalid request with a 400: enough to know it is up.
+	for _, subj := range []string{candles.SubjectAPICoverage, candles.SubjectAPISync} {
 		for {
-			if _, err := nc.Request(subj, []byte(`{}`), time.Second); err == nil {
+			if _, err := nc.Request(subj, []byte(`{"probe":1}`), time.Second); err == nil {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -130,6 +132,34 @@ func watchEvents(t testing.TB, nc *nats.Conn) *events {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return ev
+}
+
+// watchEventsSince collects the events stored in EVENTS since a time, and
+// every later one: for services that may act before the test subscribes.
+func watchEventsSince(t testing.TB, nc *nats.Conn, since time.Time) *events {
+	t.Helper()
+	ev := &events{}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, candles.StreamEvents, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		ev.mu.Lock()
+		ev.all = append(ev.all, append(json.RawMessage(nil), m.Data()...))
+		ev.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
 	return ev
 }
 

@@ -36,6 +36,7 @@ func commands() []command {
 		{"fetcher", "the fetcher service, connected to --nats-url", runFetcher},
 		{"writer", "the writer service, connected to --nats-url", runWriter},
 		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
+		{"coverage", "what the database holds per pair: complete, missing, known gaps (exit 1 if missing)", runCoverage},
 	}
 }
 

@@ -4,6 +4,14 @@
 // shares, pages /api/v3/klines for each job, drops the still-open candle,
 // validates every page and publishes it to candles.batch.<interval>.<SYMBOL>
 // with a Nats-Msg-Id, so a retried job never stores a page twice.
+//
+// Fetchers coordinate through JetStream alone: a KV lock per pair
+// (LockBucket) keeps one sync per pair at a time, a checkpoint per job
+// (ProgressBucket) lets a redelivered job resume at the page that failed,
+// and a shared board (FetchersBucket) carries the exchange's 418 ban to
+// every fetcher. Retries are JetStream redeliveries (NakWithDelay); a job
+// whose deliveries run out without a decision still ends as pair.failed,
+// from the server's max-deliveries advisory.
 package fetcher
 
 import (
@@ -53,7 +61,11 @@ const (
 	requestMaxDeliver = 10
 	jobAckWait        = time.Minute
 	closeMargin       = time.Second // a candle counts as closed only this long after its close time
-	pageRetries       = 2           // in-handler retries of one page before the job is redelivered
+	// extraDeliveries lets a job be delivered more often than MaxDeliver
+	// attempts: a 418 pause, a shutdown or a lost lock takes a delivery but
+	// is not the pair's failure. A job whose deliveries still run out ends
+	// with pair.failed from the max-deliveries advisory.
+	extraDeliveries = 6
 )
 
 // Options configures a Fetcher.
@@ -148,13 +160,17 @@ func (o Options) Validate() error {
 
 // Fetcher is one fetcher process's worth of workers.
 type Fetcher struct {
-	o      Options
-	log    *slog.Logger
-	js     jetstream.JetStream
-	api    *binance.Client
-	pacer  *pacer
-	clock  exchangeClock
-	runCtx context.Context
+	o     Options
+	log   *slog.Logger
+	js    jetstream.JetStream
+	api   *binance.Client
+	pacer *pacer
+	clock exchangeClock
+	// Opened by Run: the shared JetStream KV state.
+	board    *board
+	locks    *pairLocks
+	progress *progressStore
+	runCtx   context.Context
 }
 
 // New checks o and builds a Fetcher; Run starts it.
@@ -186,7 +202,12 @@ func New(o Options) (*Fetcher, error) {
 
 // Run serves until ctx ends, then stops taking work, hands unfinished jobs
 // back to the queue and returns nil.
-func (f *Fetcher) Run(ctx context.Context) error {
+func (f *Fetcher) Run(ctx context.Context) (err error) {
+	defer func() {
+		if ctx.Err() != nil {
+			err = nil // stopped during start-up: nothing was taken
+		}
+	}()
 	f.runCtx = ctx
 	if err := candles.EnsureStreams(ctx, f.js, f.o.Streams); err != nil {
 		return err
@@ -217,7 +238,7 @@ func (f *Fetcher) Run(ctx context.Context) error {
 		Description:   "fetchers share per-pair fetch jobs",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       jobAckWait,
-		MaxDeliver:    f.o.MaxDeliver,
+		MaxDeliver:    f.o.MaxDeliver + extraDeliveries,
 		MaxAckPending: 1024,
 	})
 	if err != nil {
@@ -237,6 +258,9 @@ func (f *Fetcher) Run(ctx context.Context) error {
 		micro.WithEndpointMetadata(map[string]string{"description": "validate and queue a sync request; replies {run_id, pairs}"})); err != nil {
 		return fmt.Errorf("register sync endpoint: %w", err)
 	}
+	if err := f.openState(ctx); err != nil {
+		return err
+	}
 	f.readWeightLimit(ctx)
 	f.log.Info("fetcher started", "binance_url", f.o.BinanceURL, "symbols", len(f.o.Symbols),
 		"intervals", f.o.Intervals, "concurrency", f.o.Concurrency)
@@ -244,6 +268,8 @@ func (f *Fetcher) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return f.consume(gctx, reqCons, 1, f.handleRequest) })
 	g.Go(func() error { return f.consume(gctx, jobCons, f.o.Concurrency, f.handleJob) })
+	g.Go(func() error { return f.board.watchBan(gctx) })
+	g.Go(func() error { return f.watchMaxDeliveries(gctx) })
 	if f.o.CatchUp {
 		g.Go(func() error { f.catchUp(gctx); return nil })
 	}
@@ -261,9 +287,14 @@ func (f *Fetcher) readWeightLimit(ctx context.Context) {
 	sym := f.o.Symbols[0]
 	ctx, cancel := context.WithTimeout(ctx, f.o.RequestTimeout)
 	defer cancel()
+	if err := f.pacer.wait(ctx, exchangeInfoWeight); err != nil {
+		f.log.Warn("cannot read the weight limit now (an exchange ban is in force); pacing with the default", "limit", f.o.WeightLimit)
+		return
+	}
 	limit, window, r, err := f.api.WeightLimit(ctx, sym)
 	f.pacer.observe(r.UsedWeight)
 	if err != nil {
+		f.noteLimits(ctx, f.log, candles.Job{}, err)
 		f.log.Warn("cannot read the weight limit from exchangeInfo; pacing with the default", "limit", f.o.WeightLimit, "err", err)
 		return
 	}

@@ -21,16 +21,53 @@ import (
 // klinesWeight is the request weight Binance charges for one klines call.
 const klinesWeight = 2
 
+// settleTimeout bounds the acks, checkpoint and lock writes that end a job,
+// which still run when the fetcher is shutting down.
+const settleTimeout = 5 * time.Second
+
 var (
 	// errBadJob marks a job that can never run.
 	errBadJob = errors.New("bad job")
 	// errDeadline: the run's deadline passed; the writer reports it as sync.timeout.
 	errDeadline = errors.New("run deadline passed")
+	// errDone: another delivery of the same job completed it.
+	errDone = errors.New("job already completed by another delivery")
 )
 
+// decodeJob parses a job strictly.
+func decodeJob(data []byte) (candles.Job, error) {
+	var job candles.Job
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&job); err != nil {
+		return job, err
+	}
+	if job.V != candles.Version || !candles.ValidSymbol(job.Symbol) || job.RunID == "" {
+		return job, fmt.Errorf("job v%d for %q in run %q is not a version %d job", job.V, job.Symbol, job.RunID, candles.Version)
+	}
+	if _, err := candles.ParseInterval(job.Interval); err != nil {
+		return job, err
+	}
+	return job, nil
+}
+
 // handleJob fetches one pair and decides, in this one place, what happens to
-// the job message: ack when every page is published, NAK with a delay for
-// trouble that may pass, terminate with a pair.failed event otherwise.
+// the job message:
+//
+//   - every page published: ack;
+//   - a timeout, a 5xx, a bad page, a 429 or a failed publish: the attempt
+//     is counted in the job's checkpoint and the job is redelivered by
+//     JetStream (NakWithDelay) after an exponential backoff with jitter, or
+//     after the 429's Retry-After, resuming at the page that failed; after
+//     MaxDeliver attempts the pair fails;
+//   - a 418: every fetcher pauses until the ban ends and the job is
+//     redelivered then, without counting an attempt;
+//   - a 4xx business error (-1121 Invalid symbol, -1120 bad interval) or a
+//     bad job: the pair fails at once;
+//   - the run's deadline: the job ends and the writer reports sync.timeout;
+//   - shutdown: the job goes back to the queue at once.
+//
+// A failed pair ends with a pair.failed event naming the cause.
 func (f *Fetcher) handleJob(ctx context.Context, msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
@@ -38,210 +75,514 @@ func (f *Fetcher) handleJob(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	var job candles.Job
-	dec := json.NewDecoder(bytes.NewReader(msg.Data()))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&job); err != nil || job.V != candles.Version || !candles.ValidSymbol(job.Symbol) || job.RunID == "" {
+	job, err := decodeJob(msg.Data())
+	if err != nil {
 		f.log.Error("malformed job; dropped", "subject", msg.Subject(), "stream_seq", meta.Sequence.Stream, "err", err)
 		_ = msg.TermWithReason("malformed job")
 		return
 	}
-	log := f.log.With("run_id", job.RunID, "symbol", job.Symbol, "interval", job.Interval)
+	j := &jobRun{
+		f:        f,
+		msg:      msg,
+		job:      job,
+		pair:     candles.Pair{Symbol: job.Symbol, Interval: job.Interval},
+		iv:       candles.MustInterval(job.Interval),
+		queued:   meta.Timestamp,
+		delivery: int(meta.NumDelivered),
+		log:      f.log.With("run_id", job.RunID, "symbol", job.Symbol, "interval", job.Interval),
+	}
 	began := time.Now()
-	pages, n, err := f.fetchPair(ctx, msg, job, log)
-	attempt := int(meta.NumDelivered)
-	last := attempt >= f.o.MaxDeliver
-	var apiErr *binance.Error
-	errors.As(err, &apiErr)
-	switch {
-	case err == nil:
-		_ = msg.Ack()
-		log.Info("pair fetched", "pages", pages, "candles", n, "took", time.Since(began).Round(time.Millisecond))
-		return
-	case ctx.Err() != nil:
-		_ = msg.Nak() // shutting down: another fetcher takes it now
-		return
-	case errors.Is(err, errDeadline):
-		log.Warn("run deadline passed; pair left open", "pages", pages, "candles", n)
-		_ = msg.TermWithReason("run deadline passed")
-		return
-	case errors.Is(err, errBadJob), errors.Is(err, binance.ErrRejected):
-		f.failPair(ctx, msg, job, log, err.Error())
-		return
-	case errors.Is(err, binance.ErrRateLimited), errors.Is(err, binance.ErrBanned):
-		wait := max(apiErr.Response.RetryAfter, time.Second)
-		if errors.Is(err, binance.ErrBanned) {
-			until := f.o.Now().Add(wait)
-			f.pacer.ban(until)
-			f.event(ctx, log, &candles.RateLimitBanned{EventHeader: candles.NewHeader(candles.KindRateLimitBanned, job.RunID),
-				Until: until.UTC(), RetryAfter: wait.Seconds()}, "")
-		} else {
-			f.pacer.ban(f.o.Now().Add(wait))
-			f.event(ctx, log, &candles.RateLimitHit{EventHeader: candles.NewHeader(candles.KindRateLimitHit, job.RunID),
-				Symbol: job.Symbol, Interval: job.Interval, RetryAfter: wait.Seconds(), UsedWeight: apiErr.Response.UsedWeight}, "")
+	err = j.run(ctx)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	j.settle(sctx, ctx.Err() != nil, err, time.Since(began))
+}
+
+// jobRun is one delivery of a job.
+type jobRun struct {
+	f        *Fetcher
+	msg      jetstream.Msg
+	job      candles.Job
+	pair     candles.Pair
+	iv       candles.Interval
+	queued   time.Time // when the job was published (server clock)
+	delivery int       // JetStream's delivery count, from 1
+	log      *slog.Logger
+
+	cp      checkpoint
+	cpFound bool
+	cpErr   error // the checkpoint could not be read
+	lock    *pairLock
+	holder  string          // the run this job waited for, if any
+	fetched []candles.Range // what this job fetched completely, per span
+
+	pages   int // published in this delivery
+	candles int64
+}
+
+// span is one range of a job: a hole to repair or the main range.
+type span struct {
+	candles.Range
+	repair bool
+}
+
+// run does the work of one delivery: take the pair's lock (waiting for
+// another run of the pair if need be), skip what another run fetched
+// meanwhile, then fetch from the checkpoint on.
+func (j *jobRun) run(ctx context.Context) error {
+	f := j.f
+	jctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if !j.job.Deadline.IsZero() {
+		if !f.o.Now().Before(j.job.Deadline) {
+			return errDeadline
 		}
-		if last {
-			f.failPair(ctx, msg, job, log, fmt.Sprintf("gave up after %d attempts: %v", attempt, err))
-			return
-		}
-		log.Warn("rate limited; job retried after Retry-After", "err", err, "attempt", attempt, "retry_in", wait)
-		_ = msg.NakWithDelay(wait)
-	default:
-		if last {
-			f.failPair(ctx, msg, job, log, fmt.Sprintf("gave up after %d attempts: %v", attempt, err))
-			return
-		}
-		delay := backoff(f.o.RetryBase, meta.NumDelivered)
-		log.Warn("pair fetch failed; job retried", "err", err, "attempt", attempt, "of", f.o.MaxDeliver, "retry_in", delay)
-		_ = msg.NakWithDelay(delay)
+		var cancelDeadline context.CancelFunc
+		jctx, cancelDeadline = context.WithDeadlineCause(jctx, j.job.Deadline, errDeadline)
+		defer cancelDeadline()
 	}
+	err := j.work(jctx, cancel)
+	if err != nil && jctx.Err() != nil && ctx.Err() == nil {
+		err = context.Cause(jctx) // errDeadline or errLockLost, not a bare "context canceled"
+	}
+	return err
 }
 
-func (f *Fetcher) failPair(ctx context.Context, msg jetstream.Msg, job candles.Job, log *slog.Logger, reason string) {
-	log.Error("pair failed", "reason", reason)
-	f.event(ctx, log, &candles.PairFailed{EventHeader: candles.NewHeader(candles.KindPairFailed, job.RunID),
-		Symbol: job.Symbol, Interval: job.Interval, Reason: reason}, "pair.failed:"+job.RunID+":"+job.Symbol+":"+job.Interval)
-	_ = msg.TermWithReason("pair failed")
-}
-
-// fetchPair fetches the job's repair ranges, then its main range, and
-// publishes each page of closed candles. The last page published is marked
-// final (empty when nothing was new), which tells the writer the pair is
-// done. Each page says which span of open times the exchange answered
-// completely, so the writer can tell an exchange outage from a hole.
-func (f *Fetcher) fetchPair(ctx context.Context, msg jetstream.Msg, job candles.Job, log *slog.Logger) (pages int, total int64, err error) {
-	iv, err := candles.ParseInterval(job.Interval)
+func (j *jobRun) work(ctx context.Context, cancel context.CancelCauseFunc) error {
+	f := j.f
+	j.cp, j.cpFound, j.cpErr = f.progress.load(ctx, j.job)
+	if j.cpErr != nil {
+		j.log.Warn("checkpoint unreadable; the job starts over", "err", j.cpErr)
+	}
+	lock, holder, err := f.locks.acquire(ctx, j.pair, j.job.RunID, func() { _ = j.msg.InProgress() })
 	if err != nil {
-		return 0, 0, fmt.Errorf("%w: %v", errBadJob, err)
+		return err
 	}
-	if !job.Deadline.IsZero() {
-		if !f.o.Now().Before(job.Deadline) {
-			return 0, 0, errDeadline
+	j.lock, j.holder = lock, holder
+	if holder != "" {
+		j.log.Info("pair was busy with another job; continuing after it", "waited_for", holder)
+	}
+	stop := j.heartbeat(ctx, cancel)
+	defer stop()
+	rec, at, recorded := f.board.fetched(ctx, j.pair)
+	if recorded && rec.RunID == j.job.RunID {
+		return errDone
+	}
+	if !recorded || !at.After(j.queued) {
+		rec = fetchedRecord{}
+	}
+	spans, err := j.spans(ctx, rec)
+	if err != nil {
+		return err
+	}
+	return j.fetch(ctx, spans)
+}
+
+// heartbeat keeps the job message and the lock alive while the job waits
+// for the pacer or a slow exchange; a lost lock cancels the job.
+func (j *jobRun) heartbeat(ctx context.Context, cancel context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = j.msg.InProgress()
+				if err := j.lock.refresh(ctx); errors.Is(err, errLockLost) {
+					cancel(errLockLost)
+					return
+				} else if err != nil {
+					j.log.Debug("lock not refreshed; trying again at the next heartbeat", "err", err)
+				}
+			}
 		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, job.Deadline)
-		defer cancel()
-	}
-	type span struct {
-		candles.Range
-		repair bool
-	}
-	spans := make([]span, 0, len(job.Repair)+1)
-	for _, r := range job.Repair {
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// spans returns the job's ranges, repairs first, each moved past what
+// another run fetched after this job was queued (other; so a second request
+// for a pair in flight does not fetch it twice), and for an incremental job
+// that waited for another run, past what the writer now stores.
+func (j *jobRun) spans(ctx context.Context, other fetchedRecord) ([]span, error) {
+	spans := make([]span, 0, len(j.job.Repair)+1)
+	for _, r := range j.job.Repair {
 		spans = append(spans, span{r, true})
 	}
-	spans = append(spans, span{candles.Range{From: job.From, Until: job.Until}, false})
-	page := 0
-	for si, sp := range spans {
+	spans = append(spans, span{candles.Range{From: j.job.From, Until: j.job.Until}, false})
+	main := &spans[len(spans)-1]
+	if j.holder != "" && j.job.Incremental {
+		stored, err := j.f.coverage(ctx, []candles.Pair{j.pair}, false)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			j.log.Warn("cannot ask the writer what the other run stored; fetching the planned range", "err", err)
+		} else if c := stored[j.pair]; c.Count > 0 && c.Last > main.From {
+			main.From = c.Last // fetched again: the last stored candle may have changed
+		}
+	}
+	for i := range spans {
+		if from := skipCovered(spans[i].From, other.Spans); from > spans[i].From {
+			j.log.Debug("skipping what another run fetched", "other_run", other.RunID, "from", spans[i].From, "to", from)
+			spans[i].From = min(from, max(spans[i].Until, spans[i].From))
+		}
+	}
+	return spans, nil
+}
+
+// skipCovered moves from past every range of covered that contains it.
+func skipCovered(from int64, covered []candles.Range) int64 {
+	for moved := true; moved; {
+		moved = false
+		for _, c := range covered {
+			if c.From <= from && from < c.Until {
+				from, moved = c.Until, true
+			}
+		}
+	}
+	return from
+}
+
+// fetch fetches the spans from the checkpoint on and publishes each page of
+// closed candles, saving the checkpoint and refreshing the lock after each.
+// The last page published is marked final (empty when nothing was new),
+// which tells the writer the pair is done. Each page says which span of open
+// times the exchange answered completely, so the writer can tell an
+// exchange outage from a hole.
+func (j *jobRun) fetch(ctx context.Context, spans []span) error {
+	f, iv := j.f, j.iv
+	if j.cp.Span >= len(spans) { // not a checkpoint of this job's spans: start over
+		j.cp = checkpoint{V: candles.Version, Failures: j.cp.Failures, LastError: j.cp.LastError}
+	}
+	for si := j.cp.Span; si < len(spans); si++ {
+		sp := spans[si]
 		lastSpan := si == len(spans)-1
 		from := sp.From
-		for first := true; ; first = false {
-			b := candles.Batch{V: candles.Version, RunID: job.RunID, Symbol: job.Symbol, Interval: job.Interval, Page: page, Repair: sp.repair}
-			done := from >= sp.Until
-			if !done {
-				raw, err := f.page(ctx, job, iv, from, sp.Until, log)
-				if err != nil {
-					if ctx.Err() != nil && !job.Deadline.IsZero() && !f.o.Now().Before(job.Deadline) {
-						return pages, total, errDeadline
-					}
-					return pages, total, err
-				}
-				exchangeNow, err := f.clock.exchangeNow(ctx, f)
-				if err != nil {
-					return pages, total, err
-				}
-				// Slots from the one still open (or closing within the margin)
-				// on are not settled yet.
-				settled := min(sp.Until, iv.Align(exchangeNow.Add(-closeMargin).UnixMilli()))
-				done = len(raw) < f.o.PageLimit
-				for _, c := range raw {
-					if c.OpenTime >= settled {
-						done = true
-						break
-					}
-					b.Candles = append(b.Candles, c)
-				}
-				coverUntil := settled
-				if !done {
-					coverUntil = min(settled, iv.Next(raw[len(raw)-1].OpenTime))
-				}
-				if n := len(b.Candles); n > 0 && iv.Next(b.Candles[n-1].OpenTime) >= sp.Until {
-					done = true
-				}
-				// The first page of the main range may start before the
-				// listing: slots before the first candle are not gaps.
-				coverFrom := from
-				if first && !sp.repair {
-					coverFrom = -1
-					if len(b.Candles) > 0 {
-						coverFrom = b.Candles[0].OpenTime
-					}
-				}
-				if coverFrom >= 0 && coverUntil > coverFrom {
-					b.From, b.Until = coverFrom, coverUntil
-				}
+		// Claim coverage from the first candle only on the main range's first
+		// page (it may start before the listing); a resumed span goes on.
+		first := !sp.repair
+		if si == j.cp.Span && j.cp.From > from {
+			from, first = j.cp.From, false
+		}
+		start := from
+		for {
+			b := candles.Batch{V: candles.Version, RunID: j.job.RunID, Symbol: j.job.Symbol, Interval: j.job.Interval,
+				Page: j.cp.Page, Repair: sp.repair}
+			done, reached, err := j.page(ctx, &b, sp, from, first)
+			if err != nil {
+				return err
 			}
 			b.Final = done && lastSpan
 			if len(b.Candles) > 0 || b.Final || b.From != 0 {
 				if err := f.publish(ctx, b, from); err != nil {
-					return pages, total, err
+					return err
 				}
-				pages++
-				page++
-				total += int64(len(b.Candles))
-				log.Debug("page published", "page", b.Page, "candles", len(b.Candles), "final", b.Final, "repair", b.Repair)
+				j.pages++
+				j.cp.Page++
+				j.candles += int64(len(b.Candles))
+				j.cp.Candles += int64(len(b.Candles))
+				j.log.Debug("page published", "page", b.Page, "candles", len(b.Candles), "final", b.Final, "repair", b.Repair)
+			}
+			if done {
+				if reached > start {
+					j.fetched = append(j.fetched, candles.Range{From: start, Until: reached})
+				}
+				j.cp.Span, j.cp.From = si+1, 0
+			} else {
+				if len(b.Candles) == 0 {
+					// A full page with nothing closed cannot happen unless the
+					// exchange misbehaves; refuse to loop on it.
+					return &binance.Error{Kind: binance.ErrBadPage, Msg: fmt.Sprintf("full page without a closed candle at %d", from)}
+				}
+				from, first = iv.Next(b.Candles[len(b.Candles)-1].OpenTime), false
+				j.cp.From = from
+			}
+			if b.Final {
+				return nil
+			}
+			if err := j.progressed(ctx); err != nil {
+				return err
 			}
 			if done {
 				break
 			}
-			if len(b.Candles) == 0 {
-				// A full page with nothing closed cannot happen unless the
-				// exchange misbehaves; refuse to loop on it.
-				return pages, total, fmt.Errorf("%w: full page without a closed candle at %d", binance.ErrBadPage, from)
-			}
-			from = iv.Next(b.Candles[len(b.Candles)-1].OpenTime)
-			_ = msg.InProgress()
 		}
 	}
-	return pages, total, nil
+	return nil
 }
 
-// page fetches and validates one page, retrying a bad or failed page a few
-// times in place before the job as a whole is redelivered.
-func (f *Fetcher) page(ctx context.Context, job candles.Job, iv candles.Interval, from, until int64, log *slog.Logger) ([]candles.Candle, error) {
-	var lastErr error
-	for try := 0; try <= pageRetries; try++ {
-		if try > 0 {
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(time.Duration(try) * 250 * time.Millisecond):
-			}
-		}
-		if err := f.pacer.wait(ctx, klinesWeight); err != nil {
-			return nil, err
-		}
-		raw, r, err := f.api.Klines(ctx, job.Symbol, job.Interval, from, until-1, f.o.PageLimit)
-		f.pacer.observe(r.UsedWeight)
-		if err == nil {
-			err = checkPage(iv, from, raw)
-		}
-		if err == nil {
-			return raw, nil
-		}
-		lastErr = err
-		if errors.Is(err, binance.ErrBadPage) {
-			log.Warn("page rejected", "from", from, "err", err)
-			f.event(ctx, log, &candles.BatchRejected{EventHeader: candles.NewHeader(candles.KindBatchRejected, job.RunID),
-				Symbol: job.Symbol, Interval: job.Interval, Reason: err.Error(), Source: "exchange"}, "")
-			continue
-		}
-		if errors.Is(err, binance.ErrTemporary) {
-			continue
-		}
-		return nil, err // rate limits, bans and rejections are decided by the caller
+// progressed saves the checkpoint, refreshes the lock and tells JetStream
+// the job is alive. A checkpoint that cannot be saved costs a re-fetch on
+// redelivery, not correctness; a lock lost to another job stops this one.
+func (j *jobRun) progressed(ctx context.Context) error {
+	if err := j.f.progress.save(ctx, j.job, j.cp, j.f.o.Now()); err != nil && ctx.Err() == nil {
+		j.log.Warn("checkpoint not saved", "err", err)
 	}
-	return nil, lastErr
+	if err := j.lock.refresh(ctx); errors.Is(err, errLockLost) {
+		return err
+	} else if err != nil && ctx.Err() == nil {
+		j.log.Debug("lock not refreshed after a page", "err", err)
+	}
+	_ = j.msg.InProgress()
+	return nil
+}
+
+// page fetches the page of sp starting at from into b and reports whether
+// the span is done and up to where (exclusive) the exchange has answered it
+// completely. Candles not closed yet (by the exchange's clock) are left out;
+// when nothing in the rest of the span can be closed, no request is made.
+func (j *jobRun) page(ctx context.Context, b *candles.Batch, sp span, from int64, first bool) (done bool, reached int64, err error) {
+	f, iv := j.f, j.iv
+	if from >= sp.Until {
+		return true, from, nil
+	}
+	exchangeNow, err := f.clock.exchangeNow(ctx, f)
+	if err != nil {
+		f.noteLimits(ctx, j.log, j.job, err)
+		return false, 0, err
+	}
+	// Slots from the one still open (or closing within the margin) on are
+	// not settled yet.
+	if settled := min(sp.Until, iv.Align(exchangeNow.Add(-closeMargin).UnixMilli())); from >= settled {
+		return true, from, nil
+	}
+	raw, err := f.klines(ctx, j.log, j.job, from, sp.Until)
+	if err != nil {
+		return false, 0, err
+	}
+	if exchangeNow, err = f.clock.exchangeNow(ctx, f); err != nil {
+		f.noteLimits(ctx, j.log, j.job, err)
+		return false, 0, err
+	}
+	settled := min(sp.Until, iv.Align(exchangeNow.Add(-closeMargin).UnixMilli()))
+	done = len(raw) < f.o.PageLimit
+	for _, c := range raw {
+		if c.OpenTime >= settled {
+			done = true
+			break
+		}
+		b.Candles = append(b.Candles, c)
+	}
+	coverUntil := settled
+	if !done {
+		coverUntil = min(settled, iv.Next(raw[len(raw)-1].OpenTime))
+	}
+	if n := len(b.Candles); n > 0 && iv.Next(b.Candles[n-1].OpenTime) >= sp.Until {
+		done = true
+	}
+	// The first page of the main range may start before the listing: slots
+	// before the first candle are not gaps.
+	coverFrom := from
+	if first {
+		coverFrom = -1
+		if len(b.Candles) > 0 {
+			coverFrom = b.Candles[0].OpenTime
+		}
+	}
+	if coverFrom >= 0 && coverUntil > coverFrom {
+		b.From, b.Until = coverFrom, coverUntil
+	}
+	return done, max(coverUntil, from), nil
+}
+
+// klines fetches and validates one page in one request. Failures go back to
+// the job's handler, which has JetStream redeliver the job; a 429 or 418
+// pauses the pacer at once, before other jobs send more requests.
+func (f *Fetcher) klines(ctx context.Context, log *slog.Logger, job candles.Job, from, until int64) ([]candles.Candle, error) {
+	if err := f.pacer.wait(ctx, klinesWeight); err != nil {
+		return nil, err
+	}
+	raw, r, err := f.api.Klines(ctx, job.Symbol, job.Interval, from, until-1, f.o.PageLimit)
+	f.pacer.observe(r.UsedWeight)
+	if err == nil {
+		err = checkPage(candles.MustInterval(job.Interval), from, raw)
+	}
+	if err == nil {
+		return raw, nil
+	}
+	if errors.Is(err, binance.ErrBadPage) {
+		log.Warn("page rejected", "from", from, "err", err)
+		f.event(ctx, log, &candles.BatchRejected{EventHeader: candles.NewHeader(candles.KindBatchRejected, job.RunID),
+			Symbol: job.Symbol, Interval: job.Interval, Reason: err.Error(), Source: "exchange"}, "")
+	}
+	f.noteLimits(ctx, log, job, err)
+	return nil, err
+}
+
+// noteLimits acts on a rate-limit answer at once: a 429 holds this
+// fetcher's requests for Retry-After (ratelimit.hit), a 418 puts the ban on
+// the board so every fetcher pauses until it ends (ratelimit.banned, once
+// per ban).
+func (f *Fetcher) noteLimits(ctx context.Context, log *slog.Logger, job candles.Job, err error) {
+	var apiErr *binance.Error
+	if !errors.As(err, &apiErr) {
+		return
+	}
+	switch {
+	case errors.Is(err, binance.ErrRateLimited):
+		wait := retryAfter(apiErr)
+		f.pacer.hold(f.o.Now().Add(wait))
+		f.event(ctx, log, &candles.RateLimitHit{EventHeader: candles.NewHeader(candles.KindRateLimitHit, job.RunID),
+			Symbol: job.Symbol, Interval: job.Interval, RetryAfter: wait.Seconds(), UsedWeight: apiErr.Response.UsedWeight}, "")
+	case errors.Is(err, binance.ErrBanned):
+		f.reportBan(ctx, log, job.RunID, apiErr)
+	}
+}
+
+// reportBan puts a 418 on the board and announces a new ban.
+func (f *Fetcher) reportBan(ctx context.Context, log *slog.Logger, runID string, apiErr *binance.Error) time.Time {
+	until := apiErr.BannedUntil
+	if until.IsZero() {
+		until = f.o.Now().Add(retryAfter(apiErr))
+	}
+	isNew, err := f.board.reportBan(ctx, until, runID, apiErr.Error())
+	if err != nil {
+		log.Warn("ban not shared with the other fetchers", "until", until, "err", err)
+		isNew = true
+	}
+	if isNew {
+		log.Error("exchange banned this IP; every fetcher pauses until the ban ends", "until", until, "err", apiErr)
+		f.event(ctx, log, &candles.RateLimitBanned{EventHeader: candles.NewHeader(candles.KindRateLimitBanned, runID),
+			Until: until.UTC(), RetryAfter: until.Sub(f.o.Now()).Seconds()},
+			"ratelimit.banned:"+strconv.FormatInt(until.UnixMilli(), 10))
+	}
+	return until
+}
+
+// retryAfter is a 429's or 418's Retry-After, at least a second.
+func retryAfter(e *binance.Error) time.Duration {
+	return max(e.Response.RetryAfter, time.Second)
+}
+
+// settle decides what happens to the job message after run returned err;
+// ctx is good for a few seconds even at shutdown.
+func (j *jobRun) settle(ctx context.Context, shutdown bool, err error, took time.Duration) {
+	f, log := j.f, j.log
+	defer j.release(ctx)
+	var apiErr *binance.Error
+	errors.As(err, &apiErr)
+	switch {
+	case err == nil:
+		// Recorded even when empty: it also tells a duplicate delivery of
+		// this job that there is nothing left to do.
+		if err := f.board.recordFetched(ctx, j.pair, j.job.RunID, j.fetched); err != nil {
+			log.Warn("what this run fetched is not recorded; a concurrent run may fetch it again", "err", err)
+		}
+		if err := j.msg.DoubleAck(ctx); err != nil {
+			log.Warn("job ack not confirmed; a redelivery finds the job recorded as done", "err", err)
+			return
+		}
+		j.removeCheckpoint(ctx)
+		log.Info("pair fetched", "pages", j.pages, "candles", j.candles, "took", took.Round(time.Millisecond),
+			"resumed_at_page", j.cp.Page-j.pages, "delivery", j.delivery)
+	case errors.Is(err, errDone):
+		_ = j.msg.DoubleAck(ctx)
+		j.removeCheckpoint(ctx)
+		log.Info("job was completed by another delivery; acked", "delivery", j.delivery)
+	case shutdown:
+		_ = j.msg.Nak() // another fetcher takes it now, from the checkpoint
+	case errors.Is(err, errDeadline):
+		log.Warn("run deadline passed; pair left open", "pages", j.pages, "candles", j.candles)
+		_ = j.msg.TermWithReason("run deadline passed")
+		j.removeCheckpoint(ctx)
+	case errors.Is(err, errBadJob), errors.Is(err, binance.ErrRejected):
+		j.fail(ctx, err.Error())
+	case errors.Is(err, binance.ErrBanned):
+		until := f.pacer.banned() // zero if the ban was lifted meanwhile
+		if until.IsZero() {
+			until = f.o.Now()
+		}
+		delay := until.Add(banMargin).Sub(f.o.Now()) + time.Duration(rand.Int64N(int64(500*time.Millisecond)))
+		log.Warn("exchange ban; job retried when it ends", "attempt", j.cp.Failures+1, "reason", err.Error(),
+			"retry_in", delay.Round(time.Millisecond))
+		_ = j.msg.NakWithDelay(delay)
+	case errors.Is(err, errLockLost):
+		delay := backoff(f.o.RetryBase, 1)
+		log.Warn("pair lock lost; job retried", "attempt", j.cp.Failures+1, "reason", err.Error(), "retry_in", delay)
+		_ = j.msg.NakWithDelay(delay)
+	default:
+		j.retry(ctx, err, apiErr)
+	}
+}
+
+// retry counts a failed attempt and has JetStream redeliver the job after a
+// backoff (or the 429's Retry-After), or fails the pair after MaxDeliver
+// attempts.
+func (j *jobRun) retry(ctx context.Context, err error, apiErr *binance.Error) {
+	f, log := j.f, j.log
+	failures := j.cp.Failures + 1
+	if j.cpErr != nil {
+		failures = max(failures, j.delivery) // no count to trust: assume every delivery failed
+	}
+	if failures >= f.o.MaxDeliver {
+		j.fail(ctx, fmt.Sprintf("gave up after %d attempts: %v", failures, err))
+		return
+	}
+	delay := backoff(f.o.RetryBase, uint64(failures))
+	if errors.Is(err, binance.ErrRateLimited) && apiErr != nil {
+		wait := retryAfter(apiErr)
+		delay = wait + time.Duration(rand.Int64N(int64(wait/10)+1))
+	}
+	j.cp.Failures, j.cp.LastError = failures, err.Error()
+	if serr := f.progress.save(ctx, j.job, j.cp, f.o.Now()); serr != nil {
+		log.Warn("checkpoint not saved; the attempt may not be counted", "err", serr)
+	}
+	log.Warn("pair fetch failed; job retried", "attempt", failures, "of", f.o.MaxDeliver, "kind", failureKind(err),
+		"reason", err.Error(), "retry_in", delay.Round(time.Millisecond), "pages", j.pages, "resume_page", j.cp.Page)
+	_ = j.msg.NakWithDelay(delay)
+}
+
+// fail ends the pair in its run with pair.failed naming reason.
+func (j *jobRun) fail(ctx context.Context, reason string) {
+	j.log.Error("pair failed", "reason", reason)
+	j.f.event(ctx, j.log, &candles.PairFailed{EventHeader: candles.NewHeader(candles.KindPairFailed, j.job.RunID),
+		Symbol: j.job.Symbol, Interval: j.job.Interval, Reason: reason}, pairFailedID(j.job))
+	_ = j.msg.TermWithReason("pair failed")
+	j.removeCheckpoint(ctx)
+}
+
+func (j *jobRun) removeCheckpoint(ctx context.Context) {
+	if !j.cpFound && j.cp.Failures == 0 && j.pages == 0 {
+		return // never written
+	}
+	if err := j.f.progress.remove(ctx, j.job); err != nil {
+		j.log.Warn("checkpoint left to expire", "err", err)
+	}
+}
+
+func (j *jobRun) release(ctx context.Context) {
+	if j.lock == nil {
+		return
+	}
+	if err := j.lock.release(ctx); err != nil {
+		j.log.Warn("pair lock left to expire", "err", err)
+	}
+}
+
+// failureKind names the class of a retried failure for the logs.
+func failureKind(err error) string {
+	var apiErr *binance.Error
+	switch {
+	case errors.As(err, &apiErr) && apiErr.Timeout:
+		return "timeout"
+	case errors.As(err, &apiErr) && errors.Is(err, binance.ErrTemporary) && apiErr.Response.Status >= 500:
+		return "http_5xx"
+	case errors.Is(err, binance.ErrTemporary):
+		return "network"
+	case errors.Is(err, binance.ErrRateLimited):
+		return "rate_limited"
+	case errors.Is(err, binance.ErrBadPage):
+		return "bad_page"
+	default:
+		return "internal"
+	}
 }
 
 // checkPage applies the candle rules to a page as the exchange sent it.

@@ -22,8 +22,9 @@ const maxCoveragePairs = candles.MaxSymbols * candles.MaxIntervals
 const coverageTimeout = 30 * time.Second
 
 // handleCoverage answers candles.api.coverage: a CoverageRequest (an empty
-// body asks for every stored pair) gets a CoverageResponse; a bad request
-// gets error 400 naming the field, a database failure 500.
+// body asks for every stored pair) gets a CoverageResponse, with the missing
+// ranges only when the request sets "gaps"; a bad request gets error 400
+// naming the field, a database failure 500.
 func (w *Writer) handleCoverage(ctx context.Context, req micro.Request) {
 	r, err := DecodeCoverageRequest(req.Data())
 	if err != nil {
@@ -32,9 +33,9 @@ func (w *Writer) handleCoverage(ctx context.Context, req micro.Request) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, coverageTimeout)
 	defer cancel()
-	cov, err := w.o.Store.Coverage(ctx, r.Pairs)
+	cov, err := w.o.Store.Coverage(ctx, r)
 	if err != nil {
-		w.log.Error("coverage", "pairs", len(r.Pairs), "err", err)
+		w.log.Error("coverage", "pairs", len(r.Pairs), "gaps", r.Gaps, "err", err)
 		w.respondError(req, "500", "coverage: the database could not be read; see the writer's log")
 		return
 	}
@@ -46,15 +47,17 @@ func (w *Writer) handleCoverage(ctx context.Context, req micro.Request) {
 	}
 }
 
+// respondError answers req with a micro error (Nats-Service-Error-Code
+// code, Nats-Service-Error msg).
 func (w *Writer) respondError(req micro.Request, code, msg string) {
 	if err := req.Error(code, msg, nil); err != nil {
-		w.log.Warn("respond to coverage request", "err", err)
+		w.log.Warn("respond with an error", "subject", req.Subject(), "code", code, "err", err)
 	}
 }
 
 // DecodeCoverageRequest parses a coverage request strictly: unknown fields,
 // trailing data and invalid symbols or intervals are errors that name the
-// field. An empty body asks for every stored pair.
+// field. An empty body asks for every stored pair, without missing ranges.
 func DecodeCoverageRequest(data []byte) (candles.CoverageRequest, error) {
 	var r candles.CoverageRequest
 	if len(bytes.TrimSpace(data)) == 0 {
@@ -89,14 +92,17 @@ func coverageJSONError(err error) error {
 	case errors.As(err, &typeErr):
 		field := typeErr.Field
 		if field == "" {
-			return fmt.Errorf("request: must be a JSON object like {\"pairs\":[{\"symbol\":\"BTCUSDT\",\"interval\":\"4h\"}]}, not a JSON %s", typeErr.Value)
+			return fmt.Errorf("request: must be a JSON object like {\"pairs\":[{\"symbol\":\"BTCUSDT\",\"interval\":\"4h\"}],\"gaps\":true}, not a JSON %s", typeErr.Value)
+		}
+		if field == "gaps" {
+			return fmt.Errorf("gaps: wrong type (a JSON %s); want true or false", typeErr.Value)
 		}
 		return fmt.Errorf("%s: wrong type (a JSON %s); want pairs as a list of {\"symbol\":\"BTCUSDT\",\"interval\":\"4h\"}", field, typeErr.Value)
 	case errors.As(err, &syntaxErr):
 		return fmt.Errorf("malformed JSON at byte %d: %v", syntaxErr.Offset, err)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return fmt.Errorf("%s: unknown field (allowed: pairs, and symbol and interval in each pair)", name)
+		return fmt.Errorf("%s: unknown field (allowed: pairs, gaps, and symbol and interval in each pair)", name)
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return errors.New("malformed JSON: the request is truncated")
 	default:

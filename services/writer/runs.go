@@ -148,7 +148,7 @@ func (w *Writer) handleRunEvent(ctx context.Context, msg jetstream.Msg, seq uint
 		attrs = []any{"run_id", ev.RunID, "stream_seq", seq}
 		write = func(ctx context.Context) error {
 			var err error
-			complete, err = w.o.Store.RegisterRun(ctx, ev.RunID, ev.Pairs, started, ev.Reason)
+			complete, err = w.o.Store.RegisterRun(ctx, ev.RunID, ev.Pairs, started, ev.Reason, ev.Deadline)
 			return err
 		}
 		what = "run registered"
@@ -219,11 +219,11 @@ func decodePairFailed(data []byte) (candles.PairFailed, error) {
 	return ev, nil
 }
 
-// announce publishes the pair.completed and sync.completed events the
-// database holds as not yet announced, marking each after its publish. A
-// failure is logged and left for the next call (the next final batch, run
-// event or progress tick, or the next start); the message ids make a repeat
-// harmless.
+// announce publishes the pair.completed, sync.completed and sync.timeout
+// events the database holds as not yet announced, marking each after its
+// publish. A failure is logged and left for the next call (the next final
+// batch, run event, progress or deadline tick, or the next start); the
+// message ids make a repeat harmless.
 func (w *Writer) announce(ctx context.Context) {
 	w.announceMu.Lock()
 	defer w.announceMu.Unlock()
@@ -262,7 +262,30 @@ func (w *Writer) announce(ctx context.Context) {
 			return
 		}
 		w.log.Info("sync completed", "run_id", ev.RunID, "pairs_total", ev.PairsTotal, "pairs_ok", ev.PairsOK,
-			"pairs_failed", ev.PairsFailed, "candles", ev.Candles, "duration", ev.FinishedAt.Sub(ev.StartedAt).Round(time.Millisecond))
+			"pairs_failed", ev.PairsFailed, "candles", ev.Candles, "repaired", ev.Repaired, "gaps_recorded", ev.GapsRecorded,
+			"duration", ev.FinishedAt.Sub(ev.StartedAt).Round(time.Millisecond))
+	}
+	timeouts, err := w.o.Store.PendingTimeouts(ctx)
+	if err != nil {
+		w.log.Error("read pending sync.timeout events", "err", err)
+		return
+	}
+	for i := range timeouts {
+		ev := &timeouts[i]
+		if err := candles.PublishEvent(ctx, w.js, ev, "sync.timeout:"+ev.RunID, w.o.Now()); err != nil {
+			w.log.Error("publish sync.timeout; will retry", "run_id", ev.RunID, "err", err)
+			return
+		}
+		if err := w.o.Store.MarkTimeoutAnnounced(ctx, ev.RunID); err != nil {
+			w.log.Error("mark sync.timeout published", "run_id", ev.RunID, "err", err)
+			return
+		}
+		open := make([]string, len(ev.OpenPairs))
+		for j, p := range ev.OpenPairs {
+			open[j] = p.String()
+		}
+		w.log.Warn("sync timed out", "run_id", ev.RunID, "deadline", ev.Deadline, "open_pairs", open,
+			"pairs_ok", ev.PairsOK, "pairs_failed", ev.PairsFailed)
 	}
 }
 

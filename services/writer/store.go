@@ -14,9 +14,11 @@ import (
 type Store interface {
 	BatchStore
 	RunStore
-	// Coverage reports what is stored per pair (every stored pair when
-	// pairs is empty).
-	Coverage(ctx context.Context, pairs []candles.Pair) ([]candles.PairCoverage, error)
+	// Coverage reports what is stored per pair of r (every stored pair, or
+	// pair with known gaps or a last sync, when r.Pairs is empty): first
+	// and last open time, count, expected count, known gaps, last sync and,
+	// only when r.Gaps, the missing ranges.
+	Coverage(ctx context.Context, r candles.CoverageRequest) ([]candles.PairCoverage, error)
 }
 
 // BatchStore applies CANDLES batches exactly once.
@@ -25,6 +27,10 @@ type BatchStore interface {
 	// transaction; a seq at or below the watermark changes nothing and
 	// reports Skipped.
 	ApplyBatch(ctx context.Context, stream string, seq uint64, b candles.Batch) (Applied, error)
+	// Upsert writes the candles of b (and their known-gap bookkeeping) in
+	// one transaction without reading or moving a watermark and without
+	// run tracking: the replay of batches that may have been applied.
+	Upsert(ctx context.Context, b candles.Batch) (Applied, error)
 	// Reject moves the watermark of stream past a batch that can never be
 	// applied, writing nothing else.
 	Reject(ctx context.Context, stream string, seq uint64) error
@@ -42,10 +48,14 @@ type BatchStore interface {
 // RunStore tracks which pairs of each sync run are done. A pair is pending
 // until its final batch makes it ok or a failure makes it failed; the first
 // resolution stands. A run is complete once it is registered and every pair
-// it lists is resolved; the store reports that transition exactly once.
+// it lists is resolved; the store reports that transition exactly once. A
+// run with a deadline that is still open when the writer decides the
+// deadline has passed is closed instead (timed out): it never completes,
+// though later batches of it are still written.
 type RunStore interface {
-	// RegisterRun records a run and its pairs (idempotent).
-	RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string) (complete bool, err error)
+	// RegisterRun records a run, its pairs and its deadline (zero: none);
+	// registering again changes nothing.
+	RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string, deadline time.Time) (complete bool, err error)
 	// FailPair marks a pending pair of a run failed (creating it if the run
 	// or pair is not known yet); an ok or failed pair stays as it is.
 	FailPair(ctx context.Context, runID, symbol, interval, reason string) (complete bool, err error)
@@ -59,8 +69,21 @@ type RunStore interface {
 	PendingPairCompletions(ctx context.Context) ([]candles.PairCompleted, error)
 	// MarkPairAnnounced records that pair.completed of the pair was published.
 	MarkPairAnnounced(ctx context.Context, runID, symbol, interval string) error
-	// RunProgress reports every registered run that is not complete.
+	// RunProgress reports every registered run that is neither complete
+	// nor timed out.
 	RunProgress(ctx context.Context) ([]Progress, error)
+	// NextDeadline is the earliest deadline of the open runs (zero when no
+	// open run has one).
+	NextDeadline(ctx context.Context) (time.Time, error)
+	// TimeOutRuns closes every open run whose deadline is before cutoff,
+	// remembering which of its pairs were still pending, and reports how
+	// many it closed.
+	TimeOutRuns(ctx context.Context, cutoff time.Time) (int, error)
+	// PendingTimeouts returns the sync.timeout events of runs closed by
+	// TimeOutRuns and not yet marked announced.
+	PendingTimeouts(ctx context.Context) ([]candles.SyncTimeout, error)
+	// MarkTimeoutAnnounced records that sync.timeout of runID was published.
+	MarkTimeoutAnnounced(ctx context.Context, runID string) error
 }
 
 // Applied is the outcome of ApplyBatch.
@@ -70,6 +93,10 @@ type Applied struct {
 	// Inserted, Updated and Unchanged count the batch's candles by what the
 	// upsert did to their rows.
 	Inserted, Updated, Unchanged int
+	// GapsRecorded counts the candle slots of the batch's covered span
+	// newly recorded as known gaps; GapsFilled the known-gap slots the
+	// batch's candles filled.
+	GapsRecorded, GapsFilled int
 	// PairCandles is the number of candles the batch's run has written for
 	// the batch's pair so far, this batch included (0 without a run_id).
 	PairCandles int64
@@ -84,4 +111,5 @@ type Progress struct {
 	PairsDone  int // ok or failed
 	Candles    int64
 	StartedAt  time.Time
+	Deadline   time.Time // zero: none
 }

@@ -1,7 +1,9 @@
 // Package writer is candlekeep's single writer: it consumes the CANDLES
 // stream strictly in order and applies each batch to the database exactly
-// once, tracks sync runs from the EVENTS stream, announces pair.completed and
-// sync.completed, and answers candles.api.coverage.
+// once (recording the known gaps its covered span reveals), tracks sync runs
+// from the EVENTS stream, announces pair.completed and sync.completed, closes
+// runs past their deadline with sync.timeout, and answers
+// candles.api.coverage and candles.api.replay.
 //
 // The database is the truth about what has been applied. Each batch is
 // committed together with its stream sequence (the watermark) and acked only
@@ -41,6 +43,9 @@ const (
 const (
 	DefaultProgressEvery = 10 * time.Second
 	DefaultAckWait       = 30 * time.Second
+	// DefaultDeadlineEvery is how often open runs are checked against
+	// their deadlines.
+	DefaultDeadlineEvery = time.Second
 	// batchMaxAckPending keeps enough batches in flight that the database,
 	// not the network round trip, sets the pace.
 	batchMaxAckPending = 256
@@ -72,6 +77,9 @@ type Options struct {
 	// AckWait is how long JetStream waits for the ack of a batch before
 	// delivering it again.
 	AckWait time.Duration
+	// DeadlineEvery is how often open runs are checked against their
+	// deadlines (sync.timeout).
+	DeadlineEvery time.Duration
 }
 
 // DefaultOptions returns Options with every default set; Conn and Store
@@ -82,6 +90,7 @@ func DefaultOptions() Options {
 		Now:           time.Now,
 		ProgressEvery: DefaultProgressEvery,
 		AckWait:       DefaultAckWait,
+		DeadlineEvery: DefaultDeadlineEvery,
 	}
 }
 
@@ -100,6 +109,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("writer: ProgressEvery %s must be positive (default %s)", o.ProgressEvery, DefaultProgressEvery)
 	case o.AckWait < time.Second:
 		return fmt.Errorf("writer: AckWait %s must be at least 1s (default %s)", o.AckWait, DefaultAckWait)
+	case o.DeadlineEvery <= 0:
+		return fmt.Errorf("writer: DeadlineEvery %s must be positive (default %s)", o.DeadlineEvery, DefaultDeadlineEvery)
 	case o.Streams.Replicas < 0 || o.Streams.Replicas > 5:
 		return fmt.Errorf("writer: stream replicas %d must be between 1 and 5 (0 for the default)", o.Streams.Replicas)
 	}
@@ -115,6 +126,8 @@ type Writer struct {
 	// announceMu serialises announcing, which both consumers trigger, so an
 	// event is not published twice at once.
 	announceMu sync.Mutex
+	// replays lets Run wait for a replay in progress before it returns.
+	replays gate
 }
 
 // New checks o and returns a Writer.
@@ -130,10 +143,12 @@ func New(o Options) (*Writer, error) {
 }
 
 // Run ensures the streams, announces what a previous run committed but did
-// not publish, then consumes batches and run events and serves the coverage
-// endpoint until ctx ends. On cancellation it finishes the batch in hand,
-// stops consuming and returns nil; nothing is left half-applied because each
-// batch is one transaction acked after its commit.
+// not publish, then consumes batches and run events, watches run deadlines
+// and serves the coverage and replay endpoints until ctx ends. On
+// cancellation it finishes the batch in hand, stops consuming, waits for a
+// replay in progress to stop and returns nil; nothing is left half-applied
+// because each batch is one transaction acked after its commit. A Writer
+// runs once.
 func (w *Writer) Run(ctx context.Context) error {
 	if err := candles.EnsureStreams(ctx, w.js, w.o.Streams); err != nil {
 		if ctx.Err() != nil {
@@ -144,7 +159,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	svc, err := micro.AddService(w.o.Conn, micro.Config{
 		Name:        ServiceName,
 		Version:     ServiceVersion,
-		Description: "applies candle batches to SQLite; reports what it holds",
+		Description: "applies candle batches to SQLite; reports what it holds; replays CANDLES",
 	})
 	if err != nil {
 		return fmt.Errorf("writer: add micro service: %w", err)
@@ -154,9 +169,21 @@ func (w *Writer) Run(ctx context.Context) error {
 			w.log.Warn("stop micro service", "err", err)
 		}
 	}()
-	if err := svc.AddEndpoint("coverage", micro.ContextHandler(ctx, w.handleCoverage),
+	// Handlers get their own context, cancelled before Run returns for any
+	// reason; the deferred function runs before svc.Stop, so no replay
+	// outlives Run and its database.
+	hctx, hcancel := context.WithCancel(ctx)
+	defer func() {
+		hcancel()
+		w.replays.close()
+	}()
+	if err := svc.AddEndpoint("coverage", micro.ContextHandler(hctx, w.handleCoverage),
 		micro.WithEndpointSubject(candles.SubjectAPICoverage)); err != nil {
 		return fmt.Errorf("writer: add coverage endpoint: %w", err)
+	}
+	if err := svc.AddEndpoint("replay", micro.ContextHandler(hctx, w.handleReplay),
+		micro.WithEndpointSubject(candles.SubjectAPIReplay)); err != nil {
+		return fmt.Errorf("writer: add replay endpoint: %w", err)
 	}
 
 	w.announce(ctx)
@@ -165,6 +192,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	g.Go(func() error { return w.consumeBatches(gctx) })
 	g.Go(func() error { return w.consumeRuns(gctx) })
 	g.Go(func() error { return w.reportProgress(gctx) })
+	g.Go(func() error { return w.watchDeadlines(gctx) })
 	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		w.log.Info("writer stopped")
@@ -192,4 +220,33 @@ func nextBackoff(d, limit time.Duration) time.Duration {
 		d = retryMin
 	}
 	return min(d, limit)
+}
+
+// gate tracks work that Run must wait for before it returns, and refuses new
+// work once Run is returning.
+type gate struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// enter reports whether work may start; if so, leave must follow.
+func (g *gate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+func (g *gate) leave() { g.wg.Done() }
+
+// close refuses new work and waits for the work in progress.
+func (g *gate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }

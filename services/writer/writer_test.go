@@ -43,6 +43,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"no clock", func(o *writer.Options) { o.Now = nil }, "Now"},
 		{"zero progress interval", func(o *writer.Options) { o.ProgressEvery = 0 }, "ProgressEvery"},
 		{"short ack wait", func(o *writer.Options) { o.AckWait = time.Millisecond }, "AckWait"},
+		{"zero deadline interval", func(o *writer.Options) { o.DeadlineEvery = 0 }, "DeadlineEvery"},
 		{"bad replicas", func(o *writer.Options) { o.Streams.Replicas = 7 }, "replicas"},
 	}
 	for _, tt := range tests {
@@ -440,21 +441,21 @@ func TestCoverageEndpoint(t *testing.T) {
 	}{{
 		name: "empty body: every stored pair",
 		want: []candles.PairCoverage{
-			{Symbol: "BTCUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5},
-			{Symbol: "ETHUSDT", Interval: "4h", First: t0 + h4, Last: t0 + 2*h4, Count: 2},
+			{Symbol: "BTCUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5, Expected: 5},
+			{Symbol: "ETHUSDT", Interval: "4h", First: t0 + h4, Last: t0 + 2*h4, Count: 2, Expected: 2},
 		},
 	}, {
 		name: "asked pairs",
 		body: `{"pairs":[{"symbol":"ETHUSDT","interval":"4h"},{"symbol":"XRPUSDT","interval":"1d"}]}`,
 		want: []candles.PairCoverage{
-			{Symbol: "ETHUSDT", Interval: "4h", First: t0 + h4, Last: t0 + 2*h4, Count: 2},
+			{Symbol: "ETHUSDT", Interval: "4h", First: t0 + h4, Last: t0 + 2*h4, Count: 2, Expected: 2},
 			{Symbol: "XRPUSDT", Interval: "1d"},
 		},
 	}, {
 		name: "empty object", body: `{}`,
 		want: []candles.PairCoverage{
-			{Symbol: "BTCUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5},
-			{Symbol: "ETHUSDT", Interval: "4h", First: t0 + h4, Last: t0 + 2*h4, Count: 2},
+			{Symbol: "BTCUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5, Expected: 5},
+			{Symbol: "ETHUSDT", Interval: "4h", First: t0 + h4, Last: t0 + 2*h4, Count: 2, Expected: 2},
 		},
 	},
 		{name: "bad JSON", body: `{"pairs":[`, errCode: "400", errHas: "malformed JSON"},
@@ -464,6 +465,7 @@ func TestCoverageEndpoint(t *testing.T) {
 		{name: "bad symbol", body: `{"pairs":[{"symbol":"btc","interval":"4h"}]}`, errCode: "400", errHas: "pairs[0].symbol"},
 		{name: "bad interval", body: `{"pairs":[{"symbol":"BTCUSDT","interval":"4h"},{"symbol":"BTCUSDT","interval":"7h"}]}`, errCode: "400", errHas: "pairs[1].interval"},
 		{name: "trailing data", body: `{} {}`, errCode: "400", errHas: "trailing data"},
+		{name: "gaps of the wrong type", body: `{"gaps":"yes"}`, errCode: "400", errHas: "gaps: wrong type"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -504,8 +506,9 @@ func TestCoverageEndpoint(t *testing.T) {
 		if err := json.Unmarshal(resp.Data, &info); err != nil {
 			t.Fatal(err)
 		}
-		if info.Name != "candlekeep-writer" || info.Version != "0.1.0" || len(info.Endpoints) != 1 ||
-			info.Endpoints[0].Name != "coverage" || info.Endpoints[0].Subject != candles.SubjectAPICoverage {
+		if info.Name != "candlekeep-writer" || info.Version != "0.1.0" || len(info.Endpoints) != 2 ||
+			info.Endpoints[0].Name != "coverage" || info.Endpoints[0].Subject != candles.SubjectAPICoverage ||
+			info.Endpoints[1].Name != "replay" || info.Endpoints[1].Subject != candles.SubjectAPIReplay {
 			t.Errorf("info = %+v", info)
 		}
 	})

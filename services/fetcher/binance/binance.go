@@ -15,8 +15,10 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	gobinance "github.com/adshao/go-binance/v2"
@@ -56,6 +58,13 @@ type Error struct {
 	Response Response
 	Code     int64  // Binance error code, when the body had one
 	Msg      string // Binance's message or the underlying error
+	// Timeout marks an ErrTemporary where no answer came within the
+	// client's timeout.
+	Timeout bool
+	// BannedUntil is when an ErrBanned ban ends, read from the message
+	// ("IP banned until 1700000000000"); zero when the message does not
+	// say. Every client banned together reads the same instant from it.
+	BannedUntil time.Time
 }
 
 func (e *Error) Error() string {
@@ -103,13 +112,23 @@ type capture struct {
 }
 
 // captureTransport records status and rate-limit headers into the capture
-// carried by the request's context.
+// carried by the request's context, then removes the headers go-binance
+// would copy into its shared, unsynchronised UsedWeight and OrderCount
+// fields (a data race between concurrent requests).
 type captureTransport struct{ base http.RoundTripper }
 
 func (t captureTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(req)
-	if c, ok := req.Context().Value(captureKey{}).(*capture); ok && resp != nil {
+	if resp == nil {
+		return resp, err
+	}
+	if c, ok := req.Context().Value(captureKey{}).(*capture); ok {
 		c.resp = parseResponse(resp)
+	}
+	for name := range resp.Header {
+		if strings.HasPrefix(name, "X-Mbx-Used-Weight") || strings.HasPrefix(name, "X-Mbx-Order-Count") {
+			resp.Header.Del(name)
+		}
 	}
 	return resp, err
 }
@@ -171,8 +190,34 @@ func classify(ctx context.Context, r Response, err error) error {
 		return ctx.Err() // our own shutdown, not the exchange's fault
 	default:
 		e.Kind = ErrTemporary // no response: timeout, refused, reset
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			e.Timeout = true
+			e.Msg = "timeout: " + e.Msg
+		}
+	}
+	if e.Kind == ErrBanned {
+		e.BannedUntil = bannedUntil(e.Msg)
 	}
 	return e
+}
+
+// bannedUntil reads the end of a ban from a 418's message, which says
+// "IP banned until 1521191542000." in ms since the epoch.
+func bannedUntil(msg string) time.Time {
+	_, rest, ok := strings.Cut(msg, "banned until ")
+	if !ok {
+		return time.Time{}
+	}
+	end := 0
+	for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
+		end++
+	}
+	ms, err := strconv.ParseInt(rest[:end], 10, 64)
+	if err != nil || ms <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
 }
 
 func truncate(s string, n int) string {

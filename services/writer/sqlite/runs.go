@@ -11,11 +11,12 @@ import (
 	"github.com/candlekeep/candlekeep/services/writer"
 )
 
-// RegisterRun records run runID with its pairs (duplicates counted once).
-// Registering again changes nothing; pairs resolved by batches or failures
-// that arrived before the registration stay resolved. It reports whether the
-// registration completed the run (every pair already resolved).
-func (s *Store) RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string) (bool, error) {
+// RegisterRun records run runID with its pairs (duplicates counted once) and
+// its deadline (zero: none). Registering again changes nothing; pairs
+// resolved by batches or failures that arrived before the registration stay
+// resolved. It reports whether the registration completed the run (every
+// pair already resolved).
+func (s *Store) RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string, deadline time.Time) (bool, error) {
 	if runID == "" {
 		return false, errors.New("register run: empty run_id")
 	}
@@ -29,9 +30,13 @@ func (s *Store) RegisterRun(ctx context.Context, runID string, pairs []candles.P
 	}
 	var complete bool
 	err := s.inTx(ctx, "register run "+runID, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `INSERT INTO runs (run_id, pairs_total, reason, started_at, registered_at)
-VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING`,
-			runID, len(distinct), reason, formatTime(startedAt), formatTime(s.now()))
+		var dl sql.NullInt64
+		if !deadline.IsZero() {
+			dl = sql.NullInt64{Int64: deadline.UnixMilli(), Valid: true}
+		}
+		res, err := tx.ExecContext(ctx, `INSERT INTO runs (run_id, pairs_total, reason, started_at, registered_at, deadline)
+VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING`,
+			runID, len(distinct), reason, formatTime(startedAt), formatTime(s.now()), dl)
 		if err != nil {
 			return err
 		}
@@ -124,13 +129,16 @@ WHERE finished_at IS NOT NULL AND announced = 0 ORDER BY finished_at, run_id`)
 	return out, nil
 }
 
-// runSummary fills the pair counts, candle total and failures of ev.
+// runSummary fills the pair counts, candle, repair and gap totals and the
+// failures of ev.
 func runSummary(ctx context.Context, tx *sql.Tx, ev *candles.SyncCompleted) error {
 	err := tx.QueryRowContext(ctx, `SELECT
   COALESCE(SUM(listed = 1 AND status = 'ok'), 0),
   COALESCE(SUM(listed = 1 AND status = 'failed'), 0),
-  COALESCE(SUM(candles), 0)
-FROM run_pairs WHERE run_id = ?`, ev.RunID).Scan(&ev.PairsOK, &ev.PairsFailed, &ev.Candles)
+  COALESCE(SUM(candles), 0),
+  COALESCE(SUM(repaired), 0),
+  COALESCE(SUM(gaps_recorded), 0)
+FROM run_pairs WHERE run_id = ?`, ev.RunID).Scan(&ev.PairsOK, &ev.PairsFailed, &ev.Candles, &ev.Repaired, &ev.GapsRecorded)
 	if err != nil {
 		return err
 	}
@@ -205,13 +213,14 @@ func (s *Store) MarkPairAnnounced(ctx context.Context, runID, symbol, interval s
 	})
 }
 
-// RunProgress reports every registered run that is not complete, oldest
-// first. PairsDone counts listed pairs that are ok or failed.
+// RunProgress reports every registered run that is neither complete nor
+// timed out, oldest first. PairsDone counts listed pairs that are ok or
+// failed.
 func (s *Store) RunProgress(ctx context.Context) ([]writer.Progress, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT r.run_id, r.pairs_total, r.started_at,
+	rows, err := s.r.QueryContext(ctx, `SELECT r.run_id, r.pairs_total, r.started_at, r.deadline,
   (SELECT COUNT(*) FROM run_pairs p WHERE p.run_id = r.run_id AND p.listed = 1 AND p.status != 'pending'),
   (SELECT COALESCE(SUM(p.candles), 0) FROM run_pairs p WHERE p.run_id = r.run_id)
-FROM runs r WHERE r.finished_at IS NULL ORDER BY r.started_at, r.run_id`)
+FROM runs r WHERE r.finished_at IS NULL AND r.timed_out_at IS NULL ORDER BY r.started_at, r.run_id`)
 	if err != nil {
 		return nil, fmt.Errorf("run progress: %w", err)
 	}
@@ -220,8 +229,12 @@ FROM runs r WHERE r.finished_at IS NULL ORDER BY r.started_at, r.run_id`)
 	for rows.Next() {
 		var p writer.Progress
 		var started string
-		if err := rows.Scan(&p.RunID, &p.PairsTotal, &started, &p.PairsDone, &p.Candles); err != nil {
+		var deadline sql.NullInt64
+		if err := rows.Scan(&p.RunID, &p.PairsTotal, &started, &deadline, &p.PairsDone, &p.Candles); err != nil {
 			return nil, fmt.Errorf("run progress: %w", err)
+		}
+		if deadline.Valid {
+			p.Deadline = time.UnixMilli(deadline.Int64).UTC()
 		}
 		if p.StartedAt, err = parseTime(started); err != nil {
 			return nil, fmt.Errorf("run progress: run %s: %w", p.RunID, err)
@@ -234,67 +247,139 @@ FROM runs r WHERE r.finished_at IS NULL ORDER BY r.started_at, r.run_id`)
 	return out, nil
 }
 
-// Coverage reports first and last open time and the candle count of each
-// pair, in the order asked, with zeros for a pair with no candles. With no
-// pairs it reports every stored pair, ordered by symbol and interval. MIN and
-// MAX are single primary-key lookups; the count walks the pair's key range.
-func (s *Store) Coverage(ctx context.Context, pairs []candles.Pair) ([]candles.PairCoverage, error) {
+// NextDeadline returns the earliest deadline of the runs neither complete
+// nor timed out, or the zero time when none has one.
+func (s *Store) NextDeadline(ctx context.Context) (time.Time, error) {
+	var ms sql.NullInt64
+	if err := s.r.QueryRowContext(ctx, `SELECT MIN(deadline) FROM runs
+WHERE finished_at IS NULL AND timed_out_at IS NULL AND deadline IS NOT NULL`).Scan(&ms); err != nil {
+		return time.Time{}, fmt.Errorf("next run deadline: %w", err)
+	}
+	if !ms.Valid {
+		return time.Time{}, nil
+	}
+	return time.UnixMilli(ms.Int64).UTC(), nil
+}
+
+// TimeOutRuns closes every run that is neither complete nor timed out and
+// whose deadline is before cutoff: its pending listed pairs are marked as
+// open at the timeout and timed_out_at is set, which keeps the run from ever
+// completing. Batches and failures that arrive later still resolve its pairs
+// (and write their candles) but change neither the run nor its sync.timeout
+// event. It reports how many runs it closed.
+func (s *Store) TimeOutRuns(ctx context.Context, cutoff time.Time) (int, error) {
+	var closed int
+	err := s.inTx(ctx, "time out runs", func(tx *sql.Tx) error {
+		closed = 0
+		rows, err := tx.QueryContext(ctx, `SELECT run_id FROM runs
+WHERE finished_at IS NULL AND timed_out_at IS NULL AND deadline IS NOT NULL AND deadline < ?
+ORDER BY deadline, run_id`, cutoff.UnixMilli())
+		if err != nil {
+			return err
+		}
+		var ids []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			ids = append(ids, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		now := formatTime(s.now())
+		for _, id := range ids {
+			if _, err := tx.ExecContext(ctx, `UPDATE run_pairs SET timed_out = 1
+WHERE run_id = ? AND listed = 1 AND status = 'pending'`, id); err != nil {
+				return fmt.Errorf("run %s: %w", id, err)
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE runs SET timed_out_at = ? WHERE run_id = ?`, now, id); err != nil {
+				return fmt.Errorf("run %s: %w", id, err)
+			}
+		}
+		closed = len(ids)
+		return nil
+	})
+	return closed, err
+}
+
+// PendingTimeouts returns a sync.timeout event for every run closed by
+// TimeOutRuns and not yet marked announced, oldest first. The event's time
+// is when the run was closed; its open pairs and counts are as they stood
+// then, whatever arrived since.
+func (s *Store) PendingTimeouts(ctx context.Context) ([]candles.SyncTimeout, error) {
 	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return nil, fmt.Errorf("coverage: %w", err)
+		return nil, fmt.Errorf("pending timeouts: %w", err)
 	}
 	defer tx.Rollback()
-	if len(pairs) == 0 {
-		if pairs, err = storedPairs(ctx, tx); err != nil {
-			return nil, fmt.Errorf("coverage: %w", err)
-		}
-	}
-	stmt, err := tx.PrepareContext(ctx, `SELECT
-  COALESCE((SELECT open_time FROM candles WHERE symbol = ?1 AND interval = ?2 ORDER BY open_time ASC LIMIT 1), 0),
-  COALESCE((SELECT open_time FROM candles WHERE symbol = ?1 AND interval = ?2 ORDER BY open_time DESC LIMIT 1), 0),
-  (SELECT COUNT(*) FROM candles WHERE symbol = ?1 AND interval = ?2)`)
+	rows, err := tx.QueryContext(ctx, `SELECT run_id, deadline, timed_out_at FROM runs
+WHERE timed_out_at IS NOT NULL AND timeout_announced = 0 ORDER BY deadline, run_id`)
 	if err != nil {
-		return nil, fmt.Errorf("coverage: %w", err)
+		return nil, fmt.Errorf("pending timeouts: %w", err)
 	}
-	defer stmt.Close()
-	out := make([]candles.PairCoverage, 0, len(pairs))
-	for _, p := range pairs {
-		c := candles.PairCoverage{Symbol: p.Symbol, Interval: p.Interval}
-		if err := stmt.QueryRowContext(ctx, p.Symbol, p.Interval).Scan(&c.First, &c.Last, &c.Count); err != nil {
-			return nil, fmt.Errorf("coverage of %s: %w", p, err)
+	var out []candles.SyncTimeout
+	for rows.Next() {
+		var runID, closedAt string
+		var deadline int64
+		if err := rows.Scan(&runID, &deadline, &closedAt); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("pending timeouts: %w", err)
 		}
-		out = append(out, c)
+		ev := candles.SyncTimeout{EventHeader: candles.NewHeader(candles.KindSyncTimeout, runID),
+			Deadline: time.UnixMilli(deadline).UTC(), OpenPairs: []candles.Pair{}}
+		if ev.Time, err = parseTime(closedAt); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("pending timeouts: run %s: %w", runID, err)
+		}
+		out = append(out, ev)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pending timeouts: %w", err)
+	}
+	for i := range out {
+		if err := timeoutSummary(ctx, tx, &out[i]); err != nil {
+			return nil, fmt.Errorf("pending timeouts: run %s: %w", out[i].RunID, err)
+		}
 	}
 	return out, nil
 }
 
-// storedPairs lists the distinct (symbol, interval) prefixes of the primary
-// key by skipping from one to the next, one index seek per pair, instead of
-// reading every row.
-func storedPairs(ctx context.Context, tx *sql.Tx) ([]candles.Pair, error) {
-	var out []candles.Pair
-	var p candles.Pair
-	err := tx.QueryRowContext(ctx, `SELECT symbol, interval FROM candles ORDER BY symbol, interval LIMIT 1`).Scan(&p.Symbol, &p.Interval)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
+// timeoutSummary fills the open pairs and the ok and failed counts of ev as
+// they were when the run timed out: a pair open then counts as open, even if
+// a late batch resolved it since.
+func timeoutSummary(ctx context.Context, tx *sql.Tx, ev *candles.SyncTimeout) error {
+	if err := tx.QueryRowContext(ctx, `SELECT
+  COALESCE(SUM(status = 'ok' AND timed_out = 0), 0),
+  COALESCE(SUM(status = 'failed' AND timed_out = 0), 0)
+FROM run_pairs WHERE run_id = ? AND listed = 1`, ev.RunID).Scan(&ev.PairsOK, &ev.PairsFailed); err != nil {
+		return err
 	}
+	rows, err := tx.QueryContext(ctx, `SELECT symbol, interval FROM run_pairs
+WHERE run_id = ? AND listed = 1 AND timed_out = 1 ORDER BY symbol, interval`, ev.RunID)
 	if err != nil {
-		return nil, fmt.Errorf("list pairs: %w", err)
+		return err
 	}
-	next, err := tx.PrepareContext(ctx, `SELECT symbol, interval FROM candles
-WHERE (symbol, interval) > (?, ?) ORDER BY symbol, interval LIMIT 1`)
-	if err != nil {
-		return nil, fmt.Errorf("list pairs: %w", err)
-	}
-	defer next.Close()
-	for {
-		out = append(out, p)
-		err := next.QueryRowContext(ctx, p.Symbol, p.Interval).Scan(&p.Symbol, &p.Interval)
-		if errors.Is(err, sql.ErrNoRows) {
-			return out, nil
+	defer rows.Close()
+	for rows.Next() {
+		var p candles.Pair
+		if err := rows.Scan(&p.Symbol, &p.Interval); err != nil {
+			return err
 		}
-		if err != nil {
-			return nil, fmt.Errorf("list pairs: %w", err)
-		}
+		ev.OpenPairs = append(ev.OpenPairs, p)
 	}
+	return rows.Err()
+}
+
+// MarkTimeoutAnnounced records that the sync.timeout event of runID was
+// published.
+func (s *Store) MarkTimeoutAnnounced(ctx context.Context, runID string) error {
+	return s.inTx(ctx, "mark timeout of run "+runID+" announced", func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE runs SET timeout_announced = 1 WHERE run_id = ?`, runID)
+		return err
+	})
 }

@@ -25,7 +25,7 @@ type op struct {
 
 func register(pairs ...candles.Pair) op {
 	return op{"register", func(ctx context.Context, s *sqlite.Store, _ uint64) (bool, error) {
-		return s.RegisterRun(ctx, "r1", pairs, epoch, "daily")
+		return s.RegisterRun(ctx, "r1", pairs, epoch, "daily", time.Time{})
 	}}
 }
 
@@ -202,7 +202,7 @@ func TestRunProgress(t *testing.T) {
 	clk := newClock()
 	s := openStore(t, tempDB(t), sqlite.WithNow(clk.Now))
 	ctx := context.Background()
-	if _, err := s.RegisterRun(ctx, "r2", []candles.Pair{btc}, epoch.Add(-time.Hour), ""); err != nil {
+	if _, err := s.RegisterRun(ctx, "r2", []candles.Pair{btc}, epoch.Add(-time.Hour), "", time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	for i, o := range []op{register(btc, eth, sol), page(btc, false, 3), page(btc, true, 2), fail(eth, "x"), page(sol, false, 4)} {
@@ -252,22 +252,22 @@ func TestCoverage(t *testing.T) {
 	}{{
 		name: "all stored pairs",
 		want: []candles.PairCoverage{
-			{Symbol: "BTCUSDT", Interval: "1h", First: t0, Last: t0, Count: 1},
-			{Symbol: "BTCUSDT", Interval: "4h", First: t0 + 10*h4, Last: t0 + 22*h4, Count: 5},
-			{Symbol: "ETHUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5},
+			{Symbol: "BTCUSDT", Interval: "1h", First: t0, Last: t0, Count: 1, Expected: 1},
+			{Symbol: "BTCUSDT", Interval: "4h", First: t0 + 10*h4, Last: t0 + 22*h4, Count: 5, Expected: 13},
+			{Symbol: "ETHUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5, Expected: 5},
 		},
 	}, {
 		name:  "asked pairs in the order asked, empty ones with zeros",
 		pairs: []candles.Pair{eth, bnb, btc},
 		want: []candles.PairCoverage{
-			{Symbol: "ETHUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5},
+			{Symbol: "ETHUSDT", Interval: "4h", First: t0, Last: t0 + 4*h4, Count: 5, Expected: 5},
 			{Symbol: "BNBUSDT", Interval: "1d"},
-			{Symbol: "BTCUSDT", Interval: "4h", First: t0 + 10*h4, Last: t0 + 22*h4, Count: 5},
+			{Symbol: "BTCUSDT", Interval: "4h", First: t0 + 10*h4, Last: t0 + 22*h4, Count: 5, Expected: 13},
 		},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := s.Coverage(ctx, tt.pairs)
+			got, err := s.Coverage(ctx, candles.CoverageRequest{Pairs: tt.pairs})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -277,7 +277,117 @@ func TestCoverage(t *testing.T) {
 		})
 	}
 	empty := openStore(t, tempDB(t))
-	if got, err := empty.Coverage(ctx, nil); err != nil || len(got) != 0 {
+	if got, err := empty.Coverage(ctx, candles.CoverageRequest{}); err != nil || len(got) != 0 {
 		t.Errorf("empty database: %+v, %v", got, err)
+	}
+}
+
+func TestRunTimeouts(t *testing.T) {
+	clk := newClock()
+	s := openStore(t, tempDB(t), sqlite.WithNow(clk.Now))
+	ctx := context.Background()
+	deadline := epoch.Add(30 * time.Minute)
+	mustRegister := func(id string, pairs []candles.Pair, dl time.Time) {
+		t.Helper()
+		if _, err := s.RegisterRun(ctx, id, pairs, epoch, "daily", dl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply := func(seq uint64, runID string, p candles.Pair, final bool) writer.Applied {
+		t.Helper()
+		a, err := s.ApplyBatch(ctx, "CANDLES", seq, batch(runID, p.Symbol, final, series(t0+int64(seq)*10*h4, 2, 0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	mustRegister("r1", []candles.Pair{btc, eth, sol}, deadline)
+	mustRegister("r2", []candles.Pair{btc}, epoch.Add(10*time.Minute))
+	mustRegister("r3", []candles.Pair{eth}, time.Time{}) // no deadline
+	if d, err := s.NextDeadline(ctx); err != nil || !d.Equal(epoch.Add(10*time.Minute)) {
+		t.Errorf("NextDeadline = %v, %v; want r2's", d, err)
+	}
+	apply(1, "r1", btc, true)
+	if _, err := s.FailPair(ctx, "r1", "ETHUSDT", "4h", "HTTP 500"); err != nil {
+		t.Fatal(err)
+	}
+	if a := apply(2, "r2", btc, true); !a.RunComplete {
+		t.Fatal("r2 did not complete")
+	}
+	if d, err := s.NextDeadline(ctx); err != nil || !d.Equal(deadline) {
+		t.Errorf("NextDeadline = %v, %v; want r1's (r2 completed)", d, err)
+	}
+	if n, err := s.TimeOutRuns(ctx, deadline); err != nil || n != 0 {
+		t.Errorf("TimeOutRuns at the deadline = %d, %v; want 0 (only a deadline before the cutoff has passed)", n, err)
+	}
+	closedAt := deadline.Add(time.Second)
+	clk.Set(closedAt)
+	if n, err := s.TimeOutRuns(ctx, deadline.Add(time.Millisecond)); err != nil || n != 1 {
+		t.Fatalf("TimeOutRuns = %d, %v; want 1", n, err)
+	}
+	h := candles.NewHeader(candles.KindSyncTimeout, "r1")
+	h.Time = closedAt
+	want := []candles.SyncTimeout{{EventHeader: h, Deadline: deadline, OpenPairs: []candles.Pair{sol}, PairsOK: 1, PairsFailed: 1}}
+	check := func(when string) {
+		t.Helper()
+		got, err := s.PendingTimeouts(ctx)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: PendingTimeouts = %+v, %v\nwant %+v", when, got, err, want)
+		}
+	}
+	check("after the timeout")
+
+	// The late final batch of the open pair is written but completes nothing.
+	if a := apply(3, "r1", sol, true); a.RunComplete || a.Inserted != 2 {
+		t.Errorf("late batch = %+v, want 2 inserted and no completion", a)
+	}
+	check("after a late batch")
+	if ann, err := s.PendingAnnouncements(ctx); err != nil || len(ann) != 1 || ann[0].RunID != "r2" {
+		t.Errorf("PendingAnnouncements = %+v, %v; want only r2", ann, err)
+	}
+	if p, err := s.RunProgress(ctx); err != nil || len(p) != 1 || p[0].RunID != "r3" {
+		t.Errorf("RunProgress = %+v, %v; want only r3", p, err)
+	}
+	if n, err := s.TimeOutRuns(ctx, closedAt.Add(time.Hour)); err != nil || n != 0 {
+		t.Errorf("second TimeOutRuns = %d, %v; want 0", n, err)
+	}
+	if err := s.MarkTimeoutAnnounced(ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.PendingTimeouts(ctx); err != nil || len(got) != 0 {
+		t.Errorf("after MarkTimeoutAnnounced: %+v, %v; want none", got, err)
+	}
+	if d, err := s.NextDeadline(ctx); err != nil || !d.IsZero() {
+		t.Errorf("NextDeadline = %v, %v; want none", d, err)
+	}
+}
+
+func TestRunRepairAndGapCounts(t *testing.T) {
+	s := openStore(t, tempDB(t))
+	ctx := context.Background()
+	if _, err := s.RegisterRun(ctx, "r1", []candles.Pair{btc, eth}, epoch, "", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	steps := []candles.Batch{
+		// BTC: slots 4 and 5 are an outage.
+		spanned(0, 10, at4h(0, 1, 2, 3, 6, 7, 8, 9)),
+		// The audit re-fetched holes: slot 2 was stored already, 11 and 12 are new.
+		{V: candles.Version, Symbol: "BTCUSDT", Interval: "4h", Repair: true, Candles: at4h(2, 11, 12)},
+		{V: candles.Version, Symbol: "BTCUSDT", Interval: "4h", Final: true},
+		// ETH: slot 1 is an outage.
+		func() candles.Batch { b := spanned(0, 4, at4h(0, 2, 3)); b.Symbol, b.Final = "ETHUSDT", true; return b }(),
+	}
+	for i, b := range steps {
+		b.RunID = "r1"
+		if _, err := s.ApplyBatch(ctx, "CANDLES", uint64(i+1), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ann, err := s.PendingAnnouncements(ctx)
+	if err != nil || len(ann) != 1 {
+		t.Fatalf("PendingAnnouncements = %+v, %v", ann, err)
+	}
+	if got := ann[0]; got.Repaired != 2 || got.GapsRecorded != 3 || got.Candles != 14 || got.PairsOK != 2 {
+		t.Errorf("sync.completed = %+v, want repaired 2, gaps_recorded 3, candles 14, 2 pairs ok", got)
 	}
 }

@@ -54,6 +54,37 @@ CREATE TABLE run_pairs (
   PRIMARY KEY (run_id, symbol, interval)
 ) WITHOUT ROWID;
 CREATE INDEX run_pairs_unannounced ON run_pairs (run_id) WHERE status = 'ok' AND announced = 0;`,
+
+	// 2: known gaps (slots the exchange answered for without a candle), the
+	// last successful sync per pair, run deadlines and timeouts, and the
+	// repair and gap counts of each run's pairs. Times compared in SQL
+	// (deadline) are INTEGER ms, since RFC 3339 text with a variable
+	// fraction does not sort as time.
+	`CREATE TABLE known_gaps (
+  symbol TEXT NOT NULL, interval TEXT NOT NULL,
+  from_time INTEGER NOT NULL,   -- first missing open time (ms)
+  until_time INTEGER NOT NULL,  -- open time after the last missing one (ms)
+  recorded_at TEXT NOT NULL,
+  PRIMARY KEY (symbol, interval, from_time)
+) WITHOUT ROWID;
+
+CREATE TABLE pair_state (
+  symbol TEXT NOT NULL, interval TEXT NOT NULL,
+  last_sync TEXT NOT NULL,      -- when a run last completed the pair
+  PRIMARY KEY (symbol, interval)
+) WITHOUT ROWID;
+
+ALTER TABLE runs ADD COLUMN deadline INTEGER;        -- ms; NULL: no deadline
+ALTER TABLE runs ADD COLUMN timed_out_at TEXT;       -- closed at its deadline; never completes
+ALTER TABLE runs ADD COLUMN timeout_announced INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX runs_open_deadline ON runs (deadline)
+  WHERE finished_at IS NULL AND timed_out_at IS NULL AND deadline IS NOT NULL;
+CREATE INDEX runs_timeout_unannounced ON runs (run_id)
+  WHERE timed_out_at IS NOT NULL AND timeout_announced = 0;
+
+ALTER TABLE run_pairs ADD COLUMN repaired INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE run_pairs ADD COLUMN gaps_recorded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE run_pairs ADD COLUMN timed_out INTEGER NOT NULL DEFAULT 0; -- pending when its run timed out`,
 }
 
 // SchemaVersion is the schema version this code migrates databases to.

@@ -42,8 +42,9 @@ type Store struct {
 	now  func() time.Time
 	busy time.Duration
 
-	upsert1, upsertN *sql.Stmt // one candle, upsertChunk candles
-	rangeCount       *sql.Stmt
+	upsert1, upsertN       *sql.Stmt // one candle, upsertChunk candles
+	rangeCount             *sql.Stmt
+	gapsOverlap, gapsTouch *sql.Stmt // known gaps overlapping (or touching) a range
 }
 
 // Option configures Open.
@@ -181,13 +182,19 @@ func (s *Store) prepare(ctx context.Context) error {
 	if s.rangeCount, err = s.w.PrepareContext(ctx, rangeCountSQL); err != nil {
 		return fmt.Errorf("prepare range count: %w", err)
 	}
+	if s.gapsOverlap, err = s.w.PrepareContext(ctx, gapsOverlapSQL(false)); err != nil {
+		return fmt.Errorf("prepare known gaps lookup: %w", err)
+	}
+	if s.gapsTouch, err = s.w.PrepareContext(ctx, gapsOverlapSQL(true)); err != nil {
+		return fmt.Errorf("prepare known gaps lookup: %w", err)
+	}
 	return nil
 }
 
 // Close closes the database; SQLite checkpoints the WAL on the last close.
 func (s *Store) Close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{s.upsert1, s.upsertN, s.rangeCount} {
+	for _, st := range []*sql.Stmt{s.upsert1, s.upsertN, s.rangeCount, s.gapsOverlap, s.gapsTouch} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -277,10 +284,12 @@ func (s *Store) ResetWatermark(ctx context.Context, stream string, seq uint64) e
 }
 
 // ApplyBatch writes b as the message at seq of stream in one transaction:
-// every candle upserted (identical rows are left alone), the watermark set to
-// seq and, for a batch with a run_id, the pair's candle count raised and a
-// final batch marking the pair ok unless it already failed. At or below the watermark it does nothing
-// and reports Skipped.
+// every candle upserted (identical rows are left alone), the known gaps
+// brought up to date (see bookGaps), the watermark set to seq and, for a
+// batch with a run_id, the pair's candle, repair and gap counts raised and a
+// final batch marking the pair ok unless it already failed (which records
+// the pair's last sync). At or below the watermark it does nothing and
+// reports Skipped.
 func (s *Store) ApplyBatch(ctx context.Context, stream string, seq uint64, b candles.Batch) (writer.Applied, error) {
 	var a writer.Applied
 	err := s.inTx(ctx, fmt.Sprintf("apply %s seq %d (%s/%s)", stream, seq, b.Symbol, b.Interval), func(tx *sql.Tx) error {
@@ -293,10 +302,8 @@ func (s *Store) ApplyBatch(ctx context.Context, stream string, seq uint64, b can
 			a.Skipped = true
 			return nil
 		}
-		if len(b.Candles) > 0 {
-			if err := s.upsertCandles(ctx, tx, b, &a); err != nil {
-				return err
-			}
+		if err := s.upsert(ctx, tx, b, &a); err != nil {
+			return err
 		}
 		if err := setWatermark(ctx, tx, stream, seq); err != nil {
 			return err
@@ -310,6 +317,33 @@ func (s *Store) ApplyBatch(ctx context.Context, stream string, seq uint64, b can
 		return writer.Applied{}, err
 	}
 	return a, nil
+}
+
+// Upsert writes the candles of b and brings the known gaps up to date, in one
+// transaction, without reading or moving any watermark and without touching
+// run tracking: for a replay of batches that may have been applied before.
+// It is idempotent; Skipped and the run fields of Applied stay zero.
+func (s *Store) Upsert(ctx context.Context, b candles.Batch) (writer.Applied, error) {
+	var a writer.Applied
+	err := s.inTx(ctx, fmt.Sprintf("upsert %s/%s page %d", b.Symbol, b.Interval, b.Page), func(tx *sql.Tx) error {
+		a = writer.Applied{}
+		return s.upsert(ctx, tx, b, &a)
+	})
+	if err != nil {
+		return writer.Applied{}, err
+	}
+	return a, nil
+}
+
+// upsert is the part of ApplyBatch and Upsert that writes candles and known
+// gaps.
+func (s *Store) upsert(ctx context.Context, tx *sql.Tx, b candles.Batch, a *writer.Applied) error {
+	if len(b.Candles) > 0 {
+		if err := s.upsertCandles(ctx, tx, b, a); err != nil {
+			return err
+		}
+	}
+	return s.bookGaps(ctx, tx, b, a)
 }
 
 func (s *Store) upsertCandles(ctx context.Context, tx *sql.Tx, b candles.Batch, a *writer.Applied) error {
@@ -367,34 +401,63 @@ func (s *Store) upsertCandles(ctx context.Context, tx *sql.Tx, b candles.Batch, 
 	return nil
 }
 
-// trackBatch adds the batch to its run's pair and, for a final batch, marks
-// a pending pair ok and checks whether that completed the run. A pair's
-// first resolution stands: a pair that already failed (say, one of its pages
-// was rejected) stays failed, though its candles are written.
+// trackBatch adds the batch to its run's pair (candles, and for a repair
+// batch the rows it inserted; the known-gap slots it recorded) and, for a
+// final batch, marks a pending pair ok, records that as the pair's last sync
+// and checks whether that completed the run. A pair's first resolution
+// stands: a pair that already failed (say, one of its pages was rejected)
+// stays failed, though its candles are written.
 func (s *Store) trackBatch(ctx context.Context, tx *sql.Tx, b candles.Batch, a *writer.Applied) error {
 	now := formatTime(s.now())
-	err := tx.QueryRowContext(ctx, `INSERT INTO run_pairs (run_id, symbol, interval, status, candles, resolved_at)
-VALUES (?1, ?2, ?3, CASE WHEN ?4 THEN 'ok' ELSE 'pending' END, ?5, CASE WHEN ?4 THEN ?6 END)
+	pending := false
+	if b.Final {
+		var status string
+		err := tx.QueryRowContext(ctx, `SELECT status FROM run_pairs WHERE run_id = ? AND symbol = ? AND interval = ?`,
+			b.RunID, b.Symbol, b.Interval).Scan(&status)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			pending = true
+		case err != nil:
+			return fmt.Errorf("track run %s pair %s/%s: %w", b.RunID, b.Symbol, b.Interval, err)
+		default:
+			pending = status == "pending"
+		}
+	}
+	repaired := 0
+	if b.Repair {
+		repaired = a.Inserted
+	}
+	err := tx.QueryRowContext(ctx, `INSERT INTO run_pairs (run_id, symbol, interval, status, candles, resolved_at, repaired, gaps_recorded)
+VALUES (?1, ?2, ?3, CASE WHEN ?4 THEN 'ok' ELSE 'pending' END, ?5, CASE WHEN ?4 THEN ?6 END, ?7, ?8)
 ON CONFLICT (run_id, symbol, interval) DO UPDATE SET
   candles = run_pairs.candles + excluded.candles,
+  repaired = run_pairs.repaired + excluded.repaired,
+  gaps_recorded = run_pairs.gaps_recorded + excluded.gaps_recorded,
   resolved_at = CASE WHEN ?4 AND run_pairs.status = 'pending' THEN ?6 ELSE run_pairs.resolved_at END,
   status = CASE WHEN ?4 AND run_pairs.status = 'pending' THEN 'ok' ELSE run_pairs.status END
-RETURNING candles`, b.RunID, b.Symbol, b.Interval, b.Final, len(b.Candles), now).Scan(&a.PairCandles)
+RETURNING candles`, b.RunID, b.Symbol, b.Interval, b.Final, len(b.Candles), now, repaired, a.GapsRecorded).Scan(&a.PairCandles)
 	if err != nil {
 		return fmt.Errorf("track run %s pair %s/%s: %w", b.RunID, b.Symbol, b.Interval, err)
 	}
 	if !b.Final {
 		return nil
 	}
+	if pending {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO pair_state (symbol, interval, last_sync) VALUES (?, ?, ?)
+ON CONFLICT (symbol, interval) DO UPDATE SET last_sync = excluded.last_sync`, b.Symbol, b.Interval, now); err != nil {
+			return fmt.Errorf("record last sync of %s/%s: %w", b.Symbol, b.Interval, err)
+		}
+	}
 	a.RunComplete, err = s.finishRun(ctx, tx, b.RunID)
 	return err
 }
 
 // finishRun sets finished_at of a registered run whose listed pairs are all
-// resolved, and reports whether this call did it: the transition happens once.
+// resolved, and reports whether this call did it: the transition happens
+// once, and never for a run closed by its deadline (TimeOutRuns).
 func (s *Store) finishRun(ctx context.Context, tx *sql.Tx, runID string) (bool, error) {
 	res, err := tx.ExecContext(ctx, `UPDATE runs SET finished_at = ?
-WHERE run_id = ? AND finished_at IS NULL AND NOT EXISTS (
+WHERE run_id = ? AND finished_at IS NULL AND timed_out_at IS NULL AND NOT EXISTS (
   SELECT 1 FROM run_pairs p WHERE p.run_id = runs.run_id AND p.listed = 1 AND p.status = 'pending')`,
 		formatTime(s.now()), runID)
 	if err != nil {

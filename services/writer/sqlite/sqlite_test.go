@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -187,7 +188,7 @@ func TestSchemaMatchesDesign(t *testing.T) {
 		tables = append(tables, n)
 	}
 	rs.Close()
-	if want := []string{"candles", "run_pairs", "runs", "schema_migrations", "stream_state"}; !reflect.DeepEqual(tables, want) {
+	if want := []string{"candles", "known_gaps", "pair_state", "run_pairs", "runs", "schema_migrations", "stream_state"}; !reflect.DeepEqual(tables, want) {
 		t.Errorf("tables = %v, want %v", tables, want)
 	}
 	var mode string
@@ -237,7 +238,7 @@ func TestNewerSchemaIsRefused(t *testing.T) {
 	if !errors.Is(err, sqlite.ErrSchemaTooNew) {
 		t.Fatalf("Open = %v, want ErrSchemaTooNew", err)
 	}
-	if !strings.Contains(err.Error(), "version 2") {
+	if want := fmt.Sprintf("version %d", sqlite.SchemaVersion()+1); !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q does not name the version", err)
 	}
 }
@@ -274,7 +275,7 @@ func TestFileModes(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Coverage opens a reader, so -shm exists too.
-			if _, err := s.Coverage(context.Background(), nil); err != nil {
+			if _, err := s.Coverage(context.Background(), candles.CoverageRequest{}); err != nil {
 				t.Fatal(err)
 			}
 			for _, p := range []string{path, path + "-wal", path + "-shm"} {

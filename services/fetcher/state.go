@@ -1,0 +1,30 @@
+package fetcher
+
+import (
+	"context"
+)
+
+// exchangeInfoWeight is the request weight of /api/v3/exchangeInfo.
+const exchangeInfoWeight = 20
+
+// openState creates or opens the JetStream KV buckets the fetchers share:
+// FetchersBucket (the ban, what each pair's last run fetched), LockBucket
+// (one sync per pair) and ProgressBucket (job checkpoints), and applies a
+// ban in force before the first request.
+func (f *Fetcher) openState(ctx context.Context) error {
+	replicas := f.o.Streams.Replicas
+	b, err := openBoard(ctx, f.js, replicas, f.pacer, f.log, f.o.Now)
+	if err != nil {
+		return err
+	}
+	locks, err := openPairLocks(ctx, f.js, lockTTL, replicas)
+	if err != nil {
+		return err
+	}
+	progress, err := openProgress(ctx, f.js, replicas)
+	if err != nil {
+		return err
+	}
+	f.board, f.locks, f.progress = b, locks, progress
+	return nil
+}

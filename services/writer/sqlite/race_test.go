@@ -1,0 +1,7 @@
+//go:build race
+
+package sqlite_test
+
+// raceEnabled: the race detector slows modernc.org/sqlite down tenfold, so
+// timing budgets are not checked.
+const raceEnabled = true
