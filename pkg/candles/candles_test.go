@@ -179,3 +179,40 @@ func TestDecodeBatchChecksSubjectAndRules(t *testing.T) {
 		t.Fatalf("%d default symbols, want 60", len(DefaultSymbols()))
 	}
 }
+
+func TestBatchEncodeDecodeRoundTrip(t *testing.T) {
+	iv := MustInterval("1h")
+	t0 := ms("2024-01-01T00:00:00Z")
+	b := Batch{V: Version, RunID: "r1", Symbol: "BTCUSDT", Interval: "1h", Page: 3, Final: true,
+		From: t0, Until: iv.Add(t0, 3), Repair: true, Candles: []Candle{good(t0), good(iv.Next(t0))}}
+	data, err := b.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var viaStd map[string]any
+	if err := json.Unmarshal(data, &viaStd); err != nil || viaStd["run_id"] != "r1" || len(viaStd["candles"].([]any)) != 2 {
+		t.Fatalf("Encode wrote invalid JSON %s: %v", data, err)
+	}
+	back, err := DecodeBatch(BatchSubject("1h", "BTCUSDT"), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.RunID != b.RunID || back.Page != 3 || !back.Final || !back.Repair || back.From != b.From || back.Until != b.Until ||
+		len(back.Candles) != 2 || back.Candles[0] != b.Candles[0] || back.Candles[1] != b.Candles[1] {
+		t.Fatalf("round trip: %+v", back)
+	}
+	empty, _ := Batch{V: Version, RunID: "r", Symbol: "BTCUSDT", Interval: "1h", Final: true}.Encode()
+	if e, err := DecodeBatch(BatchSubject("1h", "BTCUSDT"), empty); err != nil || len(e.Candles) != 0 || !e.Final {
+		t.Fatalf("empty batch: %+v %v (%s)", e, err, empty)
+	}
+	for _, bad := range []string{
+		`{"v":1,"symbol":"BTCUSDT","interval":"1h","candles":[[1,2]]}`,
+		`{"v":1,"symbol":"BTCUSDT","interval":"1h","candles":{}}`,
+		`{"v":1,"symbol":"BTCUSDT","interval":"1h","candles":[[1704067200000,1,1,1,1,1,1704070799999,1,1,1,1],]}`,
+		`{"v":1,"symbol":"BTCUSDT","interval":"1h","candles":[[1704067200000,1,1,1,1,1,1704070799999,1,1,1,1] [1704067200000,1,1,1,1,1,1704070799999,1,1,1,1]]}`,
+	} {
+		if _, err := DecodeBatch(BatchSubject("1h", "BTCUSDT"), []byte(bad)); err == nil {
+			t.Errorf("accepted %s", bad)
+		}
+	}
+}

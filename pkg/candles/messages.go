@@ -1,7 +1,9 @@
 package candles
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -67,8 +69,8 @@ type Batch struct {
 // DecodeBatch parses a batch published on subject and checks it against the
 // subject and the candle rules; a batch that fails can never be applied.
 func DecodeBatch(subject string, data []byte) (Batch, error) {
-	var b Batch
-	if err := json.Unmarshal(data, &b); err != nil {
+	b, err := unmarshalBatch(data)
+	if err != nil {
 		return Batch{}, fmt.Errorf("malformed batch: %w", err)
 	}
 	if b.V != Version {
@@ -94,6 +96,101 @@ func DecodeBatch(subject string, data []byte) (Batch, error) {
 		}
 		if n := len(b.Candles); n > 0 && (b.Candles[0].OpenTime < b.From || b.Candles[n-1].OpenTime >= b.Until) {
 			return Batch{}, fmt.Errorf("batch %s/%s page %d: candles outside the covered span [%d, %d)", b.Symbol, b.Interval, b.Page, b.From, b.Until)
+		}
+	}
+	return b, nil
+}
+
+// batchHeader is a Batch without its candles, which are coded by hand: the
+// writer reads millions of them in a backfill, and encoding/json's per-value
+// work on 11-number arrays would cost more than the database upsert.
+type batchHeader struct {
+	V        int    `json:"v"`
+	RunID    string `json:"run_id"`
+	Symbol   string `json:"symbol"`
+	Interval string `json:"interval"`
+	Page     int    `json:"page"`
+	Final    bool   `json:"final"`
+	From     int64  `json:"from,omitempty"`
+	Until    int64  `json:"until,omitempty"`
+	Repair   bool   `json:"repair,omitempty"`
+}
+
+// Encode returns the JSON of b, as documented in docs/messages.md.
+func (b Batch) Encode() ([]byte, error) {
+	h, err := json.Marshal(batchHeader{V: b.V, RunID: b.RunID, Symbol: b.Symbol, Interval: b.Interval,
+		Page: b.Page, Final: b.Final, From: b.From, Until: b.Until, Repair: b.Repair})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(h)+16+len(b.Candles)*120)
+	out = append(out, h[:len(h)-1]...)
+	out = append(out, `,"candles":[`...)
+	for i, c := range b.Candles {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		if out, err = c.AppendJSON(out); err != nil {
+			return nil, err
+		}
+	}
+	return append(out, "]}"...), nil
+}
+
+// unmarshalBatch is json.Unmarshal for a Batch, with the candles parsed by
+// Candle.UnmarshalJSON directly.
+func unmarshalBatch(data []byte) (Batch, error) {
+	var raw struct {
+		batchHeader
+		Candles json.RawMessage `json:"candles"`
+	}
+	// Fast path for the layout Encode writes: the header, then the candles
+	// last. The header is decoded as JSON, the candles by the strict parser
+	// below, so together they are checked as fully as encoding/json would.
+	data = bytes.TrimSpace(data)
+	if i := bytes.LastIndex(data, []byte(`,"candles":[`)); i > 0 && bytes.HasSuffix(data, []byte("]}")) {
+		head := append(append(make([]byte, 0, i+1), data[:i]...), '}')
+		if err := json.Unmarshal(head, &raw.batchHeader); err == nil {
+			raw.Candles = data[i+len(`,"candles":`) : len(data)-1]
+		} else {
+			raw.Candles = nil
+		}
+	}
+	if raw.Candles == nil {
+		if err := json.Unmarshal(data, &raw); err != nil {
+			return Batch{}, err
+		}
+	}
+	b := Batch{V: raw.V, RunID: raw.RunID, Symbol: raw.Symbol, Interval: raw.Interval, Page: raw.Page,
+		Final: raw.Final, From: raw.From, Until: raw.Until, Repair: raw.Repair}
+	rest := bytes.TrimSpace(raw.Candles)
+	if len(rest) == 0 || string(rest) == "null" {
+		return b, nil
+	}
+	if rest[0] != '[' || rest[len(rest)-1] != ']' {
+		return Batch{}, errors.New("candles must be a JSON array")
+	}
+	rest = bytes.TrimSpace(rest[1 : len(rest)-1])
+	b.Candles = make([]Candle, 0, bytes.Count(rest, []byte{']'}))
+	for len(rest) > 0 {
+		end := bytes.IndexByte(rest, ']')
+		if end < 0 {
+			return Batch{}, errCandleShape
+		}
+		var c Candle
+		if err := c.UnmarshalJSON(rest[:end+1]); err != nil {
+			return Batch{}, fmt.Errorf("candle %d: %w", len(b.Candles), err)
+		}
+		b.Candles = append(b.Candles, c)
+		rest = bytes.TrimSpace(rest[end+1:])
+		if len(rest) > 0 {
+			if rest[0] != ',' {
+				return Batch{}, fmt.Errorf("candle %d: expected ',' between candles", len(b.Candles))
+			}
+			rest = bytes.TrimSpace(rest[1:])
+			if len(rest) == 0 {
+				return Batch{}, errors.New("candles: trailing ','")
+			}
 		}
 	}
 	return b, nil

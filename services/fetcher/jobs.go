@@ -600,7 +600,7 @@ func checkPage(iv candles.Interval, from int64, raw []candles.Candle) error {
 // Nats-Msg-Id is fixed by run, pair and page start, so a retried job's pages
 // are dropped as duplicates.
 func (f *Fetcher) publish(ctx context.Context, b candles.Batch, from int64) error {
-	data, err := json.Marshal(b)
+	data, err := b.Encode()
 	if err != nil {
 		return fmt.Errorf("encode batch: %w", err)
 	}
