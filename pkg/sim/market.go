@@ -301,22 +301,41 @@ func renderKlines(cs []candles.Candle, mut func(i int, tokens []string)) []byte 
 	b := make([]byte, 0, 32+200*len(cs))
 	b = append(b, '[')
 	for i, c := range cs {
-		t := []string{
-			strconv.FormatInt(c.OpenTime, 10), quoted(c.Open), quoted(c.High), quoted(c.Low), quoted(c.Close),
-			quoted(c.Volume), strconv.FormatInt(c.CloseTime, 10), quoted(c.QuoteVolume),
-			strconv.FormatInt(c.Trades, 10), quoted(c.TakerBuyBaseVolume), quoted(c.TakerBuyQuoteVolume), `"0"`,
-		}
-		if mut != nil {
-			mut(i, t)
-		}
 		if i > 0 {
 			b = append(b, ',')
 		}
+		if mut != nil {
+			t := []string{
+				strconv.FormatInt(c.OpenTime, 10), quoted(c.Open), quoted(c.High), quoted(c.Low), quoted(c.Close),
+				quoted(c.Volume), strconv.FormatInt(c.CloseTime, 10), quoted(c.QuoteVolume),
+				strconv.FormatInt(c.Trades, 10), quoted(c.TakerBuyBaseVolume), quoted(c.TakerBuyQuoteVolume), `"0"`,
+			}
+			mut(i, t)
+			b = append(b, '[')
+			b = append(b, strings.Join(t, ",")...)
+			b = append(b, ']')
+			continue
+		}
+		// The common case, written straight into the buffer.
 		b = append(b, '[')
-		b = append(b, strings.Join(t, ",")...)
-		b = append(b, ']')
+		b = strconv.AppendInt(b, c.OpenTime, 10)
+		for _, v := range [...]float64{c.Open, c.High, c.Low, c.Close, c.Volume} {
+			b = appendQuoted(append(b, ','), v)
+		}
+		b = strconv.AppendInt(append(b, ','), c.CloseTime, 10)
+		b = appendQuoted(append(b, ','), c.QuoteVolume)
+		b = strconv.AppendInt(append(b, ','), c.Trades, 10)
+		b = appendQuoted(append(b, ','), c.TakerBuyBaseVolume)
+		b = appendQuoted(append(b, ','), c.TakerBuyQuoteVolume)
+		b = append(b, `,"0"]`...)
 	}
 	return append(b, ']')
+}
+
+func appendQuoted(b []byte, v float64) []byte {
+	b = append(b, '"')
+	b = strconv.AppendFloat(b, v, 'f', 8, 64)
+	return append(b, '"')
 }
 
 func quoted(v float64) string { return `"` + decimal(v) + `"` }

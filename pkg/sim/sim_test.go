@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -195,7 +196,7 @@ func TestCandleIsAPureValidFunction(t *testing.T) {
 					t.Fatalf("%s %s: implausible candle %+v", sym, name, c)
 				}
 				for _, v := range []float64{c.Open, c.High, c.Low, c.Close, c.Volume, c.QuoteVolume, c.TakerBuyBaseVolume, c.TakerBuyQuoteVolume} {
-					if q(v) != v {
+					if back, _ := strconv.ParseFloat(decimal(v), 64); back != v {
 						t.Fatalf("%s %s: %v does not survive its own 8-decimal string %s", sym, name, v, decimal(v))
 					}
 				}
@@ -859,5 +860,20 @@ func TestConcurrentUse(t *testing.T) {
 	wg.Wait()
 	if st := s.Stats(); st.Requests != workers*each || st.Statuses[200] != workers*each || st.MaxUsedWeight != 2*workers*each {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// q's arithmetic shortcut must equal parsing the 8-decimal string it stands for.
+func TestRoundingMatchesTheWireForm(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 200000; i++ {
+		v := math.Exp(r.Float64()*math.Log(2e7)) * math.Pow(10, -float64(r.IntN(8)))
+		want, _ := strconv.ParseFloat(decimal(v), 64)
+		if got := q(v); got != want {
+			t.Fatalf("q(%v) = %v, the wire form %s parses to %v", v, got, decimal(v), want)
+		}
+		if back, _ := strconv.ParseFloat(decimal(q(v)), 64); back != q(v) {
+			t.Fatalf("q(%v) = %v does not survive its own string %s", v, q(v), decimal(q(v)))
+		}
 	}
 }

@@ -152,7 +152,20 @@ func price(seed, ivh uint64, t int64, amp float64) float64 {
 
 // q rounds v to 8 decimals, the float a client gets by parsing what the API
 // writes.
+//
+// Below 1e7, the 8-decimal number is an integer float64 holds exactly divided
+// by 1e8, and one IEEE division yields the double nearest to it: exactly what
+// parsing its string gives, without the string (the simulator must stay cheap
+// next to the code it measures). Only where v*1e8 lies so close to a half
+// that its own rounding could tip the result is the string made.
 func q(v float64) float64 {
+	if a := math.Abs(v); a < 1e7 {
+		p := a * 1e8
+		ulp := math.Nextafter(p, math.Inf(1)) - p
+		if math.Abs(p-math.Trunc(p)-0.5) > 2*ulp {
+			return math.Copysign(math.Round(p)/1e8, v)
+		}
+	}
 	f, _ := strconv.ParseFloat(decimal(v), 64)
 	return f
 }
