@@ -25,6 +25,10 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		fmt.Fprintln(stderr, "candlekeep fetcher:", err)
 		return 2
 	}
+	if err := ff.options().ValidateConfig(); err != nil {
+		fmt.Fprintf(stderr, "candlekeep fetcher: %v\n(see candlekeep fetcher --help)\n", err)
+		return 2
+	}
 	if err := serveFetcher(ctx, *natsURL, ff.options(), log); err != nil {
 		log.Error("fetcher stopped", "err", err)
 		return 1

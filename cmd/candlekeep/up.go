@@ -48,6 +48,10 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 		return 2
 	}
 	cfg.Fetcher = ff.options()
+	if err := cfg.Fetcher.ValidateConfig(); err != nil {
+		fmt.Fprintf(stderr, "candlekeep up: %v\n(see candlekeep up --help)\n", err)
+		return 2
+	}
 	if err := up(ctx, cfg, log); err != nil {
 		log.Error("candlekeep up stopped", "err", err)
 		return 1

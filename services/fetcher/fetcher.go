@@ -125,6 +125,12 @@ func (o Options) Validate() error {
 	if o.Logger == nil {
 		return errors.New("fetcher: no logger")
 	}
+	return o.ValidateConfig()
+}
+
+// ValidateConfig checks what comes from flags, so a command can refuse bad
+// flags before it starts anything.
+func (o Options) ValidateConfig() error {
 	if u, err := url.Parse(o.BinanceURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("--binance-url %q: want an http(s) URL such as %s", o.BinanceURL, DefaultBinanceURL)
 	}
