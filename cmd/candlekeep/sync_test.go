@@ -203,3 +203,23 @@ func TestFullHistoryBackfillIsPacedWithoutA429(t *testing.T) {
 	}
 	assertSame(t, readDB(t, filepath.Join(dataDir, databaseFile)), want)
 }
+
+// The start-up catch-up does not give up when the exchange is not reachable
+// yet: it retries until it can read the exchange's clock.
+func TestCatchUpWaitsForTheExchange(t *testing.T) {
+	s, simURL := startSim(t, sim.Options{})
+	s.AddFault(sim.Fault{Kind: sim.FaultStatus, Status: 503, Path: "/api/v3/time", Count: 2})
+	fo := testFetcherOptions(simURL)
+	fo.Symbols, fo.Intervals, fo.Lookback, fo.CatchUp = []string{"BTCUSDT", "ETHUSDT"}, []string{"4h"}, 5, true
+	since := time.Now()
+	natsURL := startUp(t, t.TempDir(), fo)
+	ev := watchEventsSince(t, connect(t, natsURL), since)
+	var done candles.SyncCompleted
+	ev.waitMatch(t, candles.KindSyncCompleted, 30*time.Second, &done, func() bool { return true })
+	if done.PairsOK != 2 || done.Candles != 10 {
+		t.Fatalf("catch-up: %+v", done)
+	}
+	if got := s.Stats().Paths["/api/v3/time"]; got < 3 {
+		t.Fatalf("%d requests for the exchange's clock, want the 2 failures and a success", got)
+	}
+}

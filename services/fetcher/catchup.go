@@ -34,10 +34,18 @@ func (f *Fetcher) catchUp(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
-	now, err := f.clock.exchangeNow(ctx, f)
-	if err != nil {
-		f.log.Warn("no catch-up sync: cannot read the exchange's clock", "err", err)
-		return
+	var now time.Time
+	for wait := time.Second; ; wait = min(2*wait, time.Minute) {
+		var err error
+		if now, err = f.clock.exchangeNow(ctx, f); err == nil {
+			break
+		}
+		f.log.Warn("catch-up waits for the exchange: cannot read its clock", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
 	}
 	stale := 0
 	for _, p := range pairs {
