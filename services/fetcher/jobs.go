@@ -118,7 +118,15 @@ type jobRun struct {
 
 	pages   int // published in this delivery
 	candles int64
+	// saved is when the checkpoint was last saved and the lock refreshed.
+	saved time.Time
 }
+
+// progressEvery spaces checkpoint saves and lock refreshes during a job: a
+// crash then costs at most this much re-fetching (whose pages the stream
+// drops as duplicates), and a fast backfill does not pay two KV writes per
+// page. The heartbeat keeps the lock and the message alive in between.
+const progressEvery = time.Second
 
 // span is one range of a job: a hole to repair or the main range.
 type span struct {
@@ -322,7 +330,12 @@ func (j *jobRun) fetch(ctx context.Context, spans []span) error {
 // the job is alive. A checkpoint that cannot be saved costs a re-fetch on
 // redelivery, not correctness; a lock lost to another job stops this one.
 func (j *jobRun) progressed(ctx context.Context) error {
-	if err := j.f.progress.save(ctx, j.job, j.cp, j.f.o.Now()); err != nil && ctx.Err() == nil {
+	now := j.f.o.Now()
+	if now.Sub(j.saved) < progressEvery {
+		return nil
+	}
+	j.saved = now
+	if err := j.f.progress.save(ctx, j.job, j.cp, now); err != nil && ctx.Err() == nil {
 		j.log.Warn("checkpoint not saved", "err", err)
 	}
 	if err := j.lock.refresh(ctx); errors.Is(err, errLockLost) {
