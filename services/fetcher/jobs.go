@@ -120,6 +120,8 @@ type jobRun struct {
 	candles int64
 	// saved is when the checkpoint was last saved and the lock refreshed.
 	saved time.Time
+	// pending is the page sent whose ack is awaited before the next is sent.
+	pending *pendingPage
 }
 
 // progressEvery spaces checkpoint saves and lock refreshes during a job: a
@@ -282,40 +284,68 @@ func (j *jobRun) fetch(ctx context.Context, spans []span) error {
 		start := from
 		for {
 			b := candles.Batch{V: candles.Version, RunID: j.job.RunID, Symbol: j.job.Symbol, Interval: j.job.Interval,
-				Page: j.cp.Page, Repair: sp.repair}
+				Page: j.cp.Page + j.inflightPages(), Repair: sp.repair}
 			done, reached, err := j.page(ctx, &b, sp, from, first)
 			if err != nil {
+				if perr := j.await(ctx); perr != nil {
+					return perr
+				}
 				return err
 			}
 			b.Final = done && lastSpan
-			if len(b.Candles) > 0 || b.Final || b.From != 0 {
-				if err := f.publish(ctx, b, from); err != nil {
-					return err
-				}
-				j.pages++
-				j.cp.Page++
-				j.candles += int64(len(b.Candles))
-				j.cp.Candles += int64(len(b.Candles))
-				j.log.Debug("page published", "page", b.Page, "candles", len(b.Candles), "final", b.Final, "repair", b.Repair)
-			}
-			if done {
-				if reached > start {
-					j.fetched = append(j.fetched, candles.Range{From: start, Until: reached})
-				}
-				j.cp.Span, j.cp.From = si+1, 0
-			} else {
+			next := from
+			if !done {
 				if len(b.Candles) == 0 {
 					// A full page with nothing closed cannot happen unless the
 					// exchange misbehaves; refuse to loop on it.
+					if perr := j.await(ctx); perr != nil {
+						return perr
+					}
 					return &binance.Error{Kind: binance.ErrBadPage, Msg: fmt.Sprintf("full page without a closed candle at %d", from)}
 				}
-				from, first = iv.Next(b.Candles[len(b.Candles)-1].OpenTime), false
-				j.cp.From = from
+				next = iv.Next(b.Candles[len(b.Candles)-1].OpenTime)
+			}
+			// The page before this one must be stored before this one is
+			// sent: pages of a pair reach the stream in order, and the
+			// checkpoint never runs ahead of what the stream holds.
+			if err := j.await(ctx); err != nil {
+				return err
+			}
+			commit := func() {
+				if done {
+					if reached > start {
+						j.fetched = append(j.fetched, candles.Range{From: start, Until: reached})
+					}
+					j.cp.Span, j.cp.From = si+1, 0
+				} else {
+					j.cp.From = next
+				}
+			}
+			if len(b.Candles) > 0 || b.Final || b.From != 0 {
+				fut, err := f.publishAsync(b, from)
+				if err != nil {
+					return err
+				}
+				n := int64(len(b.Candles))
+				j.pending = &pendingPage{fut: fut, page: b.Page, what: candles.BatchSubject(b.Interval, b.Symbol), commit: func() {
+					j.pages++
+					j.cp.Page++
+					j.candles += n
+					j.cp.Candles += n
+					commit()
+				}}
+				j.log.Debug("page published", "page", b.Page, "candles", len(b.Candles), "final", b.Final, "repair", b.Repair)
+			} else {
+				commit()
 			}
 			if b.Final {
-				return nil
+				return j.await(ctx)
 			}
+			from, first = next, false
 			if err := j.progressed(ctx); err != nil {
+				if perr := j.await(ctx); perr != nil {
+					return perr
+				}
 				return err
 			}
 			if done {
@@ -323,8 +353,49 @@ func (j *jobRun) fetch(ctx context.Context, spans []span) error {
 			}
 		}
 	}
-	return nil
+	return j.await(ctx)
 }
+
+// pendingPage is a page sent to CANDLES whose ack has not been seen; commit
+// records it in the job's progress once it has.
+type pendingPage struct {
+	fut    jetstream.PubAckFuture
+	page   int
+	what   string
+	commit func()
+}
+
+func (j *jobRun) inflightPages() int {
+	if j.pending != nil {
+		return 1
+	}
+	return 0
+}
+
+// await waits for the ack of the page in flight, if any, and commits it.
+func (j *jobRun) await(ctx context.Context) error {
+	p := j.pending
+	if p == nil {
+		return nil
+	}
+	j.pending = nil
+	timer := time.NewTimer(publishAckTimeout)
+	defer timer.Stop()
+	select {
+	case <-p.fut.Ok():
+		p.commit()
+		return nil
+	case err := <-p.fut.Err():
+		return fmt.Errorf("publish %s page %d: %w", p.what, p.page, err)
+	case <-timer.C:
+		return fmt.Errorf("publish %s page %d: no ack from the stream within %v", p.what, p.page, publishAckTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// publishAckTimeout bounds the wait for the stream's ack of a page.
+const publishAckTimeout = 10 * time.Second
 
 // progressed saves the checkpoint, refreshes the lock and tells JetStream
 // the job is alive. A checkpoint that cannot be saved costs a re-fetch on
@@ -609,22 +680,24 @@ func checkPage(iv candles.Interval, from int64, raw []candles.Candle) error {
 	return nil
 }
 
-// publish sends a page to CANDLES and waits for the stream's ack. The
-// Nats-Msg-Id is fixed by run, pair and page start, so a retried job's pages
-// are dropped as duplicates.
-func (f *Fetcher) publish(ctx context.Context, b candles.Batch, from int64) error {
+// publishAsync sends a page to CANDLES; the caller awaits the stream's ack
+// (jobRun.await) while it fetches the next page. The Nats-Msg-Id is fixed by
+// run, pair and page start, so a retried job's pages are dropped as
+// duplicates.
+func (f *Fetcher) publishAsync(b candles.Batch, from int64) (jetstream.PubAckFuture, error) {
 	data, err := b.Encode()
 	if err != nil {
-		return fmt.Errorf("encode batch: %w", err)
+		return nil, fmt.Errorf("encode batch: %w", err)
 	}
 	id := b.RunID + ":" + b.Symbol + ":" + b.Interval + ":" + strconv.FormatInt(from, 10)
 	if b.Final {
 		id += ":final"
 	}
-	if _, err := f.js.Publish(ctx, candles.BatchSubject(b.Interval, b.Symbol), data, jetstream.WithMsgID(id)); err != nil {
-		return fmt.Errorf("publish %s page %d: %w", candles.BatchSubject(b.Interval, b.Symbol), b.Page, err)
+	fut, err := f.js.PublishAsync(candles.BatchSubject(b.Interval, b.Symbol), data, jetstream.WithMsgID(id))
+	if err != nil {
+		return nil, fmt.Errorf("publish %s page %d: %w", candles.BatchSubject(b.Interval, b.Symbol), b.Page, err)
 	}
-	return nil
+	return fut, nil
 }
 
 // event publishes an event; a failure is logged, never fatal to the work.
