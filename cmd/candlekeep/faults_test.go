@@ -7,9 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -80,12 +78,12 @@ func TestFaultRateLimitStormHonoursRetryAfter(t *testing.T) {
 	// After a 429 no request was sent for its Retry-After; only requests
 	// already on their way may arrive just after it.
 	var last429 time.Time
-	for _, r := range rig.reqs.all() {
-		if d := r.at.Sub(last429); d > 150*time.Millisecond && d < time.Second {
-			t.Fatalf("%s sent %v after a 429 with Retry-After: 1", r.query, d)
+	for _, r := range rig.reqs.All() {
+		if d := r.At.Sub(last429); d > 150*time.Millisecond && d < time.Second {
+			t.Fatalf("%s sent %v after a 429 with Retry-After: 1", r.Path+"?"+r.Query, d)
 		}
-		if r.status == http.StatusTooManyRequests {
-			last429 = r.at
+		if r.Status == http.StatusTooManyRequests {
+			last429 = r.At
 		}
 	}
 	rig.followUp(t)
@@ -106,13 +104,13 @@ func TestFaultBanPausesEveryRequest(t *testing.T) {
 		t.Fatalf("ratelimit.banned = %s", banned[0])
 	}
 	var first418 time.Time
-	for _, r := range rig.reqs.all() {
-		if r.status == http.StatusTeapot && first418.IsZero() {
-			first418 = r.at
+	for _, r := range rig.reqs.All() {
+		if r.Status == http.StatusTeapot && first418.IsZero() {
+			first418 = r.At
 		}
 		// Requests already on their way when the ban began may still arrive.
-		if !first418.IsZero() && r.at.After(first418.Add(200*time.Millisecond)) && r.at.Before(ev.Until) {
-			t.Fatalf("%s reached the exchange %v into the ban (until %v)", r.query, r.at.Sub(first418), ev.Until)
+		if !first418.IsZero() && r.At.After(first418.Add(200*time.Millisecond)) && r.At.Before(ev.Until) {
+			t.Fatalf("%s reached the exchange %v into the ban (until %v)", r.Path+"?"+r.Query, r.At.Sub(first418), ev.Until)
 		}
 	}
 	if first418.IsZero() {
@@ -200,7 +198,7 @@ func TestConcurrentRequestsFetchEachPairOnce(t *testing.T) {
 // faultRig is `candlekeep up` against a simulator whose requests are logged.
 type faultRig struct {
 	s      *sim.Sim
-	reqs   *rigRequests
+	reqs   *sim.RequestLog
 	nc     *nats.Conn
 	ev     *events
 	dbPath string
@@ -210,8 +208,8 @@ type faultRig struct {
 func startFaultRig(t *testing.T, so sim.Options, tune func(*fetcher.Options)) *faultRig {
 	t.Helper()
 	s := sim.New(so)
-	rig := &faultRig{s: s, reqs: &rigRequests{}}
-	srv := httptest.NewServer(rig.reqs.wrap(s))
+	rig := &faultRig{s: s, reqs: &sim.RequestLog{}}
+	srv := httptest.NewServer(rig.reqs.Wrap(s))
 	t.Cleanup(func() { s.Close(); srv.Close() })
 	o := testFetcherOptions(srv.URL)
 	o.RetryBase = 100 * time.Millisecond
@@ -293,48 +291,6 @@ func (r *faultRig) followUp(t *testing.T) {
 		t.Fatalf("follow-up sync: %+v", done)
 	}
 	assertSame(t, readDB(t, r.dbPath), truth(r.s, r.synced, "1h", rangeStart, faultEnd))
-}
-
-// rigRequests logs when each API request reached the exchange and its status.
-type rigRequests struct {
-	mu   sync.Mutex
-	reqs []rigRequest
-}
-
-type rigRequest struct {
-	at     time.Time
-	query  string
-	status int
-}
-
-type rigStatus struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *rigStatus) WriteHeader(code int) {
-	w.status = code
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (l *rigRequests) wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		at := time.Now()
-		rec := &rigStatus{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(rec, r)
-		if strings.HasPrefix(r.URL.Path, "/sim/") {
-			return
-		}
-		l.mu.Lock()
-		l.reqs = append(l.reqs, rigRequest{at: at, query: r.URL.Path + "?" + r.URL.RawQuery, status: rec.status})
-		l.mu.Unlock()
-	})
-}
-
-func (l *rigRequests) all() []rigRequest {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.reqs)
 }
 
 func jsonList(ss []string) string {

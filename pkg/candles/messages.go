@@ -101,25 +101,18 @@ func DecodeBatch(subject string, data []byte) (Batch, error) {
 	return b, nil
 }
 
-// batchHeader is a Batch without its candles, which are coded by hand: the
-// writer reads millions of them in a backfill, and encoding/json's per-value
-// work on 11-number arrays would cost more than the database upsert.
-type batchHeader struct {
-	V        int    `json:"v"`
-	RunID    string `json:"run_id"`
-	Symbol   string `json:"symbol"`
-	Interval string `json:"interval"`
-	Page     int    `json:"page"`
-	Final    bool   `json:"final"`
-	From     int64  `json:"from,omitempty"`
-	Until    int64  `json:"until,omitempty"`
-	Repair   bool   `json:"repair,omitempty"`
+// batchJSON is a Batch whose candles are coded by hand: the writer reads
+// millions of them in a backfill, and encoding/json's per-value work on
+// 11-number arrays would cost more than the database upsert. Its Candles
+// field shadows the Batch's.
+type batchJSON struct {
+	Batch
+	Candles json.RawMessage `json:"candles,omitempty"`
 }
 
 // Encode returns the JSON of b, as documented in docs/messages.md.
 func (b Batch) Encode() ([]byte, error) {
-	h, err := json.Marshal(batchHeader{V: b.V, RunID: b.RunID, Symbol: b.Symbol, Interval: b.Interval,
-		Page: b.Page, Final: b.Final, From: b.From, Until: b.Until, Repair: b.Repair})
+	h, err := json.Marshal(batchJSON{Batch: b})
 	if err != nil {
 		return nil, err
 	}
@@ -140,17 +133,14 @@ func (b Batch) Encode() ([]byte, error) {
 // unmarshalBatch is json.Unmarshal for a Batch, with the candles parsed by
 // Candle.UnmarshalJSON directly.
 func unmarshalBatch(data []byte) (Batch, error) {
-	var raw struct {
-		batchHeader
-		Candles json.RawMessage `json:"candles"`
-	}
+	var raw batchJSON
 	// Fast path for the layout Encode writes: the header, then the candles
 	// last. The header is decoded as JSON, the candles by the strict parser
 	// below, so together they are checked as fully as encoding/json would.
 	data = bytes.TrimSpace(data)
 	if i := bytes.LastIndex(data, []byte(`,"candles":[`)); i > 0 && bytes.HasSuffix(data, []byte("]}")) {
 		head := append(append(make([]byte, 0, i+1), data[:i]...), '}')
-		if err := json.Unmarshal(head, &raw.batchHeader); err == nil {
+		if err := json.Unmarshal(head, &raw.Batch); err == nil {
 			raw.Candles = data[i+len(`,"candles":`) : len(data)-1]
 		} else {
 			raw.Candles = nil
@@ -161,8 +151,8 @@ func unmarshalBatch(data []byte) (Batch, error) {
 			return Batch{}, err
 		}
 	}
-	b := Batch{V: raw.V, RunID: raw.RunID, Symbol: raw.Symbol, Interval: raw.Interval, Page: raw.Page,
-		Final: raw.Final, From: raw.From, Until: raw.Until, Repair: raw.Repair}
+	b := raw.Batch
+	b.Candles = nil
 	rest := bytes.TrimSpace(raw.Candles)
 	if len(rest) == 0 || string(rest) == "null" {
 		return b, nil

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -181,48 +180,6 @@ func eventsOf(t testing.TB, js jetstream.JetStream, kind string) []json.RawMessa
 		out = append(out, data)
 	}
 	return out
-}
-
-// requestLog records when each request reached the exchange and what it got.
-type requestLog struct {
-	mu   sync.Mutex
-	reqs []loggedRequest
-}
-
-type loggedRequest struct {
-	at     time.Time
-	path   string
-	status int
-}
-
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	r.status = code
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (l *requestLog) wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		at := time.Now()
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(rec, r)
-		if len(r.URL.Path) > 5 && r.URL.Path[:5] == "/sim/" {
-			return
-		}
-		l.mu.Lock()
-		l.reqs = append(l.reqs, loggedRequest{at: at, path: r.URL.Path, status: rec.status})
-		l.mu.Unlock()
-	})
-}
-
-func (l *requestLog) all() []loggedRequest {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]loggedRequest(nil), l.reqs...)
 }
 
 // klinesRange is a range of n candles of iv from start.

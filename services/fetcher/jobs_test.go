@@ -197,8 +197,8 @@ func TestCompletedJobDeliveredAgainDoesNothing(t *testing.T) {
 func TestBanPausesEveryFetcher(t *testing.T) {
 	nc, js := natsServer(t)
 	s := sim.New(sim.Options{})
-	var reqs requestLog
-	url := serveSim(t, s, reqs.wrap)
+	var reqs sim.RequestLog
+	url := serveSim(t, s, reqs.Wrap)
 	o := testOptions(nc, url)
 	a, b := runFetcher(t, o), runFetcher(t, o)
 	waitFor(t, 5*time.Second, "both fetchers to read the weight limit", func() bool {
@@ -226,17 +226,17 @@ func TestBanPausesEveryFetcher(t *testing.T) {
 		t.Fatalf("ratelimit.banned = %s, want until %v", banned[0], until418)
 	}
 	var first418 time.Time
-	for _, r := range reqs.all() {
-		if r.status == http.StatusTeapot && first418.IsZero() {
-			first418 = r.at
+	for _, r := range reqs.All() {
+		if r.Status == http.StatusTeapot && first418.IsZero() {
+			first418 = r.At
 		}
-		if !first418.IsZero() && r.at.After(first418.Add(100*time.Millisecond)) && r.at.Before(until418) {
-			t.Fatalf("%s reached the exchange %v into the ban", r.path, r.at.Sub(first418))
+		if !first418.IsZero() && r.At.After(first418.Add(100*time.Millisecond)) && r.At.Before(until418) {
+			t.Fatalf("%s reached the exchange %v into the ban", r.Path, r.At.Sub(first418))
 		}
 	}
 	if st := s.Stats(); st.Banned != 1 {
-		for _, r := range reqs.all() {
-			t.Logf("%v %s %d", r.at.Sub(first418), r.path, r.status)
+		for _, r := range reqs.All() {
+			t.Logf("%v %s %d", r.At.Sub(first418), r.Path, r.Status)
 		}
 		t.Fatalf("%d requests answered 418, want only the one that started the ban (until %v)", st.Banned, until418)
 	}
