@@ -65,48 +65,61 @@ func DecodeSyncRequest(data []byte) (SyncRequest, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return r, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return SyncRequest{}, jsonFieldError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return SyncRequest{}, &FieldError{Msg: "malformed JSON: trailing data after the request object"}
+	if err := DecodeStrict(data, &r, "symbols, intervals, start, end, lookback, reason, dry_run", syncFieldType); err != nil {
+		return SyncRequest{}, err
 	}
 	return r, r.Validate()
 }
 
-func jsonFieldError(err error) error {
+func syncFieldType(field string) string {
+	switch {
+	case field == "":
+		return `{"symbols":["BTCUSDT"],"intervals":["4h"],"lookback":10}`
+	case field == "symbols" || field == "intervals":
+		return "a list of strings"
+	case field == "lookback":
+		return "a whole number"
+	case field == "dry_run":
+		return "true or false"
+	default:
+		return "a string"
+	}
+}
+
+// DecodeStrict decodes the one JSON object in data into v, as every
+// candlekeep request is read: unknown fields and trailing data are errors,
+// and every error is a *FieldError naming the field. allowed lists the field
+// names for an unknown-field error; want(field) says what a field of the
+// wrong type should be (want("") gives an example of the whole object).
+func DecodeStrict(data []byte, v any, allowed string, want func(field string) string) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonFieldError(err, allowed, want)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return &FieldError{Msg: "malformed JSON: trailing data after the request object"}
+	}
+	return nil
+}
+
+func jsonFieldError(err error, allowed string, want func(string) string) error {
 	var typeErr *json.UnmarshalTypeError
 	var syntaxErr *json.SyntaxError
 	switch {
+	case errors.As(err, &typeErr) && typeErr.Field == "":
+		return &FieldError{Field: "request", Msg: fmt.Sprintf("must be a JSON object like %s, not a JSON %s", want(""), typeErr.Value)}
 	case errors.As(err, &typeErr):
-		return &FieldError{Field: typeErr.Field, Msg: fmt.Sprintf("must be %s, not a JSON %s", jsonTypeName(typeErr.Field), typeErr.Value)}
+		return &FieldError{Field: typeErr.Field, Msg: fmt.Sprintf("wrong type (a JSON %s); want %s", typeErr.Value, want(typeErr.Field))}
 	case errors.As(err, &syntaxErr):
 		return &FieldError{Msg: fmt.Sprintf("malformed JSON at byte %d: %v", syntaxErr.Offset, err)}
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return &FieldError{Field: name, Msg: "unknown field (allowed: symbols, intervals, start, end, lookback, reason, dry_run)"}
+		return &FieldError{Field: name, Msg: "unknown field (allowed: " + allowed + ")"}
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return &FieldError{Msg: "malformed JSON: the request is truncated"}
 	default:
 		return &FieldError{Msg: "malformed JSON: " + err.Error()}
-	}
-}
-
-func jsonTypeName(field string) string {
-	switch field {
-	case "symbols", "intervals":
-		return "a list of strings"
-	case "lookback":
-		return "a whole number"
-	case "dry_run":
-		return "true or false"
-	default:
-		if strings.HasPrefix(field, "symbols") || strings.HasPrefix(field, "intervals") {
-			return "a string"
-		}
-		return "a string"
 	}
 }
 

@@ -3,11 +3,7 @@ package writer
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
@@ -63,13 +59,8 @@ func DecodeCoverageRequest(data []byte) (candles.CoverageRequest, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return r, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return candles.CoverageRequest{}, coverageJSONError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return candles.CoverageRequest{}, errors.New("malformed JSON: trailing data after the request object")
+	if err := candles.DecodeStrict(data, &r, "pairs, gaps, and symbol and interval in each pair", coverageFieldType); err != nil {
+		return candles.CoverageRequest{}, err
 	}
 	if len(r.Pairs) > maxCoveragePairs {
 		return candles.CoverageRequest{}, fmt.Errorf("pairs: %d pairs, at most %d per request", len(r.Pairs), maxCoveragePairs)
@@ -85,27 +76,13 @@ func DecodeCoverageRequest(data []byte) (candles.CoverageRequest, error) {
 	return r, nil
 }
 
-func coverageJSONError(err error) error {
-	var typeErr *json.UnmarshalTypeError
-	var syntaxErr *json.SyntaxError
-	switch {
-	case errors.As(err, &typeErr):
-		field := typeErr.Field
-		if field == "" {
-			return fmt.Errorf("request: must be a JSON object like {\"pairs\":[{\"symbol\":\"BTCUSDT\",\"interval\":\"4h\"}],\"gaps\":true}, not a JSON %s", typeErr.Value)
-		}
-		if field == "gaps" {
-			return fmt.Errorf("gaps: wrong type (a JSON %s); want true or false", typeErr.Value)
-		}
-		return fmt.Errorf("%s: wrong type (a JSON %s); want pairs as a list of {\"symbol\":\"BTCUSDT\",\"interval\":\"4h\"}", field, typeErr.Value)
-	case errors.As(err, &syntaxErr):
-		return fmt.Errorf("malformed JSON at byte %d: %v", syntaxErr.Offset, err)
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return fmt.Errorf("%s: unknown field (allowed: pairs, gaps, and symbol and interval in each pair)", name)
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return errors.New("malformed JSON: the request is truncated")
+func coverageFieldType(field string) string {
+	switch field {
+	case "":
+		return `{"pairs":[{"symbol":"BTCUSDT","interval":"4h"}],"gaps":true}`
+	case "gaps":
+		return "true or false"
 	default:
-		return fmt.Errorf("malformed JSON: %v", err)
+		return `pairs as a list of {"symbol":"BTCUSDT","interval":"4h"}`
 	}
 }

@@ -3,11 +3,8 @@ package writer
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -161,13 +158,8 @@ func DecodeReplayRequest(data []byte) (candles.ReplayRequest, error) {
 		Symbols []string `json:"symbols"`
 	}
 	if len(bytes.TrimSpace(data)) > 0 {
-		dec := json.NewDecoder(bytes.NewReader(data))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&raw); err != nil {
-			return candles.ReplayRequest{}, replayJSONError(err)
-		}
-		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-			return candles.ReplayRequest{}, errors.New("malformed JSON: trailing data after the request object")
+		if err := candles.DecodeStrict(data, &raw, "since, from_seq, symbols", replayFieldType); err != nil {
+			return candles.ReplayRequest{}, err
 		}
 	}
 	var r candles.ReplayRequest
@@ -203,31 +195,15 @@ func DecodeReplayRequest(data []byte) (candles.ReplayRequest, error) {
 	return r, nil
 }
 
-func replayJSONError(err error) error {
-	var typeErr *json.UnmarshalTypeError
-	var syntaxErr *json.SyntaxError
+func replayFieldType(field string) string {
 	switch {
-	case errors.As(err, &typeErr):
-		field := typeErr.Field
-		switch {
-		case field == "":
-			return fmt.Errorf(`request: must be a JSON object like {"since":"2024-01-01T00:00:00Z","symbols":["BTCUSDT"]} or {"from_seq":1}, not a JSON %s`, typeErr.Value)
-		case field == "since":
-			return fmt.Errorf("since: wrong type (a JSON %s); want an RFC 3339 time string", typeErr.Value)
-		case field == "from_seq":
-			return fmt.Errorf("from_seq: wrong type (a JSON %s); want a stream sequence, a whole number of 1 or more", typeErr.Value)
-		case strings.HasPrefix(field, "symbols"):
-			return fmt.Errorf("%s: wrong type (a JSON %s); want symbols as a list of strings such as [\"BTCUSDT\"]", field, typeErr.Value)
-		}
-		return fmt.Errorf("%s: wrong type (a JSON %s)", field, typeErr.Value)
-	case errors.As(err, &syntaxErr):
-		return fmt.Errorf("malformed JSON at byte %d: %v", syntaxErr.Offset, err)
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return fmt.Errorf("%s: unknown field (allowed: since, from_seq, symbols)", name)
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return errors.New("malformed JSON: the request is truncated")
+	case field == "":
+		return `{"since":"2024-01-01T00:00:00Z","symbols":["BTCUSDT"]} or {"from_seq":1}`
+	case field == "since":
+		return "an RFC 3339 time string"
+	case field == "from_seq":
+		return "a stream sequence, a whole number of 1 or more"
 	default:
-		return fmt.Errorf("malformed JSON: %v", err)
+		return `symbols as a list of strings such as ["BTCUSDT"]`
 	}
 }
