@@ -223,3 +223,33 @@ func TestCatchUpWaitsForTheExchange(t *testing.T) {
 		t.Fatalf("%d requests for the exchange's clock, want the 2 failures and a success", got)
 	}
 }
+
+// A run not complete by --sync-timeout ends with sync.timeout naming the
+// pairs still open; what it wrote stays, and no sync.completed follows.
+func TestRunDeadlineEndsWithSyncTimeout(t *testing.T) {
+	s, simURL := startSim(t, sim.Options{})
+	s.AddFault(sim.Fault{Kind: sim.FaultLatency, Path: "/api/v3/klines", Symbol: "ETHUSDT", Delay: 5 * time.Second})
+	fo := testFetcherOptions(simURL)
+	fo.Symbols, fo.Intervals, fo.SyncTimeout = []string{"BTCUSDT", "ETHUSDT"}, []string{"4h"}, 2*time.Second
+	dataDir := t.TempDir()
+	natsURL := startUp(t, dataDir, fo)
+	nc := connect(t, natsURL)
+	ev := watchEvents(t, nc)
+	acc := requestSync(t, nc, `{"start":"2024-01-01T00:00:00Z","end":"2024-02-01T00:00:00Z"}`)
+	var to candles.SyncTimeout
+	ev.wait(t, candles.KindSyncTimeout, acc.RunID, 30*time.Second, &to)
+	if len(to.OpenPairs) != 1 || to.OpenPairs[0] != (candles.Pair{Symbol: "ETHUSDT", Interval: "4h"}) || to.PairsOK != 1 || to.Deadline.IsZero() {
+		t.Fatalf("sync.timeout = %+v, want ETHUSDT/4h open and BTCUSDT done", to)
+	}
+	time.Sleep(6 * time.Second) // the slow page ends meanwhile
+	if n := len(ev.of(candles.KindSyncCompleted, acc.RunID)); n != 0 {
+		t.Fatalf("%d sync.completed after sync.timeout", n)
+	}
+	if n := len(ev.of(candles.KindSyncTimeout, acc.RunID)); n != 1 {
+		t.Fatalf("%d sync.timeout events, want 1", n)
+	}
+	got := readDB(t, filepath.Join(dataDir, databaseFile))
+	btc := candles.Pair{Symbol: "BTCUSDT", Interval: "4h"}
+	from, until := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2024, 2, 1, 0, 0, 0, 0, time.UTC)
+	assertSame(t, map[candles.Pair][]candles.Candle{btc: got[btc]}, truth(s, []string{"BTCUSDT"}, "4h", from, until))
+}
