@@ -21,6 +21,7 @@ import (
 	"github.com/adshao/go-binance/v2/common"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/testclock"
 )
 
 // testNow is the exchange clock in most tests: mid-candle for every
@@ -34,22 +35,9 @@ var (
 
 func fixed(t time.Time) func() time.Time { return func() time.Time { return t } }
 
-// wallClock is a settable clock for the rate limiter.
-type wallClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *wallClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *wallClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // start serves a Sim on 127.0.0.1. A non-nil wall replaces the limiter's
 // clock.
-func start(t *testing.T, o Options, wall *wallClock) (*Sim, *httptest.Server) {
+func start(t *testing.T, o Options, wall *testclock.Clock) (*Sim, *httptest.Server) {
 	t.Helper()
 	if o.Now == nil {
 		o.Now = fixed(testNow)
@@ -442,7 +430,7 @@ func decodeErr(t *testing.T, r response) apiErr {
 }
 
 func TestRateLimitAndBan(t *testing.T) {
-	wall := &wallClock{t: time.Date(2025, 1, 1, 12, 0, 1, 0, time.UTC)}
+	wall := testclock.New(time.Date(2025, 1, 1, 12, 0, 1, 0, time.UTC))
 	s, srv := start(t, Options{WeightLimit: 10, BanAfter: 3, BanDuration: 2 * time.Second}, wall)
 	expect := func(status int, retryAfter string, code int, msg string) response {
 		t.Helper()
@@ -614,7 +602,7 @@ func TestFaultTimeoutHangsUntilTheClientGivesUp(t *testing.T) {
 }
 
 func TestFaultBan(t *testing.T) {
-	wall := &wallClock{t: time.Date(2025, 1, 1, 12, 0, 1, 0, time.UTC)}
+	wall := testclock.New(time.Date(2025, 1, 1, 12, 0, 1, 0, time.UTC))
 	s, srv := start(t, Options{}, wall)
 	s.AddFault(Fault{Kind: FaultBan, Path: klinesPath, RetryAfter: 5 * time.Second, Count: 1})
 	for i, path := range []string{klinesQuery("BTCUSDT", iv4h), pingPath, timePath} {

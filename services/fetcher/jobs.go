@@ -1,9 +1,7 @@
 package fetcher
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,9 +35,8 @@ var (
 // decodeJob parses a job strictly.
 func decodeJob(data []byte) (candles.Job, error) {
 	var job candles.Job
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&job); err != nil {
+	if err := candles.DecodeStrict(data, &job, "v, run_id, symbol, interval, from, until, repair, incremental, deadline",
+		func(string) string { return "the type docs/messages.md gives" }); err != nil {
 		return job, err
 	}
 	if job.V != candles.Version || !candles.ValidSymbol(job.Symbol) || job.RunID == "" {

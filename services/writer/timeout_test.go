@@ -3,31 +3,13 @@ package writer_test
 import (
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/testclock"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
-
-// fakeClock is a clock the test moves by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 func pairCompleted(h *harness, runID, symbol string) bool {
 	for _, e := range h.events(candles.KindPairCompleted) {
@@ -41,7 +23,7 @@ func pairCompleted(h *harness, runID, symbol string) bool {
 
 func TestRunDeadlineTimesOutOnce(t *testing.T) {
 	h := newHarness(t)
-	clk := &fakeClock{t: time.Now()}
+	clk := testclock.New(time.Now())
 	fast := func(o *writer.Options) { o.Now, o.DeadlineEvery = clk.Now, 20*time.Millisecond }
 	w := h.start(fast)
 	deadline := clk.Now().Add(time.Hour)

@@ -10,36 +10,18 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/testclock"
 	"github.com/candlekeep/candlekeep/services/writer"
 	"github.com/candlekeep/candlekeep/services/writer/sqlite"
 )
 
-// clock is a fake clock that stands still until Set.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
 var epoch = time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func newClock() *clock { return &clock{t: epoch} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
+func newClock() *testclock.Clock { return testclock.New(epoch) }
 
 func openStore(t *testing.T, path string, opts ...sqlite.Option) *sqlite.Store {
 	t.Helper()
