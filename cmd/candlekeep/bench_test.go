@@ -18,7 +18,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 	"github.com/candlekeep/candlekeep/services/writer"
-	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // The benchmarks print the targets of DESIGN.md section 4, each measured in
@@ -66,7 +66,7 @@ func BenchmarkBackfill(b *testing.B) {
 
 func rawUpsertLoop(b *testing.B, pages map[candles.Pair][][]candles.Candle) float64 {
 	path := filepath.Join(b.TempDir(), "raw.db")
-	st, err := sqlite.Open(context.Background(), path) // the same schema
+	st, err := store.Open(context.Background(), path) // the same schema
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -144,13 +144,13 @@ func writerDrain(b *testing.B, pages map[candles.Pair][][]candles.Candle, total 
 			}
 		}
 	}
-	store, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "candles.db"))
+	st, err := store.Open(ctx, filepath.Join(b.TempDir(), "candles.db"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer store.Close()
+	defer st.Close()
 	o := writer.DefaultOptions()
-	o.Conn, o.Store = connect(b, ns.ClientURL()), store
+	o.Conn, o.Store = connect(b, ns.ClientURL()), st
 	w, err := writer.New(o)
 	if err != nil {
 		b.Fatal(err)

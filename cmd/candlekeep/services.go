@@ -11,7 +11,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/services/fetcher"
 	"github.com/candlekeep/candlekeep/services/writer"
-	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // The same functions run a service in `candlekeep up` and on its own, so the
@@ -35,14 +35,14 @@ func serveFetcher(ctx context.Context, natsURL string, o fetcher.Options, log *s
 // the writer until ctx ends.
 func serveWriter(ctx context.Context, natsURL, dbPath string, o writer.Options, log *slog.Logger) error {
 	log = log.With("service", "writer")
-	store, err := sqlite.Open(ctx, dbPath)
+	st, err := store.Open(ctx, dbPath)
 	if err != nil {
 		return fmt.Errorf("open database %s: %w", dbPath, err)
 	}
-	defer store.Close()
+	defer st.Close()
 	log.Info("database open", "path", dbPath)
 	return withConn(ctx, natsURL, "candlekeep-writer", log, func(nc *nats.Conn) error {
-		o.Conn, o.Store, o.Logger = nc, store, log
+		o.Conn, o.Store, o.Logger = nc, st, log
 		w, err := writer.New(o)
 		if err != nil {
 			return err

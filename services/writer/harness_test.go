@@ -23,7 +23,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
 	"github.com/candlekeep/candlekeep/services/writer"
-	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // harness is one embedded nats-server, one database path and a model of
@@ -92,14 +92,14 @@ type running struct {
 	t      *testing.T
 	cancel context.CancelFunc
 	done   chan error
-	store  *sqlite.Store
+	store  *store.Store
 	once   sync.Once
 }
 
 // start runs a writer on the harness database until stop (or the test's end).
-func (h *harness) start(mod func(*writer.Options), storeOpts ...sqlite.Option) *running {
+func (h *harness) start(mod func(*writer.Options), storeOpts ...store.Option) *running {
 	h.t.Helper()
-	st, err := sqlite.Open(context.Background(), h.dbPath, storeOpts...)
+	st, err := store.Open(context.Background(), h.dbPath, storeOpts...)
 	if err != nil {
 		h.t.Fatal(err)
 	}

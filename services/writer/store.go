@@ -5,12 +5,13 @@ import (
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // Store is what the writer needs from its database. The database, not
 // JetStream, is the truth about what has been applied: every stream keeps a
 // watermark (the last stream sequence applied) committed in the same
-// transaction as the rows it produced. services/writer/sqlite implements it.
+// transaction as the rows it produced. pkg/store implements it.
 type Store interface {
 	BatchStore
 	RunStore
@@ -86,30 +87,11 @@ type RunStore interface {
 	MarkTimeoutAnnounced(ctx context.Context, runID string) error
 }
 
-// Applied is the outcome of ApplyBatch.
-type Applied struct {
-	// Skipped: the sequence was at or below the watermark; nothing changed.
-	Skipped bool
-	// Inserted, Updated and Unchanged count the batch's candles by what the
-	// upsert did to their rows.
-	Inserted, Updated, Unchanged int
-	// GapsRecorded counts the candle slots of the batch's covered span
-	// newly recorded as known gaps; GapsFilled the known-gap slots the
-	// batch's candles filled.
-	GapsRecorded, GapsFilled int
-	// PairCandles is the number of candles the batch's run has written for
-	// the batch's pair so far, this batch included (0 without a run_id).
-	PairCandles int64
-	// RunComplete: this batch resolved the last pending pair of its run.
-	RunComplete bool
-}
+// Applied is what applying one batch did (see store.Applied).
+type Applied = store.Applied
 
-// Progress is how far an unfinished run has got.
-type Progress struct {
-	RunID      string
-	PairsTotal int
-	PairsDone  int // ok or failed
-	Candles    int64
-	StartedAt  time.Time
-	Deadline   time.Time // zero: none
-}
+// Progress is how far an unfinished run has got (see store.Progress).
+type Progress = store.Progress
+
+// The shared database package is the writer's Store.
+var _ Store = (*store.Store)(nil)

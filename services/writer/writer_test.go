@@ -16,19 +16,19 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/services/writer"
-	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 func TestOptionsValidate(t *testing.T) {
 	ns := newHarness(t)
-	store, err := sqlite.Open(context.Background(), ns.dbPath)
+	st, err := store.Open(context.Background(), ns.dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
+	defer st.Close()
 	valid := func() writer.Options {
 		o := writer.DefaultOptions()
-		o.Conn, o.Store = ns.nc, store
+		o.Conn, o.Store = ns.nc, st
 		return o
 	}
 	tests := []struct {
@@ -110,7 +110,7 @@ func TestDuplicatesAndRedeliveryWriteNothingTwice(t *testing.T) {
 	// apply it again (its candles would count twice in the run).
 	b3 := batch("run-dup", "BTCUSDT", 2, true, series(t0+20*h4, 5, 0))
 	ack3 := h.publish(b3, "run-dup:BTCUSDT:4h:2")
-	st, err := sqlite.Open(context.Background(), h.dbPath)
+	st, err := store.Open(context.Background(), h.dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestDuplicatesAndRedeliveryWriteNothingTwice(t *testing.T) {
 
 func TestLockedDatabaseIsRetriedInOrder(t *testing.T) {
 	h := newHarness(t)
-	h.start(func(o *writer.Options) { o.AckWait = time.Second }, sqlite.WithBusyTimeout(20*time.Millisecond))
+	h.start(func(o *writer.Options) { o.AckWait = time.Second }, store.WithBusyTimeout(20*time.Millisecond))
 	first := h.publish(batch("run-lock", "BTCUSDT", 0, false, series(t0, 5, 0)), "")
 	h.waitApplied(first.Sequence)
 
@@ -407,7 +407,7 @@ func TestRestoredOlderDatabaseCatchesUp(t *testing.T) {
 
 func TestStreamResetRebasesWatermark(t *testing.T) {
 	h := newHarness(t)
-	st, err := sqlite.Open(context.Background(), h.dbPath)
+	st, err := store.Open(context.Background(), h.dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,6 @@
 //go:build !race
 
-package sqlite_test
+package store_test
 
 // raceEnabled: see race_test.go.
 const raceEnabled = false

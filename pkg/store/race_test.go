@@ -1,6 +1,6 @@
 //go:build race
 
-package sqlite_test
+package store_test
 
 // raceEnabled: the race detector slows modernc.org/sqlite down tenfold, so
 // timing budgets are not checked.

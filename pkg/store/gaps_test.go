@@ -1,4 +1,4 @@
-package sqlite_test
+package store_test
 
 import (
 	"context"
@@ -8,8 +8,7 @@ import (
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
-	"github.com/candlekeep/candlekeep/services/writer"
-	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // slot is the open time of the i-th 4h candle from t0.
@@ -223,7 +222,7 @@ func TestKnownGapsMonthly(t *testing.T) {
 func TestCoverageLedger(t *testing.T) {
 	clk := newClock()
 	path := tempDB(t)
-	s := openStore(t, path, sqlite.WithNow(clk.Now))
+	s := openStore(t, path, store.WithNow(clk.Now))
 	ctx := context.Background()
 	btc4h := candles.Pair{Symbol: "BTCUSDT", Interval: "4h"}
 	if _, err := s.RegisterRun(ctx, "r1", []candles.Pair{btc4h}, epoch, "daily", time.Time{}); err != nil {
@@ -349,10 +348,10 @@ func TestUpsertLeavesWatermarkAndRunsAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (writer.Applied{Inserted: 1, Updated: 1, Unchanged: 1, GapsRecorded: 2}); a != want {
+	if want := (store.Applied{Inserted: 1, Updated: 1, Unchanged: 1, GapsRecorded: 2}); a != want {
 		t.Errorf("Upsert = %+v, want %+v", a, want)
 	}
-	if again, err := s.Upsert(ctx, b); err != nil || again != (writer.Applied{Unchanged: 3}) {
+	if again, err := s.Upsert(ctx, b); err != nil || again != (store.Applied{Unchanged: 3}) {
 		t.Errorf("second Upsert = %+v, %v; want 3 unchanged and nothing new", again, err)
 	}
 	if w, err := s.Watermark(ctx, "CANDLES"); err != nil || w != 7 {

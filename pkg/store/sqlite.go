@@ -1,8 +1,8 @@
-// Package sqlite is the writer's Store on a SQLite database file
+// Package store owns candlekeep's SQLite database file
 // (modernc.org/sqlite, no cgo). It applies each batch of candles, the stream
 // sequence it came from and the run bookkeeping in one transaction, so the
 // database alone says what has been applied and a replay is harmless.
-package sqlite
+package store
 
 import (
 	"context"
@@ -17,10 +17,8 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
-	"github.com/candlekeep/candlekeep/services/writer"
 )
 
-var _ writer.Store = (*Store)(nil)
 
 // FileMode is the mode of the database file and its -wal and -shm files:
 // market data is not secret, but the file is the product and only the
@@ -290,10 +288,10 @@ func (s *Store) ResetWatermark(ctx context.Context, stream string, seq uint64) e
 // final batch marking the pair ok unless it already failed (which records
 // the pair's last sync). At or below the watermark it does nothing and
 // reports Skipped.
-func (s *Store) ApplyBatch(ctx context.Context, stream string, seq uint64, b candles.Batch) (writer.Applied, error) {
-	var a writer.Applied
+func (s *Store) ApplyBatch(ctx context.Context, stream string, seq uint64, b candles.Batch) (Applied, error) {
+	var a Applied
 	err := s.inTx(ctx, fmt.Sprintf("apply %s seq %d (%s/%s)", stream, seq, b.Symbol, b.Interval), func(tx *sql.Tx) error {
-		a = writer.Applied{}
+		a = Applied{}
 		w, err := watermark(ctx, tx, stream)
 		if err != nil {
 			return err
@@ -314,7 +312,7 @@ func (s *Store) ApplyBatch(ctx context.Context, stream string, seq uint64, b can
 		return s.trackBatch(ctx, tx, b, &a)
 	})
 	if err != nil {
-		return writer.Applied{}, err
+		return Applied{}, err
 	}
 	return a, nil
 }
@@ -323,21 +321,21 @@ func (s *Store) ApplyBatch(ctx context.Context, stream string, seq uint64, b can
 // transaction, without reading or moving any watermark and without touching
 // run tracking: for a replay of batches that may have been applied before.
 // It is idempotent; Skipped and the run fields of Applied stay zero.
-func (s *Store) Upsert(ctx context.Context, b candles.Batch) (writer.Applied, error) {
-	var a writer.Applied
+func (s *Store) Upsert(ctx context.Context, b candles.Batch) (Applied, error) {
+	var a Applied
 	err := s.inTx(ctx, fmt.Sprintf("upsert %s/%s page %d", b.Symbol, b.Interval, b.Page), func(tx *sql.Tx) error {
-		a = writer.Applied{}
+		a = Applied{}
 		return s.upsert(ctx, tx, b, &a)
 	})
 	if err != nil {
-		return writer.Applied{}, err
+		return Applied{}, err
 	}
 	return a, nil
 }
 
 // upsert is the part of ApplyBatch and Upsert that writes candles and known
 // gaps.
-func (s *Store) upsert(ctx context.Context, tx *sql.Tx, b candles.Batch, a *writer.Applied) error {
+func (s *Store) upsert(ctx context.Context, tx *sql.Tx, b candles.Batch, a *Applied) error {
 	if len(b.Candles) > 0 {
 		if err := s.upsertCandles(ctx, tx, b, a); err != nil {
 			return err
@@ -346,7 +344,7 @@ func (s *Store) upsert(ctx context.Context, tx *sql.Tx, b candles.Batch, a *writ
 	return s.bookGaps(ctx, tx, b, a)
 }
 
-func (s *Store) upsertCandles(ctx context.Context, tx *sql.Tx, b candles.Batch, a *writer.Applied) error {
+func (s *Store) upsertCandles(ctx context.Context, tx *sql.Tx, b candles.Batch, a *Applied) error {
 	first, last := b.Candles[0].OpenTime, b.Candles[len(b.Candles)-1].OpenTime
 	count := tx.StmtContext(ctx, s.rangeCount)
 	// Candles only ever get added under the batch's keys, so the growth of
@@ -407,7 +405,7 @@ func (s *Store) upsertCandles(ctx context.Context, tx *sql.Tx, b candles.Batch, 
 // and checks whether that completed the run. A pair's first resolution
 // stands: a pair that already failed (say, one of its pages was rejected)
 // stays failed, though its candles are written.
-func (s *Store) trackBatch(ctx context.Context, tx *sql.Tx, b candles.Batch, a *writer.Applied) error {
+func (s *Store) trackBatch(ctx context.Context, tx *sql.Tx, b candles.Batch, a *Applied) error {
 	now := formatTime(s.now())
 	pending := false
 	if b.Final {

@@ -1,4 +1,4 @@
-package sqlite_test
+package store_test
 
 import (
 	"context"
@@ -8,8 +8,7 @@ import (
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
-	"github.com/candlekeep/candlekeep/services/writer"
-	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // A database written by schema version 1 (testdata/schema_v1.sql) is
@@ -41,7 +40,7 @@ func TestMigrationFromVersion1(t *testing.T) {
 			versions = append(versions, v)
 		}
 		rs.Close()
-		if want := []int{1, 2}; !reflect.DeepEqual(versions, want) || sqlite.SchemaVersion() != 2 {
+		if want := []int{1, 2}; !reflect.DeepEqual(versions, want) || store.SchemaVersion() != 2 {
 			t.Fatalf("open %d: schema versions %v, want %v", open, versions, want)
 		}
 		if w, err := s.Watermark(ctx, "CANDLES"); err != nil || w != uint64(41+open) {
@@ -50,7 +49,7 @@ func TestMigrationFromVersion1(t *testing.T) {
 		if open == 1 {
 			// The old run has no deadline and goes on as before.
 			p, err := s.RunProgress(ctx)
-			if want := []writer.Progress{{RunID: "old-run", PairsTotal: 2, PairsDone: 1, Candles: 2,
+			if want := []store.Progress{{RunID: "old-run", PairsTotal: 2, PairsDone: 1, Candles: 2,
 				StartedAt: time.Date(2024, 3, 1, 1, 0, 0, 0, time.UTC)}}; err != nil || !reflect.DeepEqual(p, want) {
 				t.Errorf("RunProgress = %+v, %v; want %+v", p, err, want)
 			}

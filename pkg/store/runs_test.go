@@ -1,4 +1,4 @@
-package sqlite_test
+package store_test
 
 import (
 	"context"
@@ -7,8 +7,7 @@ import (
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
-	"github.com/candlekeep/candlekeep/services/writer"
-	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 var (
@@ -20,24 +19,24 @@ var (
 // op is one step of a run scenario; it returns the "complete" it reports.
 type op struct {
 	name string
-	do   func(ctx context.Context, s *sqlite.Store, seq uint64) (bool, error)
+	do   func(ctx context.Context, s *store.Store, seq uint64) (bool, error)
 }
 
 func register(pairs ...candles.Pair) op {
-	return op{"register", func(ctx context.Context, s *sqlite.Store, _ uint64) (bool, error) {
+	return op{"register", func(ctx context.Context, s *store.Store, _ uint64) (bool, error) {
 		return s.RegisterRun(ctx, "r1", pairs, epoch, "daily", time.Time{})
 	}}
 }
 
 func page(p candles.Pair, final bool, n int) op {
-	return op{"batch " + p.String(), func(ctx context.Context, s *sqlite.Store, seq uint64) (bool, error) {
+	return op{"batch " + p.String(), func(ctx context.Context, s *store.Store, seq uint64) (bool, error) {
 		a, err := s.ApplyBatch(ctx, "CANDLES", seq, batch("r1", p.Symbol, final, series(t0+int64(seq)*1000*h4, n, 0)))
 		return a.RunComplete, err
 	}}
 }
 
 func fail(p candles.Pair, reason string) op {
-	return op{"fail " + p.String(), func(ctx context.Context, s *sqlite.Store, _ uint64) (bool, error) {
+	return op{"fail " + p.String(), func(ctx context.Context, s *store.Store, _ uint64) (bool, error) {
 		return s.FailPair(ctx, "r1", p.Symbol, p.Interval, reason)
 	}}
 }
@@ -134,7 +133,7 @@ func TestRunTracking(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newClock()
-			s := openStore(t, tempDB(t), sqlite.WithNow(clk.Now))
+			s := openStore(t, tempDB(t), store.WithNow(clk.Now))
 			ctx := context.Background()
 			for i, st := range tt.steps {
 				clk.Set(at(i))
@@ -168,7 +167,7 @@ func TestRunTracking(t *testing.T) {
 
 func TestPendingPairCompletions(t *testing.T) {
 	clk := newClock()
-	s := openStore(t, tempDB(t), sqlite.WithNow(clk.Now))
+	s := openStore(t, tempDB(t), store.WithNow(clk.Now))
 	ctx := context.Background()
 	steps := []op{register(btc, eth), page(btc, false, 3), page(btc, true, 2), page(eth, false, 1), page(btc, true, 1)}
 	for i, o := range steps {
@@ -200,7 +199,7 @@ func TestPendingPairCompletions(t *testing.T) {
 
 func TestRunProgress(t *testing.T) {
 	clk := newClock()
-	s := openStore(t, tempDB(t), sqlite.WithNow(clk.Now))
+	s := openStore(t, tempDB(t), store.WithNow(clk.Now))
 	ctx := context.Background()
 	if _, err := s.RegisterRun(ctx, "r2", []candles.Pair{btc}, epoch.Add(-time.Hour), "", time.Time{}); err != nil {
 		t.Fatal(err)
@@ -214,7 +213,7 @@ func TestRunProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []writer.Progress{
+	want := []store.Progress{
 		{RunID: "r2", PairsTotal: 1, PairsDone: 0, Candles: 0, StartedAt: epoch.Add(-time.Hour)},
 		{RunID: "r1", PairsTotal: 3, PairsDone: 2, Candles: 9, StartedAt: epoch},
 	}
@@ -284,7 +283,7 @@ func TestCoverage(t *testing.T) {
 
 func TestRunTimeouts(t *testing.T) {
 	clk := newClock()
-	s := openStore(t, tempDB(t), sqlite.WithNow(clk.Now))
+	s := openStore(t, tempDB(t), store.WithNow(clk.Now))
 	ctx := context.Background()
 	deadline := epoch.Add(30 * time.Minute)
 	mustRegister := func(id string, pairs []candles.Pair, dl time.Time) {
@@ -293,7 +292,7 @@ func TestRunTimeouts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	apply := func(seq uint64, runID string, p candles.Pair, final bool) writer.Applied {
+	apply := func(seq uint64, runID string, p candles.Pair, final bool) store.Applied {
 		t.Helper()
 		a, err := s.ApplyBatch(ctx, "CANDLES", seq, batch(runID, p.Symbol, final, series(t0+int64(seq)*10*h4, 2, 0)))
 		if err != nil {

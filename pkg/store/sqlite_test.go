@@ -1,4 +1,4 @@
-package sqlite_test
+package store_test
 
 import (
 	"context"
@@ -15,17 +15,16 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/testclock"
-	"github.com/candlekeep/candlekeep/services/writer"
-	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 var epoch = time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func newClock() *testclock.Clock { return testclock.New(epoch) }
 
-func openStore(t *testing.T, path string, opts ...sqlite.Option) *sqlite.Store {
+func openStore(t *testing.T, path string, opts ...store.Option) *store.Store {
 	t.Helper()
-	s, err := sqlite.Open(context.Background(), path, opts...)
+	s, err := store.Open(context.Background(), path, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,8 +198,8 @@ func TestReopenIsIdempotent(t *testing.T) {
 	if err := db.QueryRow(`SELECT COUNT(*), MAX(version) FROM schema_migrations`).Scan(&n, &versions); err != nil {
 		t.Fatal(err)
 	}
-	if n != sqlite.SchemaVersion() || versions != sqlite.SchemaVersion() {
-		t.Errorf("schema_migrations: %d rows, max %d; want %d", n, versions, sqlite.SchemaVersion())
+	if n != store.SchemaVersion() || versions != store.SchemaVersion() {
+		t.Errorf("schema_migrations: %d rows, max %d; want %d", n, versions, store.SchemaVersion())
 	}
 	if got := rows(t, db, "BTCUSDT", "4h"); !reflect.DeepEqual(got, series(t0, 3, 0)) {
 		t.Errorf("rows after reopen = %+v", got)
@@ -212,22 +211,22 @@ func TestNewerSchemaIsRefused(t *testing.T) {
 	s := openStore(t, path)
 	s.Close()
 	db := rawDB(t, path)
-	if _, err := db.Exec(`INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'later')`, sqlite.SchemaVersion()+1); err != nil {
+	if _, err := db.Exec(`INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'later')`, store.SchemaVersion()+1); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
-	_, err := sqlite.Open(context.Background(), path)
-	if !errors.Is(err, sqlite.ErrSchemaTooNew) {
+	_, err := store.Open(context.Background(), path)
+	if !errors.Is(err, store.ErrSchemaTooNew) {
 		t.Fatalf("Open = %v, want ErrSchemaTooNew", err)
 	}
-	if want := fmt.Sprintf("version %d", sqlite.SchemaVersion()+1); !strings.Contains(err.Error(), want) {
+	if want := fmt.Sprintf("version %d", store.SchemaVersion()+1); !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q does not name the version", err)
 	}
 }
 
 func TestOpenRejectsNonFilePaths(t *testing.T) {
 	for _, p := range []string{"", ":memory:", "file:x.db", "x.db?mode=ro"} {
-		if _, err := sqlite.Open(context.Background(), p); err == nil {
+		if _, err := store.Open(context.Background(), p); err == nil {
 			t.Errorf("Open(%q) succeeded", p)
 		}
 	}
@@ -286,7 +285,7 @@ func TestApplyBatch(t *testing.T) {
 	type step struct {
 		seq  uint64
 		b    candles.Batch
-		want writer.Applied
+		want store.Applied
 	}
 	tests := []struct {
 		name  string
@@ -294,47 +293,47 @@ func TestApplyBatch(t *testing.T) {
 		rows  []candles.Candle
 	}{{
 		name:  "insert",
-		steps: []step{{1, batch("", "BTCUSDT", false, series(t0, 3, 0)), writer.Applied{Inserted: 3}}},
+		steps: []step{{1, batch("", "BTCUSDT", false, series(t0, 3, 0)), store.Applied{Inserted: 3}}},
 		rows:  series(t0, 3, 0),
 	}, {
 		name: "identical re-apply rewrites nothing",
 		steps: []step{
-			{1, batch("", "BTCUSDT", false, series(t0, 3, 0)), writer.Applied{Inserted: 3}},
-			{2, batch("", "BTCUSDT", false, series(t0, 3, 0)), writer.Applied{Unchanged: 3}},
+			{1, batch("", "BTCUSDT", false, series(t0, 3, 0)), store.Applied{Inserted: 3}},
+			{2, batch("", "BTCUSDT", false, series(t0, 3, 0)), store.Applied{Unchanged: 3}},
 		},
 		rows: series(t0, 3, 0),
 	}, {
 		name: "changed values update, new keys insert",
 		steps: []step{
-			{1, batch("", "BTCUSDT", false, series(t0, 3, 0)), writer.Applied{Inserted: 3}},
-			{2, batch("", "BTCUSDT", false, append(changed, series(t0+3*h4, 1, 3)...)), writer.Applied{Inserted: 1, Updated: 1, Unchanged: 2}},
+			{1, batch("", "BTCUSDT", false, series(t0, 3, 0)), store.Applied{Inserted: 3}},
+			{2, batch("", "BTCUSDT", false, append(changed, series(t0+3*h4, 1, 3)...)), store.Applied{Inserted: 1, Updated: 1, Unchanged: 2}},
 		},
 		rows: append(changed, series(t0+3*h4, 1, 3)...),
 	}, {
 		name: "gap in the batch does not count rows in between",
 		steps: []step{
-			{1, batch("", "BTCUSDT", false, series(t0+h4, 1, 1)), writer.Applied{Inserted: 1}},
-			{2, batch("", "BTCUSDT", false, []candles.Candle{series(t0, 1, 0)[0], series(t0+2*h4, 1, 2)[0]}), writer.Applied{Inserted: 2}},
+			{1, batch("", "BTCUSDT", false, series(t0+h4, 1, 1)), store.Applied{Inserted: 1}},
+			{2, batch("", "BTCUSDT", false, []candles.Candle{series(t0, 1, 0)[0], series(t0+2*h4, 1, 2)[0]}), store.Applied{Inserted: 2}},
 		},
 		rows: []candles.Candle{series(t0, 1, 0)[0], series(t0+h4, 1, 1)[0], series(t0+2*h4, 1, 2)[0]},
 	}, {
 		name: "seq at or below the watermark is skipped",
 		steps: []step{
-			{5, batch("", "BTCUSDT", false, series(t0, 2, 0)), writer.Applied{Inserted: 2}},
-			{5, batch("", "BTCUSDT", false, series(t0, 3, 7)), writer.Applied{Skipped: true}},
-			{4, batch("", "BTCUSDT", false, series(t0, 3, 7)), writer.Applied{Skipped: true}},
+			{5, batch("", "BTCUSDT", false, series(t0, 2, 0)), store.Applied{Inserted: 2}},
+			{5, batch("", "BTCUSDT", false, series(t0, 3, 7)), store.Applied{Skipped: true}},
+			{4, batch("", "BTCUSDT", false, series(t0, 3, 7)), store.Applied{Skipped: true}},
 		},
 		rows: series(t0, 2, 0),
 	}, {
 		name: "large batches are counted exactly",
 		steps: []step{
-			{1, batch("", "BTCUSDT", false, series(t0, 150, 0)), writer.Applied{Inserted: 150}},
-			{2, batch("", "BTCUSDT", false, large), writer.Applied{Inserted: 5, Updated: 3, Unchanged: 147}},
+			{1, batch("", "BTCUSDT", false, series(t0, 150, 0)), store.Applied{Inserted: 150}},
+			{2, batch("", "BTCUSDT", false, large), store.Applied{Inserted: 5, Updated: 3, Unchanged: 147}},
 		},
 		rows: large,
 	}, {
 		name:  "empty final batch",
-		steps: []step{{1, batch("", "BTCUSDT", true, nil), writer.Applied{}}},
+		steps: []step{{1, batch("", "BTCUSDT", true, nil), store.Applied{}}},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

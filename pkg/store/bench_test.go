@@ -1,11 +1,11 @@
-package sqlite_test
+package store_test
 
 import (
 	"context"
 	"path/filepath"
 	"testing"
 
-	"github.com/candlekeep/candlekeep/services/writer/sqlite"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // The backfill target (the writer at >= 70% of a raw upsert loop on the same
@@ -15,7 +15,7 @@ import (
 const benchBatch = 1000
 
 func BenchmarkApplyBatch(b *testing.B) {
-	s, err := sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "candles.db"))
+	s, err := store.Open(context.Background(), filepath.Join(b.TempDir(), "candles.db"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package sqlite
+package store
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
-	"github.com/candlekeep/candlekeep/services/writer"
 )
 
 // RegisterRun records run runID with its pairs (duplicates counted once) and
@@ -216,7 +215,7 @@ func (s *Store) MarkPairAnnounced(ctx context.Context, runID, symbol, interval s
 // RunProgress reports every registered run that is neither complete nor
 // timed out, oldest first. PairsDone counts listed pairs that are ok or
 // failed.
-func (s *Store) RunProgress(ctx context.Context) ([]writer.Progress, error) {
+func (s *Store) RunProgress(ctx context.Context) ([]Progress, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT r.run_id, r.pairs_total, r.started_at, r.deadline,
   (SELECT COUNT(*) FROM run_pairs p WHERE p.run_id = r.run_id AND p.listed = 1 AND p.status != 'pending'),
   (SELECT COALESCE(SUM(p.candles), 0) FROM run_pairs p WHERE p.run_id = r.run_id)
@@ -225,9 +224,9 @@ FROM runs r WHERE r.finished_at IS NULL AND r.timed_out_at IS NULL ORDER BY r.st
 		return nil, fmt.Errorf("run progress: %w", err)
 	}
 	defer rows.Close()
-	var out []writer.Progress
+	var out []Progress
 	for rows.Next() {
-		var p writer.Progress
+		var p Progress
 		var started string
 		var deadline sql.NullInt64
 		if err := rows.Scan(&p.RunID, &p.PairsTotal, &started, &deadline, &p.PairsDone, &p.Candles); err != nil {

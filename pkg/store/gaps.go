@@ -1,4 +1,4 @@
-package sqlite
+package store
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"sort"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
-	"github.com/candlekeep/candlekeep/services/writer"
 )
 
 // Known gaps are candle slots the exchange was asked for and answered
@@ -72,7 +71,7 @@ func slotsIn(iv candles.Interval, from, until int64) int64 {
 // batch's covered span are recorded. A batch whose interval does not parse
 // (only possible when the store is called directly, DecodeBatch refuses it)
 // has no slots to reason about and is left alone.
-func (s *Store) bookGaps(ctx context.Context, tx *sql.Tx, b candles.Batch, a *writer.Applied) error {
+func (s *Store) bookGaps(ctx context.Context, tx *sql.Tx, b candles.Batch, a *Applied) error {
 	iv, err := candles.ParseInterval(b.Interval)
 	if err != nil {
 		return nil
@@ -92,7 +91,7 @@ func (s *Store) bookGaps(ctx context.Context, tx *sql.Tx, b candles.Batch, a *wr
 
 // fillGaps removes the slots of b's candles from the known gaps they fall in,
 // splitting a gap where a candle lands in its middle.
-func (s *Store) fillGaps(ctx context.Context, tx *sql.Tx, iv candles.Interval, b candles.Batch, a *writer.Applied) error {
+func (s *Store) fillGaps(ctx context.Context, tx *sql.Tx, iv candles.Interval, b candles.Batch, a *Applied) error {
 	cs := b.Candles
 	gaps, err := queryGaps(ctx, tx.StmtContext(ctx, s.gapsOverlap), b.Symbol, b.Interval, cs[0].OpenTime, cs[len(cs)-1].OpenTime)
 	if err != nil || len(gaps) == 0 {
@@ -130,7 +129,7 @@ func (s *Store) fillGaps(ctx context.Context, tx *sql.Tx, iv candles.Interval, b
 // common case costs nothing: a batch that brings every slot of its span.
 // Next cheapest is one count over the span; only a span with empty slots is
 // scanned.
-func (s *Store) recordGaps(ctx context.Context, tx *sql.Tx, iv candles.Interval, b candles.Batch, a *writer.Applied) error {
+func (s *Store) recordGaps(ctx context.Context, tx *sql.Tx, iv candles.Interval, b candles.Batch, a *Applied) error {
 	lo, hi := ceilAlign(iv, b.From), ceilAlign(iv, b.Until)
 	if lo >= hi {
 		return nil
