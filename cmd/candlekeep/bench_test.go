@@ -17,8 +17,8 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/sim"
-	"github.com/candlekeep/candlekeep/services/writer"
 	"github.com/candlekeep/candlekeep/pkg/store"
+	"github.com/candlekeep/candlekeep/services/writer"
 )
 
 // The benchmarks print the targets of DESIGN.md section 4, each measured in

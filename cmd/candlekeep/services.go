@@ -9,9 +9,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
+	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/fetcher"
 	"github.com/candlekeep/candlekeep/services/writer"
-	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // The same functions run a service in `candlekeep up` and on its own, so the

@@ -19,7 +19,6 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 )
 
-
 // FileMode is the mode of the database file and its -wal and -shm files:
 // market data is not secret, but the file is the product and only the
 // service account may touch it.

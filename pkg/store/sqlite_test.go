@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
-	"github.com/candlekeep/candlekeep/pkg/testclock"
 	"github.com/candlekeep/candlekeep/pkg/store"
+	"github.com/candlekeep/candlekeep/pkg/testclock"
 )
 
 var epoch = time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)

@@ -22,8 +22,8 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
-	"github.com/candlekeep/candlekeep/services/writer"
 	"github.com/candlekeep/candlekeep/pkg/store"
+	"github.com/candlekeep/candlekeep/services/writer"
 )
 
 // harness is one embedded nats-server, one database path and a model of

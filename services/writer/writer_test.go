@@ -15,8 +15,8 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
-	"github.com/candlekeep/candlekeep/services/writer"
 	"github.com/candlekeep/candlekeep/pkg/store"
+	"github.com/candlekeep/candlekeep/services/writer"
 )
 
 func TestOptionsValidate(t *testing.T) {
