@@ -4,6 +4,7 @@ MODULES       := pkg services/fetcher services/writer cmd/candlekeep
 NATS_CLI      := github.com/nats-io/natscli/nats@v0.5.0
 TOOLS         := $(CURDIR)/.tools
 BIN           := $(CURDIR)/bin/candlekeep
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # Tests find the real nats CLI and the built binary here.
 TEST_ENV      := PATH="$(TOOLS):$$PATH" CANDLEKEEP_TEST_BINARY="$(BIN)"
 
@@ -13,7 +14,7 @@ all: build
 
 ## build: the static binary bin/candlekeep (CGO_ENABLED=0)
 build:
-	cd cmd/candlekeep && CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) .
+	cd cmd/candlekeep && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) .
 
 ## run: candlekeep up against the real Binance API, 60 symbols x 4h, data in ./data
 run: build

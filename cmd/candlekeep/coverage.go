@@ -10,29 +10,56 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/pkg/config"
 )
 
 // runCoverage answers "is my data complete?": per pair the first and last
-// stored candle, stored vs expected candles, holes, known exchange gaps and
-// the last successful sync. Exit 0 when nothing is missing, 1 otherwise.
+// stored candle, stored vs expected candles, holes, known exchange gaps, the
+// last successful sync and whether the newest candle is fresh. Exit 0 only
+// when every pair asked about is complete and fresh, 1 otherwise (an empty
+// pair, a pair never synced, missing candles or stale data), 2 for bad flags.
 func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) int {
 	fs := flagSet("coverage", "candlekeep coverage [flags]",
 		"Asks the writer (candles.api.coverage) what the database holds, per pair: first\n"+
-			"and last candle, stored/expected count, missing candles, known exchange gaps\n"+
-			"and the last successful sync. Exits 0 when every pair is complete, 1 when any\n"+
-			"candle is missing (known gaps do not count: the exchange has no data there).", stderr)
+			"and last candle, stored/expected count, missing candles, known exchange gaps,\n"+
+			"the last successful sync and a status. Without --symbols it checks the\n"+
+			"configured pair set (candlekeep config get symbols intervals).\n\n"+
+			"Exit status: 0 when every pair is complete and fresh; 1 when any pair is\n"+
+			"empty, never synced, missing candles (known gaps do not count: the exchange\n"+
+			"has no data there) or stale (its newest candle closed longer ago than\n"+
+			"--max-staleness, or one interval plus 2h for intervals longer than that);\n"+
+			"2 for bad flags.", stderr)
 	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
 	var symbols, intervals config.List
-	fs.Var(&symbols, "symbols", "only these symbols (comma-separated; default: every stored pair)")
-	fs.Var(&intervals, "intervals", "only these intervals (comma-separated)")
+	fs.Var(&symbols, "symbols", "only these symbols (comma-separated; default: the configured symbols)")
+	fs.Var(&intervals, "intervals", "only these intervals (comma-separated; default: the configured intervals)")
 	asJSON := fs.Bool("json", false, "print the writer's JSON reply instead of a table")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the writer")
+	maxStale := fs.Duration("max-staleness", defaultMaxStaleness, "a pair whose newest candle closed longer ago than this is stale")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
+	}
+	bad := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "candlekeep coverage: "+format+"\n(see candlekeep coverage --help)\n", a...)
+		return 2
+	}
+	for _, sym := range symbols {
+		if !candles.ValidSymbol(sym) {
+			return bad("--symbols: %q is not a symbol (2-20 of A-Z and 0-9, such as BTCUSDT)", sym)
+		}
+	}
+	for _, iv := range intervals {
+		if _, err := candles.ParseInterval(iv); err != nil {
+			return bad("--intervals: %q is not an interval; want one of %s", iv, strings.Join(candles.IntervalNames(), ","))
+		}
+	}
+	if *maxStale <= 0 {
+		return bad("--max-staleness %v: want a positive duration such as 26h", *maxStale)
 	}
 	nc, err := nats.Connect(*natsURL, nats.Name("candlekeep-coverage"))
 	if err != nil {
@@ -40,19 +67,28 @@ func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		return 1
 	}
 	defer nc.Close()
+	rctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	if len(symbols) == 0 || len(intervals) == 0 {
+		configured, err := configuredPairs(rctx, nc)
+		if err != nil {
+			fmt.Fprintf(stderr, "candlekeep coverage: %v\n", err)
+			return 1
+		}
+		if len(symbols) == 0 {
+			symbols = configured.Symbols
+		}
+		if len(intervals) == 0 {
+			intervals = configured.Intervals
+		}
+	}
 	req := candles.CoverageRequest{Gaps: true}
 	for _, s := range symbols {
-		ivs := []string(intervals)
-		if len(ivs) == 0 {
-			ivs = []string{fetcherDefaultInterval}
-		}
-		for _, iv := range ivs {
+		for _, iv := range intervals {
 			req.Pairs = append(req.Pairs, candles.Pair{Symbol: s, Interval: iv})
 		}
 	}
 	body, _ := json.Marshal(req)
-	rctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
 	msg, err := nc.RequestWithContext(rctx, candles.SubjectAPICoverage, body)
 	if err != nil {
 		fmt.Fprintf(stderr, "candlekeep coverage: ask the writer on %s: %v (is a writer running?)\n", candles.SubjectAPICoverage, err)
@@ -67,33 +103,78 @@ func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		fmt.Fprintf(stderr, "candlekeep coverage: bad reply: %v\n", err)
 		return 1
 	}
-	if len(intervals) > 0 && len(symbols) == 0 {
-		keep := cr.Pairs[:0]
-		for _, p := range cr.Pairs {
-			for _, iv := range intervals {
-				if p.Interval == iv {
-					keep = append(keep, p)
-				}
-			}
-		}
-		cr.Pairs = keep
-	}
+	now := time.Now()
 	if *asJSON {
 		out, _ := json.MarshalIndent(cr, "", "  ")
 		fmt.Fprintln(stdout, string(out))
 	} else {
-		printCoverage(stdout, cr.Pairs)
+		printCoverage(stdout, cr.Pairs, now, *maxStale)
 	}
+	problems := 0
 	for _, p := range cr.Pairs {
-		if missingCandles(p) > 0 {
-			return 1
+		if _, ok := pairStatus(p, now, *maxStale); !ok {
+			problems++
 		}
+	}
+	if problems > 0 {
+		fmt.Fprintf(stderr, "candlekeep coverage: %d of %d pairs not complete and fresh\n", problems, len(cr.Pairs))
+		return 1
 	}
 	return 0
 }
 
-// fetcherDefaultInterval is used for --symbols without --intervals.
-const fetcherDefaultInterval = "4h"
+// defaultMaxStaleness is the old setup's freshness SLA.
+const defaultMaxStaleness = 26 * time.Hour
+
+// configuredPairs reads the pair set from the cluster configuration.
+func configuredPairs(ctx context.Context, nc *nats.Conn) (cluster.Settings, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return cluster.Settings{}, err
+	}
+	values, _, err := cluster.Load(ctx, js)
+	if err != nil {
+		return cluster.Settings{}, fmt.Errorf("read the configured pairs: %w", err)
+	}
+	s := cluster.Defaults()
+	for _, name := range []string{"symbols", "intervals"} {
+		if v, ok := values[name]; ok {
+			k, _ := cluster.KeyByName(name)
+			if err := k.Set(&s, v); err != nil {
+				return cluster.Settings{}, fmt.Errorf("the configured %s: %w", name, err)
+			}
+		}
+	}
+	return s, nil
+}
+
+// pairStatus says what state a pair is in and whether that is healthy.
+func pairStatus(p candles.PairCoverage, now time.Time, maxStale time.Duration) (string, bool) {
+	iv, err := candles.ParseInterval(p.Interval)
+	if err != nil {
+		return "unknown interval", false
+	}
+	if p.Count == 0 {
+		return "empty", false
+	}
+	if m := missingCandles(p); m > 0 {
+		return fmt.Sprintf("%d missing", m), false
+	}
+	limit := maxStale
+	if d := iv.Duration() + 2*time.Hour; d > limit {
+		limit = d
+	}
+	if age := now.Sub(time.UnixMilli(iv.Next(p.Last))); age > limit {
+		return fmt.Sprintf("stale: newest candle closed %s ago (limit %s)", age.Round(time.Minute), limit), false
+	}
+	if p.LastSync.IsZero() {
+		return "never synced", false
+	}
+	if len(p.KnownGaps) > 0 {
+		return "complete except known gaps", true
+	}
+	return "complete", true
+}
 
 func missingCandles(p candles.PairCoverage) int64 {
 	iv, err := candles.ParseInterval(p.Interval)
@@ -107,7 +188,7 @@ func missingCandles(p candles.PairCoverage) int64 {
 	return n
 }
 
-func printCoverage(w io.Writer, pairs []candles.PairCoverage) {
+func printCoverage(w io.Writer, pairs []candles.PairCoverage, now time.Time, maxStale time.Duration) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PAIR\tFIRST\tLAST\tSTORED/EXPECTED\tMISSING\tKNOWN GAPS\tLAST SYNC\tSTATUS")
 	ts := func(ms int64) string {
@@ -131,15 +212,7 @@ func printCoverage(w io.Writer, pairs []candles.PairCoverage) {
 		if !p.LastSync.IsZero() {
 			last = p.LastSync.UTC().Format(time.RFC3339)
 		}
-		status := "complete"
-		switch m := missingCandles(p); {
-		case p.Count == 0:
-			status = "empty"
-		case m > 0:
-			status = fmt.Sprintf("%d missing", m)
-		case len(p.KnownGaps) > 0:
-			status = "complete except known gaps"
-		}
+		status, _ := pairStatus(p, now, maxStale)
 		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", p.Symbol, p.Interval, ts(p.First), ts(p.Last),
 			p.Count, p.Expected, spans(p.Missing), spans(p.KnownGaps), last, status)
 	}

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/pkg/config"
 	"github.com/candlekeep/candlekeep/pkg/logging"
 	"github.com/candlekeep/candlekeep/services/fetcher"
@@ -43,7 +43,9 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv env) (code int, ok bool)
 	case errors.Is(err, flag.ErrHelp):
 		return 0, false
 	default:
-		fmt.Fprintf(fs.Output(), "candlekeep %s: %v\n(see candlekeep %s --help)\n", fs.Name(), err, fs.Name())
+		// The flag package names flags with one dash; the docs use two.
+		msg := strings.Replace(err.Error(), " for flag -", " for flag --", 1)
+		fmt.Fprintf(fs.Output(), "candlekeep %s: %s\n(see candlekeep %s --help)\n", fs.Name(), msg, fs.Name())
 		return 2, false
 	}
 }
@@ -60,37 +62,76 @@ func (l *logFlags) logger(stderr io.Writer) (*slog.Logger, error) {
 	return logging.New(stderr, l.level, l.format)
 }
 
-// fetcherFlags configure the fetcher.
+// clusterFlags are the cluster-wide settings (pkg/cluster), one flag per
+// key of the configuration bucket. Every service takes them: they seed the
+// configuration when it is new; after that `candlekeep up` writes the ones
+// given explicitly and the other services warn when theirs disagree.
+type clusterFlags struct {
+	s  cluster.Settings
+	fs *flag.FlagSet
+}
+
+func (c *clusterFlags) register(fs *flag.FlagSet) {
+	c.s, c.fs = cluster.Defaults(), fs
+	cluster.RegisterFlags(fs, &c.s)
+}
+
+// membership returns how this process joins the configuration after parsing.
+func (c *clusterFlags) membership(authoritative bool, by string) membership {
+	m := membership{seed: c.s, explicit: map[string]bool{}, authoritative: authoritative, by: by}
+	c.fs.Visit(func(f *flag.Flag) { // command line and environment (config.Parse sets both)
+		if _, ok := cluster.KeyByName(f.Name); ok {
+			m.explicit[f.Name] = true
+		}
+	})
+	return m
+}
+
+// fetcherFlags are the fetcher's own, per-process settings.
 type fetcherFlags struct {
-	o         fetcher.Options
-	symbols   config.List
-	intervals config.List
+	o fetcher.Options
 }
 
 func (f *fetcherFlags) register(fs *flag.FlagSet) {
 	f.o = fetcher.DefaultOptions()
-	f.symbols = config.List(f.o.Symbols)
-	f.intervals = config.List(f.o.Intervals)
-	fs.StringVar(&f.o.BinanceURL, "binance-url", f.o.BinanceURL, "Binance REST API base URL (the simulator: http://127.0.0.1:9100)")
-	fs.Var(&f.symbols, "symbols", "comma-separated symbols to keep (default: the 60 shipped in pkg/candles/symbols.txt)")
-	fs.Var(&f.intervals, "intervals", "comma-separated kline intervals to keep: "+strings.Join(candles.IntervalNames(), ","))
-	fs.IntVar(&f.o.Lookback, "lookback", f.o.Lookback, "bars fetched for a pair with nothing stored yet")
 	fs.IntVar(&f.o.Concurrency, "fetch-concurrency", f.o.Concurrency, "pairs this fetcher fetches at once")
-	fs.IntVar(&f.o.MaxDeliver, "max-attempts", f.o.MaxDeliver, "attempts per pair before it fails with pair.failed")
-	fs.DurationVar(&f.o.RetryBase, "retry-base", f.o.RetryBase, "first retry delay of a failed pair; doubles per attempt")
 	fs.DurationVar(&f.o.RequestTimeout, "request-timeout", f.o.RequestTimeout, "timeout of one HTTP request to the exchange")
-	fs.IntVar(&f.o.WeightLimit, "weight-limit", f.o.WeightLimit, "request weight per minute to stay under until exchangeInfo tells the real limit")
-	fs.StringVar(&f.o.SyncSchedule, "sync-schedule", f.o.SyncSchedule, `when to sync, installed as a JetStream message schedule: 6-field cron with seconds (UTC), 5-field cron, "@every 30s", "@hourly", "@daily", or "off"`)
-	fs.DurationVar(&f.o.SyncTimeout, "sync-timeout", f.o.SyncTimeout, "a run still open after this emits sync.timeout naming its open pairs (0: no deadline)")
-	fs.BoolVar(&f.o.CatchUp, "catch-up", f.o.CatchUp, "at start-up, sync at once if stored data is older than one interval")
 }
 
-// options returns the fetcher options after parsing.
-func (f *fetcherFlags) options() fetcher.Options {
-	o := f.o
-	o.Symbols = []string(f.symbols)
-	o.Intervals = []string(f.intervals)
+// options returns the fetcher options for the settings s.
+func (f *fetcherFlags) options(s cluster.Settings) fetcher.Options {
+	return withSettings(f.o, s)
+}
+
+// withSettings copies the cluster settings into fetcher options.
+func withSettings(o fetcher.Options, s cluster.Settings) fetcher.Options {
+	o.Symbols, o.Intervals, o.Lookback = s.Symbols, s.Intervals, s.Lookback
+	o.SyncSchedule, o.SyncTimeout, o.CatchUp = s.SyncSchedule, s.SyncTimeout, s.CatchUp
+	o.BinanceURL, o.WeightLimit, o.MaxDeliver, o.RetryBase = s.BinanceURL, s.WeightLimit, s.MaxAttempts, s.RetryBase
+	o.Streams = s.Streams()
 	return o
+}
+
+// settingsOf is the inverse of withSettings, for callers (tests, benchmarks)
+// that configure a fetcher directly.
+func settingsOf(o fetcher.Options) cluster.Settings {
+	s := cluster.Defaults()
+	s.Symbols, s.Intervals, s.Lookback = o.Symbols, o.Intervals, o.Lookback
+	s.SyncSchedule, s.SyncTimeout, s.CatchUp = o.SyncSchedule, o.SyncTimeout, o.CatchUp
+	s.BinanceURL, s.WeightLimit, s.MaxAttempts, s.RetryBase = o.BinanceURL, o.WeightLimit, o.MaxDeliver, o.RetryBase
+	if s.SyncSchedule == "" {
+		s.SyncSchedule = cluster.ScheduleOff
+	}
+	if o.Streams.Replicas > 0 {
+		s.StreamReplicas = o.Streams.Replicas
+	}
+	if o.Streams.CandlesMaxAge > 0 {
+		s.CandlesMaxAge = o.Streams.CandlesMaxAge
+	}
+	if o.Streams.EventsMaxAge > 0 {
+		s.EventsMaxAge = o.Streams.EventsMaxAge
+	}
+	return s
 }
 
 // databasePath creates the data directory (0700) and returns the database path.

@@ -19,12 +19,12 @@ func TestBadFlagsAreRefusedAtStart(t *testing.T) {
 			[]string{"--sync-schedule", `"every day"`, "@every 30s", "6-field cron"}},
 		{"schedule too often", []string{"fetcher", "--sync-schedule", "@every 100ms"}, nil,
 			[]string{"--sync-schedule", "at least 1s"}},
-		{"unknown interval", []string{"up", "--intervals", "4h,7m"}, nil, []string{"--intervals", `unknown interval "7m"`}},
+		{"unknown interval", []string{"up", "--intervals", "4h,7m"}, nil, []string{"--intervals", `"7m" is not an interval`}},
 		{"bad symbol", []string{"fetcher", "--symbols", "BTCUSDT,btc"}, nil, []string{"--symbols", `"btc" is not a symbol`}},
 		{"bad binance url", []string{"up", "--binance-url", "api.binance.com"}, nil, []string{"--binance-url", "http(s) URL"}},
 		{"bad lookback from the environment", []string{"up"}, map[string]string{"CANDLEKEEP_LOOKBACK": "ten"},
 			[]string{"CANDLEKEEP_LOOKBACK", "--lookback"}},
-		{"zero lookback", []string{"up", "--lookback", "0"}, nil, []string{"--lookback 0", "1 to"}},
+		{"zero lookback", []string{"up", "--lookback", "0"}, nil, []string{`"0" for flag --lookback`, "1 to"}},
 		{"unknown flag", []string{"writer", "--nats", "x"}, nil, []string{"flag provided but not defined: -nats"}},
 		{"bad log level", []string{"sim", "--log-level", "loud"}, nil, []string{"--log-level", "debug, info, warn or error"}},
 		{"unknown command", []string{"serve"}, nil, []string{`unknown command "serve"`, "Commands:"}},
@@ -54,6 +54,19 @@ func TestHelpListsFlagsAndTheirEnvironmentVariables(t *testing.T) {
 		}
 		if !strings.Contains(stderr.String(), "Usage: candlekeep "+c.name) || !strings.Contains(stderr.String(), "  [CANDLEKEEP_") {
 			t.Fatalf("%s --help:\n%s", c.name, stderr.String())
+		}
+	}
+}
+
+// --version names the build; `candlekeep version` says the same.
+func TestVersion(t *testing.T) {
+	for _, arg := range []string{"--version", "version"} {
+		var stdout, stderr bytes.Buffer
+		if code := run(t.Context(), []string{arg}, &stdout, &stderr, func(string) (string, bool) { return "", false }); code != 0 {
+			t.Fatalf("%s: exit %d\n%s", arg, code, stderr.String())
+		}
+		if got := stdout.String(); !strings.HasPrefix(got, "candlekeep ") || len(strings.TrimSpace(got)) <= len("candlekeep ") {
+			t.Errorf("%s printed %q", arg, got)
 		}
 	}
 }

@@ -36,12 +36,16 @@ func commands() []command {
 		{"fetcher", "the fetcher service, connected to --nats-url", runFetcher},
 		{"writer", "the writer service, connected to --nats-url", runWriter},
 		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
-		{"coverage", "what the database holds per pair: complete, missing, known gaps (exit 1 if missing)", runCoverage},
+		{"coverage", "what the database holds per pair: complete, missing, stale, known gaps (exit 1 if not all complete)", runCoverage},
+		{"config", "read or change the cluster-wide settings stored in JetStream (get | set)", runConfig},
 	}
 }
 
 // run dispatches to a command and returns the process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) int {
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		return runVersion(ctx, nil, stdout, stderr, getenv)
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		usage(stdout)
 		if len(args) == 0 {
@@ -67,4 +71,5 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.synopsis)
 	}
 	fmt.Fprintln(w, "\nEvery flag can also be set as CANDLEKEEP_<FLAG>, e.g. --binance-url as CANDLEKEEP_BINANCE_URL.")
+	fmt.Fprintln(w, "candlekeep --version (or candlekeep version) prints the version.")
 }

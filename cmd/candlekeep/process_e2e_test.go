@@ -101,7 +101,7 @@ func TestWriterKilledMidBackfillEndsExact(t *testing.T) {
 	fo := testFetcherOptions(simURL)
 	fo.Symbols, fo.Intervals = symbols, []string{"1m"}
 	ctx := t.Context()
-	go func() { _ = serveFetcher(ctx, ns.ClientURL(), fo, testLogger(t)) }()
+	go func() { _ = serveFetcher(ctx, ns.ClientURL(), fo, memberOf(fo), testLogger(t)) }()
 	writerArgs := []string{"writer", "--nats-url", ns.ClientURL(), "--data-dir", dataDir, "--log-format", "json"}
 	w := start(t, nil, writerArgs...)
 	nc := connect(t, ns.ClientURL())

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/fetcher"
@@ -16,24 +18,84 @@ import (
 
 // The same functions run a service in `candlekeep up` and on its own, so the
 // two modes share one code path: each service has its own NATS connection,
-// drained when the service stops.
+// drained when the service stops, and joins the cluster configuration
+// before it starts.
 
-// serveFetcher connects to natsURL and runs a fetcher until ctx ends.
-func serveFetcher(ctx context.Context, natsURL string, o fetcher.Options, log *slog.Logger) error {
+// membership is how a process joins the cluster configuration.
+type membership struct {
+	// seed is the process's settings: written only where the store has none.
+	seed cluster.Settings
+	// explicit names the settings the operator gave this process.
+	explicit map[string]bool
+	// authoritative: explicit settings overwrite the stored ones (`up`).
+	authoritative bool
+	by            string
+}
+
+// memberOf is the membership of a caller that configures a fetcher in code
+// (tests, benchmarks): every setting as explicit as its options.
+func memberOf(o fetcher.Options) membership {
+	m := membership{seed: settingsOf(o), explicit: map[string]bool{}, by: "in-process"}
+	for _, k := range cluster.KeyNames() {
+		m.explicit[k] = true
+	}
+	return m
+}
+
+// joinTimeout bounds joining the configuration at start-up.
+const joinTimeout = 30 * time.Second
+
+// joinCluster joins the cluster configuration on nc.
+func joinCluster(ctx context.Context, nc *nats.Conn, m membership, log *slog.Logger) (*cluster.Config, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	cfg, err := cluster.Join(jctx, js, cluster.JoinOptions{Seed: m.seed, Explicit: m.explicit,
+		Authoritative: m.authoritative, By: m.by, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("join the cluster configuration: %w", err)
+	}
+	return cfg, nil
+}
+
+// following runs the service fn while cfg follows the cluster
+// configuration; both stop when either does.
+func following(ctx context.Context, cfg *cluster.Config, fn func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = cfg.Run(ctx) }()
+	err := fn(ctx)
+	cancel()
+	<-done
+	return err
+}
+
+// serveFetcher connects to natsURL and runs a fetcher until ctx ends. The
+// pair set, the schedule and the other cluster settings come from the
+// cluster configuration; o supplies the per-process settings.
+func serveFetcher(ctx context.Context, natsURL string, o fetcher.Options, m membership, log *slog.Logger) error {
 	log = log.With("service", "fetcher")
 	return withConn(ctx, natsURL, "candlekeep-fetcher", log, func(nc *nats.Conn) error {
-		o.Conn, o.Logger = nc, log
+		cfg, err := joinCluster(ctx, nc, m, log)
+		if err != nil {
+			return err
+		}
+		o = withSettings(o, cfg.Current())
+		o.Conn, o.Logger, o.Cluster = nc, log, cfg
 		f, err := fetcher.New(o)
 		if err != nil {
 			return err
 		}
-		return f.Run(ctx)
+		return following(ctx, cfg, f.Run)
 	})
 }
 
 // serveWriter opens the database at dbPath, connects to natsURL and runs
 // the writer until ctx ends.
-func serveWriter(ctx context.Context, natsURL, dbPath string, o writer.Options, log *slog.Logger) error {
+func serveWriter(ctx context.Context, natsURL, dbPath string, o writer.Options, m membership, log *slog.Logger) error {
 	log = log.With("service", "writer")
 	st, err := store.Open(ctx, dbPath)
 	if err != nil {
@@ -42,12 +104,17 @@ func serveWriter(ctx context.Context, natsURL, dbPath string, o writer.Options, 
 	defer st.Close()
 	log.Info("database open", "path", dbPath)
 	return withConn(ctx, natsURL, "candlekeep-writer", log, func(nc *nats.Conn) error {
+		cfg, err := joinCluster(ctx, nc, m, log)
+		if err != nil {
+			return err
+		}
 		o.Conn, o.Store, o.Logger = nc, st, log
+		o.Streams = cfg.Current().Streams()
 		w, err := writer.New(o)
 		if err != nil {
 			return err
 		}
-		return w.Run(ctx)
+		return following(ctx, cfg, w.Run)
 	})
 }
 

@@ -11,9 +11,15 @@ import (
 func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv env) int {
 	fs := flagSet("fetcher", "candlekeep fetcher [flags]",
 		"Runs one fetcher against --nats-url. Run as many as you like: they share the\n"+
-			"sync requests and the per-pair jobs.", stderr)
+			"sync requests, the per-pair jobs and the exchange's weight budget.\n\n"+
+			"The cluster settings (pairs, schedule, exchange, retries) come from the\n"+
+			"cluster configuration (candlekeep config get). The flags below only seed a\n"+
+			"new configuration; a flag that disagrees with the stored value is reported\n"+
+			"and the stored value is used (change it with candlekeep config set).", stderr)
 	var lf logFlags
 	lf.register(fs)
+	var cf clusterFlags
+	cf.register(fs)
 	var ff fetcherFlags
 	ff.register(fs)
 	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
@@ -25,11 +31,11 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		fmt.Fprintln(stderr, "candlekeep fetcher:", err)
 		return 2
 	}
-	if err := ff.options().ValidateConfig(); err != nil {
+	if err := ff.options(cf.s).ValidateConfig(); err != nil {
 		fmt.Fprintf(stderr, "candlekeep fetcher: %v\n(see candlekeep fetcher --help)\n", err)
 		return 2
 	}
-	if err := serveFetcher(ctx, *natsURL, ff.options(), log); err != nil {
+	if err := serveFetcher(ctx, *natsURL, ff.o, cf.membership(false, "fetcher"), log); err != nil {
 		log.Error("fetcher stopped", "err", err)
 		return 1
 	}
@@ -43,6 +49,8 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 			"per database.", stderr)
 	var lf logFlags
 	lf.register(fs)
+	var cf clusterFlags
+	cf.register(fs)
 	dataDir := fs.String("data-dir", defaultDataDir, "directory of candles.db (created 0700)")
 	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
@@ -58,7 +66,7 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 		fmt.Fprintln(stderr, "candlekeep writer:", err)
 		return 2
 	}
-	if err := serveWriter(ctx, *natsURL, dbPath, writer.DefaultOptions(), log); err != nil {
+	if err := serveWriter(ctx, *natsURL, dbPath, writer.DefaultOptions(), cf.membership(false, "writer"), log); err != nil {
 		log.Error("writer stopped", "err", err)
 		return 1
 	}

@@ -27,8 +27,12 @@ func TestScheduleRunsOncePerTickAcrossFetchers(t *testing.T) {
 	dataDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	writerDone := make(chan error, 1)
+	// The writer joins first, so its settings seed the cluster configuration
+	// that the fetchers then follow: the same as their flags.
+	fo := testFetcherOptions(simURL)
+	fo.Symbols, fo.Intervals, fo.Lookback, fo.SyncSchedule = []string{"BTCUSDT", "ETHUSDT"}, []string{"1h"}, 10, "@every 2s"
 	go func() {
-		writerDone <- serveWriter(ctx, url, filepath.Join(dataDir, databaseFile), writer.DefaultOptions(), testLogger(t))
+		writerDone <- serveWriter(ctx, url, filepath.Join(dataDir, databaseFile), writer.DefaultOptions(), memberOf(fo), testLogger(t))
 	}()
 	t.Cleanup(func() { cancel(); <-writerDone })
 	nc := connect(t, url)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 
+	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
@@ -20,6 +21,9 @@ type upConfig struct {
 	NATSListen string
 	Fetcher    fetcher.Options
 	Writer     writer.Options
+	// Member is how up joins the cluster configuration; zero means "every
+	// setting as Fetcher has it" (in-process callers).
+	Member membership
 	// Ready, if set, is called with the embedded server's client URL once
 	// every service runs (tests use it with --nats-listen 127.0.0.1:-1).
 	Ready func(natsURL string)
@@ -28,12 +32,16 @@ type upConfig struct {
 func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) int {
 	fs := flagSet("up", "candlekeep up [flags]",
 		"Runs an embedded nats-server (JetStream, file store under --data-dir) with the\n"+
-			"fetcher and the writer in one process. It installs the sync schedule and, if\n"+
-			"stored data is older than one interval, starts a catch-up sync at once.\n"+
+			"fetcher and the writer in one process. Settings given here explicitly (flag or\n"+
+			"CANDLEKEEP_* variable) are written to the cluster configuration (candlekeep\n"+
+			"config get); the others keep their stored values. It keeps the sync schedule\n"+
+			"in place and, if stored data is older than one interval, starts a catch-up.\n"+
 			"The database is <data-dir>/candles.db. Stop it with Ctrl-C or SIGTERM: work in\n"+
 			"flight is handed back to the streams, nothing is lost.", stderr)
 	var lf logFlags
 	lf.register(fs)
+	var cf clusterFlags
+	cf.register(fs)
 	var ff fetcherFlags
 	ff.register(fs)
 	cfg := upConfig{Writer: writer.DefaultOptions()}
@@ -47,7 +55,8 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 		fmt.Fprintln(stderr, "candlekeep up:", err)
 		return 2
 	}
-	cfg.Fetcher = ff.options()
+	cfg.Fetcher = ff.options(cf.s)
+	cfg.Member = cf.membership(true, "up")
 	if err := cfg.Fetcher.ValidateConfig(); err != nil {
 		fmt.Fprintf(stderr, "candlekeep up: %v\n(see candlekeep up --help)\n", err)
 		return 2
@@ -77,9 +86,24 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	url := ns.ClientURL()
 	log.Info("embedded nats-server ready", "url", url, "store", filepath.Join(cfg.DataDir, "nats"))
 
+	// up is how an operator changes the cluster configuration: its explicit
+	// flags are written once, here, before the services join and follow.
+	m := cfg.Member
+	if m.seed.Symbols == nil {
+		m = memberOf(cfg.Fetcher)
+		m.authoritative, m.by = true, "up"
+	}
+	if err := withConn(ctx, url, "candlekeep-up", log, func(nc *nats.Conn) error {
+		_, err := joinCluster(ctx, nc, m, log)
+		return err
+	}); err != nil {
+		return err
+	}
+	m.authoritative = false
+
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveWriter(gctx, url, dbPath, cfg.Writer, log) })
-	g.Go(func() error { return serveFetcher(gctx, url, cfg.Fetcher, log) })
+	g.Go(func() error { return serveWriter(gctx, url, dbPath, cfg.Writer, m, log) })
+	g.Go(func() error { return serveFetcher(gctx, url, cfg.Fetcher, m, log) })
 	if cfg.Ready != nil {
 		cfg.Ready(url)
 	}

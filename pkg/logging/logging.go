@@ -41,11 +41,11 @@ func New(w io.Writer, level, format string) (*slog.Logger, error) {
 		if isTerminal(w) {
 			return slog.New(tint.NewHandler(w, &tint.Options{Level: lvl, TimeFormat: time.TimeOnly})), nil
 		}
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl})), nil
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl, ReplaceAttr: humanDurations})), nil
 	case FormatText:
 		return slog.New(tint.NewHandler(w, &tint.Options{Level: lvl, TimeFormat: time.DateTime, NoColor: !isTerminal(w)})), nil
 	case FormatJSON:
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl})), nil
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl, ReplaceAttr: humanDurations})), nil
 	default:
 		return nil, fmt.Errorf("--log-format %q: want auto, text or json", format)
 	}
@@ -58,4 +58,14 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// humanDurations writes durations as Go duration strings ("1.5s", "2m0s")
+// instead of slog's JSON default, integer nanoseconds, which no operator
+// reads at a glance; tint already prints them this way.
+func humanDurations(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }

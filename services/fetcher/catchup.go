@@ -15,12 +15,7 @@ import (
 // while it was down. Fetchers starting together publish one request: its
 // message id is fixed per minute.
 func (f *Fetcher) catchUp(ctx context.Context) {
-	pairs := make([]candles.Pair, 0, len(f.o.Symbols)*len(f.o.Intervals))
-	for _, s := range f.o.Symbols {
-		for _, iv := range f.o.Intervals {
-			pairs = append(pairs, candles.Pair{Symbol: s, Interval: iv})
-		}
-	}
+	pairs := f.settings().Pairs()
 	var stored map[candles.Pair]candles.PairCoverage
 	for {
 		var err error

@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/services/fetcher/binance"
 )
 
@@ -93,6 +94,11 @@ type Options struct {
 	// interval (the server does not replay ticks missed while it was down).
 	CatchUp bool
 	Streams candles.StreamOptions
+	// Cluster, when set, is the live cluster configuration: the pair set,
+	// the lookback, the run deadline and the schedule follow it while the
+	// fetcher runs, and the fields above only seed it. Without it (tests,
+	// embedding) the fields above are used as they are.
+	Cluster *cluster.Config
 	Logger  *slog.Logger
 	Now     func() time.Time
 }
@@ -218,14 +224,8 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 	if err := candles.EnsureStreams(ctx, f.js, f.o.Streams); err != nil {
 		return err
 	}
-	if f.o.SyncSchedule != "" {
-		pattern, next, _ := ParseSchedule(f.o.SyncSchedule, f.o.Now())
-		if err := installSchedule(ctx, f.js, pattern, f.log); err != nil {
-			return err
-		}
-		if !next.IsZero() {
-			f.log.Info("next scheduled sync", "at", next.Format(time.RFC3339))
-		}
+	if err := f.startSchedule(ctx); err != nil {
+		return err
 	}
 	reqCons, err := f.js.CreateOrUpdateConsumer(ctx, candles.StreamSync, jetstream.ConsumerConfig{
 		Durable:       RequestConsumer,
@@ -268,8 +268,9 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 		return err
 	}
 	f.readWeightLimit(ctx)
-	f.log.Info("fetcher started", "binance_url", f.o.BinanceURL, "symbols", len(f.o.Symbols),
-		"intervals", f.o.Intervals, "concurrency", f.o.Concurrency)
+	cfg := f.settings()
+	f.log.Info("fetcher started", "binance_url", candles.RedactURL(f.o.BinanceURL), "symbols", len(cfg.Symbols),
+		"intervals", cfg.Intervals, "concurrency", f.o.Concurrency)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return f.consume(gctx, reqCons, 1, f.handleRequest) })
@@ -290,7 +291,7 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 // readWeightLimit asks the exchange for its weight limit; the default stands
 // if it cannot be read.
 func (f *Fetcher) readWeightLimit(ctx context.Context) {
-	sym := f.o.Symbols[0]
+	sym := f.settings().Symbols[0]
 	ctx, cancel := context.WithTimeout(ctx, f.o.RequestTimeout)
 	defer cancel()
 	if err := f.pacer.wait(ctx, exchangeInfoWeight); err != nil {
@@ -355,4 +356,14 @@ func newRunID(now time.Time) string {
 // keeps its id.
 func streamRunID(meta *jetstream.MsgMetadata) string {
 	return fmt.Sprintf("%s-s%d", meta.Timestamp.UTC().Format("20060102T150405Z"), meta.Sequence.Stream)
+}
+
+// settings returns the settings in force: the cluster's when the fetcher
+// follows one, else its own options.
+func (f *Fetcher) settings() cluster.Settings {
+	if f.o.Cluster != nil {
+		return f.o.Cluster.Current()
+	}
+	return cluster.Settings{Symbols: f.o.Symbols, Intervals: f.o.Intervals, Lookback: f.o.Lookback,
+		SyncSchedule: f.o.SyncSchedule, SyncTimeout: f.o.SyncTimeout, CatchUp: f.o.CatchUp}
 }

@@ -6,7 +6,6 @@ require (
 	github.com/adshao/go-binance/v2 v2.8.7
 	github.com/candlekeep/candlekeep/pkg v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
-	github.com/robfig/cron/v3 v3.0.1
 	golang.org/x/sync v0.25.0
 )
 
@@ -23,6 +22,7 @@ require (
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/robfig/cron/v3 v3.0.1 // indirect
 	github.com/shopspring/decimal v1.4.0 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect

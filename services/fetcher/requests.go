@@ -51,11 +51,12 @@ func (f *Fetcher) handleSyncAPI(req micro.Request) {
 // pairSet applies the configured defaults to a request.
 func (f *Fetcher) pairSet(r candles.SyncRequest) (symbols, intervals []string) {
 	symbols, intervals = r.Symbols, r.Intervals
+	cfg := f.settings()
 	if symbols == nil {
-		symbols = f.o.Symbols
+		symbols = cfg.Symbols
 	}
 	if intervals == nil {
-		intervals = f.o.Intervals
+		intervals = cfg.Intervals
 	}
 	return symbols, intervals
 }
@@ -163,7 +164,7 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 	}
 	lookback := req.Lookback
 	if lookback == 0 {
-		lookback = f.o.Lookback
+		lookback = f.settings().Lookback
 	}
 	pairs := make([]candles.Pair, 0, len(symbols)*len(intervals))
 	for _, s := range symbols {
@@ -179,8 +180,8 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 		}
 	}
 	var deadline time.Time
-	if f.o.SyncTimeout > 0 {
-		deadline = f.o.Now().Add(f.o.SyncTimeout).UTC()
+	if timeout := f.settings().SyncTimeout; timeout > 0 {
+		deadline = f.o.Now().Add(timeout).UTC()
 	}
 	jobs := make([]candles.Job, 0, len(pairs))
 	for _, p := range pairs {
