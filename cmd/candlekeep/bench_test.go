@@ -21,7 +21,7 @@ import (
 	"github.com/candlekeep/candlekeep/services/writer"
 )
 
-// The benchmarks print the targets of DESIGN.md section 4, each measured in
+// The benchmarks print the performance targets (docs/architecture.md), each measured in
 // one run (`make bench` runs them with -benchtime 1x). They never fail on a
 // figure: a missed target is printed as MISSED with the number.
 

@@ -17,7 +17,7 @@ import (
 	"github.com/candlekeep/candlekeep/services/fetcher"
 )
 
-// Defaults of the flags that DESIGN.md section 3 fixes.
+// Defaults of the flags of the external contract (docs/architecture.md).
 const (
 	defaultDataDir    = "./data"
 	defaultNATSListen = "127.0.0.1:4222"

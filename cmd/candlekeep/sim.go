@@ -16,7 +16,7 @@ func runSim(ctx context.Context, args []string, _, stderr io.Writer, getenv env)
 	fs := flagSet("sim", "candlekeep sim [flags]",
 		"Serves a Binance-compatible REST API (/api/v3/ping, time, exchangeInfo, klines)\n"+
 			"with deterministic candles, request weights, 429/418 and switchable faults\n"+
-			"(see the /sim/ admin endpoints in docs/operations.md). For demos and tests.", stderr)
+			"(the /sim/ admin endpoints are in docs/simulator.md). For demos and tests.", stderr)
 	var lf logFlags
 	lf.register(fs)
 	listen := fs.String("listen", "127.0.0.1:9100", "host:port to serve on")

@@ -2,7 +2,7 @@ package candles
 
 import "strings"
 
-// Subjects of the external contract (DESIGN.md section 3) and the internal
+// Subjects of the external contract (docs/architecture.md) and the internal
 // work queue. Everything that names a subject uses these.
 const (
 	// SubjectSyncRequest takes fire-and-forget sync requests (SYNC stream).

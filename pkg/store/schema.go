@@ -15,7 +15,7 @@ var ErrSchemaTooNew = errors.New("database schema is newer than this candlekeep"
 // migrations are applied in order; migration i+1 is migrations[i]. Never
 // edit an entry once released: add a new one.
 var migrations = []string{
-	// 1: candles (DESIGN.md section 3, verbatim), the stream watermarks and
+	// 1: candles (the contract in docs/architecture.md, verbatim), the stream watermarks and
 	// run tracking.
 	`CREATE TABLE candles (
   symbol TEXT NOT NULL, interval TEXT NOT NULL,
