@@ -117,10 +117,10 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if *asJSON {
 		out := map[string]string{}
 		for _, k := range keys {
+			kk, _ := cluster.KeyByName(k)
 			if v, ok := values[k]; ok {
-				out[k] = v
+				out[k] = kk.Show(v)
 			} else {
-				kk, _ := cluster.KeyByName(k)
 				out[k] = kk.Get(&defaults)
 			}
 		}
@@ -132,10 +132,10 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KEY\tVALUE\tREVISION")
 	for _, k := range keys {
+		kk, _ := cluster.KeyByName(k)
 		if v, ok := values[k]; ok {
-			fmt.Fprintf(tw, "%s\t%s\t%d\n", k, v, revs[k])
+			fmt.Fprintf(tw, "%s\t%s\t%d\n", k, kk.Show(v), revs[k])
 		} else {
-			kk, _ := cluster.KeyByName(k)
 			fmt.Fprintf(tw, "%s\t%s\t(default, not stored)\n", k, kk.Get(&defaults))
 		}
 	}

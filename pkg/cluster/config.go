@@ -150,7 +150,7 @@ func Join(ctx context.Context, js jetstream.JetStream, o JoinOptions) (*Config, 
 				return nil, fmt.Errorf("seed setting %s: %w", k.Name, err)
 			}
 			c.revs[k.Name] = rev
-			c.log.Info("cluster setting seeded", "key", k.Name, "value", want, "revision", rev)
+			c.log.Info("cluster setting seeded", "key", k.Name, "value", k.Show(want), "revision", rev)
 			continue
 		case err != nil:
 			return nil, fmt.Errorf("read setting %s: %w", k.Name, err)
@@ -167,8 +167,8 @@ func Join(ctx context.Context, js jetstream.JetStream, o JoinOptions) (*Config, 
 		}
 		if !o.Authoritative {
 			c.log.Warn("flag disagrees with the cluster configuration; following the cluster",
-				"flag", "--"+k.Name, "given", want, "cluster", stored, "revision", e.Revision(),
-				"to_change", fmt.Sprintf("candlekeep config set %s=%q", k.Name, want))
+				"flag", "--"+k.Name, "given", k.Show(want), "cluster", k.Show(stored), "revision", e.Revision(),
+				"to_change", fmt.Sprintf("candlekeep config set %s=%q", k.Name, k.Show(want)))
 			continue
 		}
 		rev, err := kv.Update(ctx, k.Name, []byte(want), e.Revision())
@@ -177,8 +177,8 @@ func Join(ctx context.Context, js jetstream.JetStream, o JoinOptions) (*Config, 
 		}
 		_ = k.Set(&c.cur, want)
 		c.revs[k.Name] = rev
-		c.log.Info("cluster setting changed by flag", "key", k.Name, "value", want, "previous", stored, "revision", rev)
-		c.announce(ctx, k.Name, want, stored, rev, o.By)
+		c.log.Info("cluster setting changed by flag", "key", k.Name, "value", k.Show(want), "previous", k.Show(stored), "revision", rev)
+		c.announce(ctx, k, want, stored, rev, o.By)
 	}
 	return c, nil
 }
@@ -254,7 +254,7 @@ func (c *Config) apply(ctx context.Context, e jetstream.KeyValueEntry) {
 	c.revs[k.Name] = e.Revision()
 	if e.Operation() != jetstream.KeyValuePut {
 		c.mu.Unlock()
-		c.log.Warn("cluster setting deleted; keeping the value in force (set it again with candlekeep config set)", "key", k.Name, "value", k.Get(&c.cur))
+		c.log.Warn("cluster setting deleted; keeping the value in force (set it again with candlekeep config set)", "key", k.Name, "value", k.Show(k.Get(&c.cur)))
 		return
 	}
 	prev := k.Get(&c.cur)
@@ -274,8 +274,8 @@ func (c *Config) apply(ctx context.Context, e jetstream.KeyValueEntry) {
 	if now == prev {
 		return
 	}
-	c.log.Info("cluster setting changed", "key", k.Name, "value", now, "previous", prev, "revision", e.Revision())
-	c.announce(ctx, k.Name, now, prev, e.Revision(), "")
+	c.log.Info("cluster setting changed", "key", k.Name, "value", k.Show(now), "previous", k.Show(prev), "revision", e.Revision())
+	c.announce(ctx, k, now, prev, e.Revision(), "")
 	for _, fn := range subs {
 		fn(k.Name, cur)
 	}
@@ -283,7 +283,8 @@ func (c *Config) apply(ctx context.Context, e jetstream.KeyValueEntry) {
 
 // invalid reports a stored value that does not parse.
 func (c *Config) invalid(ctx context.Context, k Key, value string, rev uint64, err error) {
-	using := k.Get(&c.cur)
+	using := k.Show(k.Get(&c.cur))
+	value = k.Show(value)
 	c.log.Error("invalid value in the cluster configuration; keeping the last good one",
 		"key", k.Name, "value", value, "revision", rev, "err", err, "using", using,
 		"to_fix", fmt.Sprintf("candlekeep config set %s=...", k.Name))
@@ -296,9 +297,8 @@ func (c *Config) invalid(ctx context.Context, k Key, value string, rev uint64, e
 
 // announce publishes config.changed once per revision, however many
 // processes see it.
-func (c *Config) announce(ctx context.Context, key, value, prev string, rev uint64, by string) {
-	ev := &ConfigChanged{EventHeader: candles.NewHeader(KindConfigChanged, ""), Key: key, Value: value, Previous: prev, Revision: rev, By: by}
-	if err := candles.PublishEvent(ctx, c.js, ev, "config.changed:"+key+":"+strconv.FormatUint(rev, 10), c.now()); err != nil {
+func (c *Config) announce(ctx context.Context, k Key, value, prev string, rev uint64, by string) {
+	if err := publishChanged(ctx, c.js, k, value, prev, rev, by, c.now()); err != nil {
 		c.log.Debug("config.changed not published", "err", err)
 	}
 }
@@ -327,9 +327,16 @@ func Set(ctx context.Context, js jetstream.JetStream, key, value, by string, now
 	if err != nil {
 		return 0, fmt.Errorf("write setting %s: %w", key, err)
 	}
-	ev := &ConfigChanged{EventHeader: candles.NewHeader(KindConfigChanged, ""), Key: key, Value: value, Previous: prev, Revision: rev, By: by}
-	_ = candles.PublishEvent(ctx, js, ev, "config.changed:"+key+":"+strconv.FormatUint(rev, 10), now)
+	_ = publishChanged(ctx, js, k, value, prev, rev, by, now)
 	return rev, nil
+}
+
+// publishChanged announces one change, once per key and revision however
+// many processes see it, with secret values redacted.
+func publishChanged(ctx context.Context, js jetstream.JetStream, k Key, value, prev string, rev uint64, by string, now time.Time) error {
+	ev := &ConfigChanged{EventHeader: candles.NewHeader(KindConfigChanged, ""), Key: k.Name, Value: k.Show(value),
+		Previous: k.Show(prev), Revision: rev, By: by}
+	return candles.PublishEvent(ctx, js, ev, "config.changed:"+k.Name+":"+strconv.FormatUint(rev, 10), now)
 }
 
 // Load reads the stored settings without joining (`candlekeep config get`):

@@ -114,13 +114,23 @@ type Key struct {
 	set   func(*Settings, string) error
 }
 
+// Show returns v as it may be shown in logs, events and listings: a URL
+// may carry user info or a key in its query, so URL settings are redacted.
+func (k Key) Show(v string) string {
+	switch k.Name {
+	case "binance-url":
+		return candles.RedactURL(v)
+	}
+	return v
+}
+
 // Get formats the key's value in s.
 func (k Key) Get(s *Settings) string { return k.get(s) }
 
 // Set parses v into s and validates it; the error names the key as a flag.
 func (k Key) Set(s *Settings, v string) error {
 	if err := k.set(s, strings.TrimSpace(v)); err != nil {
-		return fmt.Errorf("--%s %q: %w", k.Name, v, err)
+		return fmt.Errorf("--%s %q: %w", k.Name, k.Show(v), err)
 	}
 	return nil
 }

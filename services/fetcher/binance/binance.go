@@ -17,6 +17,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -168,7 +169,7 @@ func do[T any](ctx context.Context, call func(context.Context) (T, error)) (T, R
 func classify(ctx context.Context, r Response, err error) error {
 	var apiErr *common.APIError
 	isAPI := errors.As(err, &apiErr)
-	e := &Error{Response: r, Msg: err.Error()}
+	e := &Error{Response: r, Msg: redactURLs(err)}
 	if isAPI {
 		e.Code, e.Msg = apiErr.Code, apiErr.Message
 		if !apiErr.IsValid() {
@@ -314,4 +315,16 @@ func (c *Client) WeightLimit(ctx context.Context, symbol string) (limit int, win
 		return int(rl.Limit), time.Duration(rl.IntervalNum) * unit, r, nil
 	}
 	return 0, 0, r, &Error{Kind: ErrBadPage, Response: r, Msg: "exchangeInfo has no REQUEST_WEIGHT rate limit"}
+}
+
+// redactURLs is err's message with the request URL it names (a transport
+// error says `Get "<url>": …`) redacted: the base URL may carry user info
+// or an API key in its query, which must reach no log or event.
+func redactURLs(err error) string {
+	msg := err.Error()
+	var ue *url.Error
+	if errors.As(err, &ue) && ue.URL != "" {
+		msg = strings.ReplaceAll(msg, ue.URL, candles.RedactURL(ue.URL))
+	}
+	return msg
 }
