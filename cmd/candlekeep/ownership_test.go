@@ -235,4 +235,3 @@ func source(t *testing.T, dbPath string) string {
 	}
 	return src
 }
-
