@@ -138,7 +138,7 @@ func RunLeased(ctx context.Context, o LeaseOptions, serve func(context.Context, 
 	}
 	l := &lease{kv: kv, o: o, log: o.Logger}
 	for {
-		t, data, rev, err := l.acquire(ctx)
+		t, data, rev, sent, err := l.acquire(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -148,13 +148,13 @@ func RunLeased(ctx context.Context, o LeaseOptions, serve func(context.Context, 
 		l.log.Info("writer lease taken: this process is the writer", "holder", t.Holder.ID, "database", o.Database)
 		sctx, cancel := context.WithCancelCause(ctx)
 		held := make(chan uint64, 1)
-		go func() { held <- l.hold(sctx, cancel, data, rev) }()
+		go func() { held <- l.hold(sctx, cancel, data, rev, sent) }()
 		err = serve(sctx, t)
-		lost := errors.Is(context.Cause(sctx), ErrLeaseLost)
+		cause := context.Cause(sctx)
 		cancel(nil)
 		rev = <-held
-		if lost {
-			l.log.Warn("writer lease lost: stopped consuming; standing by", "holder", t.Holder.ID, "err", err)
+		if errors.Is(cause, ErrLeaseLost) {
+			l.log.Warn("writer lease lost: stopped consuming; standing by", "holder", t.Holder.ID, "cause", cause, "err", err)
 			continue
 		}
 		l.release(rev)
@@ -186,54 +186,70 @@ type lease struct {
 	kv  jetstream.KeyValue
 	o   LeaseOptions
 	log *slog.Logger
+	// last is the holder ID this process last wrote into the key.
+	last string
 }
 
 // acquire tries to create the lease key every Refresh until it succeeds,
 // logging once per holder it finds in the way.
-func (l *lease) acquire(ctx context.Context) (Takeover, []byte, uint64, error) {
+func (l *lease) acquire(ctx context.Context) (t Takeover, data []byte, rev uint64, sent time.Time, err error) {
 	var seen *LeaseHolder
 	host, _ := os.Hostname()
 	for {
 		now := l.o.Now().UTC()
 		me := LeaseHolder{ID: host + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(now.UnixNano(), 36),
 			Host: host, PID: os.Getpid(), Database: l.o.Database, Since: now}
-		data, err := json.Marshal(me)
+		data, err = json.Marshal(me)
 		if err != nil {
-			return Takeover{}, nil, 0, err
+			return Takeover{}, nil, 0, time.Time{}, err
 		}
+		sent := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, l.o.TTL)
 		rev, err := l.kv.Create(rctx, LeaseKey, data)
 		cancel()
 		switch {
 		case err == nil:
-			return Takeover{Holder: me, Previous: seen}, data, rev, nil
+			l.last = me.ID
+			return Takeover{Holder: me, Previous: seen}, data, rev, sent, nil
 		case errors.Is(err, jetstream.ErrKeyExists):
-			if h, ok := l.current(ctx); ok && (seen == nil || seen.ID != h.ID) {
+			h, hrev, ok := l.current(ctx)
+			if ok && h.ID == l.last {
+				// Our own key from before a refresh went wrong: nobody
+				// else has taken it, so take it back without waiting for
+				// it to expire.
+				rctx, cancel := context.WithTimeout(ctx, l.o.TTL)
+				rev, err := l.kv.Update(rctx, LeaseKey, data, hrev)
+				cancel()
+				if err == nil {
+					l.last = me.ID
+					return Takeover{Holder: me, Previous: seen}, data, rev, sent, nil
+				}
+			} else if ok && (seen == nil || seen.ID != h.ID) {
 				l.log.Info("standing by: writer lease held by "+h.String(),
 					"holder", h.ID, "holder_host", h.Host, "holder_pid", h.PID, "holder_database", h.Database)
 				seen = &h
 			}
 		case ctx.Err() != nil:
-			return Takeover{}, nil, 0, ctx.Err()
+			return Takeover{}, nil, 0, time.Time{}, ctx.Err()
 		default:
 			l.log.Warn("writer lease: cannot reach the bucket; retrying", "err", err)
 		}
 		if !sleep(ctx, l.o.Refresh) {
-			return Takeover{}, nil, 0, ctx.Err()
+			return Takeover{}, nil, 0, time.Time{}, ctx.Err()
 		}
 	}
 }
 
-// current reads the lease holder.
-func (l *lease) current(ctx context.Context) (LeaseHolder, bool) {
+// current reads the lease holder and the revision of its value.
+func (l *lease) current(ctx context.Context) (LeaseHolder, uint64, bool) {
 	var h LeaseHolder
 	rctx, cancel := context.WithTimeout(ctx, l.o.TTL)
 	defer cancel()
 	e, err := l.kv.Get(rctx, LeaseKey)
 	if err != nil || json.Unmarshal(e.Value(), &h) != nil {
-		return h, false
+		return h, 0, false
 	}
-	return h, true
+	return h, e.Revision(), true
 }
 
 // hold refreshes the lease every Refresh until ctx ends, and cancels it
@@ -243,10 +259,9 @@ func (l *lease) current(ctx context.Context) (LeaseHolder, bool) {
 // a successful refresh was sent, which is before the server stamped it, so
 // this process always gives up before its key can expire. It returns the
 // last revision written.
-func (l *lease) hold(ctx context.Context, lost context.CancelCauseFunc, data []byte, rev uint64) uint64 {
+func (l *lease) hold(ctx context.Context, lost context.CancelCauseFunc, data []byte, rev uint64, lastOK time.Time) uint64 {
 	t := time.NewTicker(l.o.Refresh)
 	defer t.Stop()
-	lastOK := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -277,7 +292,7 @@ func (l *lease) hold(ctx context.Context, lost context.CancelCauseFunc, data []b
 func (l *lease) describeCurrent() string {
 	ctx, cancel := context.WithTimeout(context.Background(), l.o.Refresh)
 	defer cancel()
-	if h, ok := l.current(ctx); ok {
+	if h, _, ok := l.current(ctx); ok {
 		return h.String()
 	}
 	return "another writer (or nobody yet)"
