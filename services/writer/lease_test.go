@@ -11,7 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
+	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
 
@@ -166,4 +168,73 @@ func TestLeaseLostStopsServingAndStandsBy(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.takeover(t, "old holder after the thief left")
+}
+
+// A real writer under the lease: when another holder takes the key it stops
+// serving (its endpoints go away) and stands by; when the key is free again
+// it takes over, announces writer.active again and applies what was
+// published meanwhile, exactly.
+func TestWriterStopsWhenTheLeaseIsTakenAndResumesAfter(t *testing.T) {
+	h := newHarness(t)
+	o := writer.DefaultLeaseOptions()
+	o.Conn, o.Database = h.nc, h.dbPath
+	o.TTL, o.Refresh = 1500*time.Millisecond, 200*time.Millisecond
+	o.Logger = slog.New(slog.NewTextHandler(h.logs, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- writer.RunLeased(ctx, o, func(ctx context.Context, tk writer.Takeover) error {
+			st, err := store.Open(ctx, h.dbPath)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			wo := writer.DefaultOptions()
+			wo.Conn, wo.Store, wo.Logger, wo.Active = h.nc, st, o.Logger, tk.Event()
+			w, err := writer.New(wo)
+			if err != nil {
+				return err
+			}
+			return w.Run(ctx)
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("RunLeased = %v after cancel", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("RunLeased did not return within 15s of cancel")
+		}
+	})
+	serving := func() bool {
+		_, err := h.nc.Request(candles.SubjectAPICoverage, []byte(`{}`), time.Second)
+		return err == nil
+	}
+	eventually(t, "the writer serving", serving)
+	first := h.publish(batch("", "BTCUSDT", 1, false, series(t0, 10, 0)), "")
+	h.waitApplied(first.Sequence)
+
+	kv, err := h.js.KeyValue(context.Background(), writer.LeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	thief, _ := json.Marshal(writer.LeaseHolder{ID: "thief", Host: "elsewhere", PID: 2, Database: "/other/candles.db", Since: time.Now()})
+	rev, err := kv.Put(context.Background(), writer.LeaseKey, thief)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the writer to stop serving", func() bool { return !serving() })
+	eventually(t, "the standby log line", func() bool {
+		return strings.Contains(h.logs.String(), "standing by: writer lease held by pid 2 on host elsewhere")
+	})
+	second := h.publish(batch("", "BTCUSDT", 2, false, series(t0+10*h4, 10, 1)), "")
+	if err := kv.Delete(context.Background(), writer.LeaseKey, jetstream.LastRevision(rev)); err != nil {
+		t.Fatal(err)
+	}
+	h.waitApplied(second.Sequence)
+	h.assertDB()
+	eventually(t, "two writer.active events", func() bool { return len(h.events(candles.KindWriterActive)) == 2 })
 }
