@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -146,6 +147,35 @@ func TestStandbyWriterTakesOverAfterKill(t *testing.T) {
 	if testing.Verbose() {
 		t.Logf("the standby's log:\n%s", b.out)
 	}
+}
+
+// A writer that holds the lease on its NATS but finds its data directory
+// used by another process (here an `up` with its own NATS) waits, naming
+// the holder, and starts as soon as that process is gone.
+func TestWriterWaitsForItsDataDirectory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end with processes; runs without -short")
+	}
+	_, simURL := startSim(t, sim.Options{})
+	dataDir := t.TempDir()
+	listen := freeAddr(t)
+	u := start(t, nil, "up", "--data-dir", dataDir, "--nats-listen", listen, "--binance-url", simURL, "--symbols", "BTCUSDT",
+		"--intervals", "1h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json")
+	natsUntil(t, "nats://"+listen, "candlekeep-writer", "micro", "ls")
+
+	ns := natstest.RunServer(t)
+	w := start(t, nil, "writer", "--nats-url", ns.ClientURL(), "--data-dir", dataDir, "--binance-url", simURL, "--log-format", "json")
+	waitLog(t, w, fmt.Sprintf("waiting for the data directory: %s is locked by pid %d", filepath.Join(dataDir, "LOCK"), u.cmd.Process.Pid))
+
+	if err := u.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-u.done
+	if u.err != nil {
+		t.Fatalf("up exited with %v after SIGTERM:\n%s", u.err, u.out)
+	}
+	natsUntil(t, ns.ClientURL(), "candlekeep-writer", "micro", "ls")
+	waitLog(t, w, "consuming batches")
 }
 
 // waitLog waits until p has logged want.
