@@ -263,13 +263,24 @@ func (l *lease) hold(ctx context.Context, lost context.CancelCauseFunc, data []b
 	t := time.NewTicker(l.o.Refresh)
 	defer t.Stop()
 	for {
+		fence := lastOK.Add(l.o.TTL - l.o.Refresh)
+		if !time.Now().Before(fence) {
+			lost(fmt.Errorf("%w: not refreshed for %s", ErrLeaseLost, time.Since(lastOK).Round(time.Millisecond)))
+			return rev
+		}
+		deadline := time.NewTimer(time.Until(fence))
 		select {
 		case <-ctx.Done():
+			deadline.Stop()
+			return rev
+		case <-deadline.C:
+			lost(fmt.Errorf("%w: not refreshed for %s", ErrLeaseLost, time.Since(lastOK).Round(time.Millisecond)))
 			return rev
 		case <-t.C:
+			deadline.Stop()
 		}
 		sent := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, l.o.Refresh)
+		rctx, cancel := context.WithDeadline(ctx, fence)
 		next, err := l.kv.Update(rctx, LeaseKey, data, rev)
 		cancel()
 		switch {
@@ -280,10 +291,8 @@ func (l *lease) hold(ctx context.Context, lost context.CancelCauseFunc, data []b
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound):
 			lost(fmt.Errorf("%w: %s holds it now: %w", ErrLeaseLost, l.describeCurrent(), err))
 			return rev
-		case time.Since(lastOK) > l.o.TTL-l.o.Refresh:
-			lost(fmt.Errorf("%w: not refreshed for %s: %w", ErrLeaseLost, time.Since(lastOK).Round(time.Millisecond), err))
-			return rev
 		default:
+			// The deadline timer decides when this becomes a loss.
 			l.log.Warn("writer lease: refresh failed; retrying", "err", err)
 		}
 	}
