@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
@@ -237,4 +238,27 @@ func TestWriterStopsWhenTheLeaseIsTakenAndResumesAfter(t *testing.T) {
 	h.waitApplied(second.Sequence)
 	h.assertDB()
 	eventually(t, "two writer.active events", func() bool { return len(h.events(candles.KindWriterActive)) == 2 })
+}
+
+// A holder cut off from NATS cannot refresh: it gives up the lease itself
+// (its deadline is set to pass before its key can expire), so a standby
+// elsewhere does not overlap it.
+func TestLeaseHolderCutOffFencesItself(t *testing.T) {
+	o, _ := fastLease(t)
+	nc, err := nats.Connect(o.Conn.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Conn = nc
+	a := runLeased(t, o, "/data/a/candles.db")
+	a.takeover(t, "first writer")
+	nc.Close()
+	select {
+	case cause := <-a.ended:
+		if !errors.Is(cause, writer.ErrLeaseLost) || !strings.Contains(cause.Error(), "not refreshed") {
+			t.Fatalf("serve ended with %v, want ErrLeaseLost for want of refreshes", cause)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the cut-off holder went on serving; logs:\n%s", a.logs)
+	}
 }
