@@ -75,7 +75,7 @@ func fastLease(t *testing.T) (writer.LeaseOptions, jetstream.KeyValue) {
 	ns := natstest.RunServer(t)
 	o := writer.DefaultLeaseOptions()
 	o.Conn = natstest.Connect(t, ns)
-	o.TTL, o.Refresh = 1500*time.Millisecond, 200*time.Millisecond
+	o.TTL, o.Refresh = 3*time.Second, 300*time.Millisecond
 	js, err := jetstream.New(natstest.Connect(t, ns))
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +179,7 @@ func TestWriterStopsWhenTheLeaseIsTakenAndResumesAfter(t *testing.T) {
 	h := newHarness(t)
 	o := writer.DefaultLeaseOptions()
 	o.Conn, o.Database = h.nc, h.dbPath
-	o.TTL, o.Refresh = 1500*time.Millisecond, 200*time.Millisecond
+	o.TTL, o.Refresh = 3*time.Second, 300*time.Millisecond
 	o.Logger = slog.New(slog.NewTextHandler(h.logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
