@@ -265,7 +265,7 @@ func BenchmarkServiceMemory(b *testing.B) {
 		b.Cleanup(ns.Shutdown)
 		dataDir := b.TempDir()
 		syms := strings.Join(benchSymbols, ",")
-		w := start(b, nil, "writer", "--nats-url", ns.ClientURL(), "--data-dir", dataDir, "--log-level", "warn")
+		w := start(b, nil, "writer", "--nats-url", ns.ClientURL(), "--data-dir", dataDir, "--binance-url", "http://"+simAddr, "--log-level", "warn")
 		f := start(b, nil, "fetcher", "--nats-url", ns.ClientURL(), "--binance-url", "http://"+simAddr,
 			"--symbols", syms, "--intervals", "1m", "--log-level", "warn", "--catch-up=false", "--sync-schedule", "off")
 		nc := connect(b, ns.ClientURL())

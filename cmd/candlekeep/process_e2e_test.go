@@ -102,7 +102,7 @@ func TestWriterKilledMidBackfillEndsExact(t *testing.T) {
 	fo.Symbols, fo.Intervals = symbols, []string{"1m"}
 	ctx := t.Context()
 	go func() { _ = serveFetcher(ctx, ns.ClientURL(), fo, memberOf(fo), testLogger(t)) }()
-	writerArgs := []string{"writer", "--nats-url", ns.ClientURL(), "--data-dir", dataDir, "--log-format", "json"}
+	writerArgs := []string{"writer", "--nats-url", ns.ClientURL(), "--data-dir", dataDir, "--binance-url", simURL, "--log-format", "json"}
 	w := start(t, nil, writerArgs...)
 	nc := connect(t, ns.ClientURL())
 	ev := watchEvents(t, nc)

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/candlekeep/candlekeep/pkg/cluster"
+	"github.com/candlekeep/candlekeep/pkg/lockfile"
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/fetcher"
@@ -93,30 +95,73 @@ func serveFetcher(ctx context.Context, natsURL string, o fetcher.Options, m memb
 	})
 }
 
-// serveWriter opens the database at dbPath, connects to natsURL and runs
-// the writer until ctx ends.
+// serveWriter connects to natsURL, joins the cluster configuration and
+// runs the writer of the database at dbPath until ctx ends: it stands by
+// until it holds the writer lease, then locks the data directory (waiting
+// for a dying previous holder on this host to let go), opens the database
+// and writes; after losing the lease it closes everything and stands by
+// again.
 func serveWriter(ctx context.Context, natsURL, dbPath string, o writer.Options, m membership, log *slog.Logger) error {
+	return serveLeasedWriter(ctx, natsURL, dbPath, o, m, log, true)
+}
+
+// serveLeasedWriter is serveWriter; lockDir is false when the caller
+// (`candlekeep up`) holds the data directory's lock already.
+func serveLeasedWriter(ctx context.Context, natsURL, dbPath string, o writer.Options, m membership, log *slog.Logger, lockDir bool) error {
 	log = log.With("service", "writer")
-	st, err := store.Open(ctx, dbPath)
+	abs, err := filepath.Abs(dbPath)
 	if err != nil {
-		return fmt.Errorf("open database %s: %w", dbPath, err)
+		return fmt.Errorf("database path %s: %w", dbPath, err)
 	}
-	defer st.Close()
-	log.Info("database open", "path", dbPath)
 	return withConn(ctx, natsURL, "candlekeep-writer", log, func(nc *nats.Conn) error {
 		cfg, err := joinCluster(ctx, nc, m, log)
 		if err != nil {
 			return err
 		}
-		o.Conn, o.Store, o.Logger = nc, st, log
 		o.Streams = cfg.Current().Streams()
-		w, err := writer.New(o)
-		if err != nil {
-			return err
-		}
-		return following(ctx, cfg, w.Run)
+		// The exchange the database is bound to is the cluster's.
+		o.Source = cfg.Current().BinanceURL
+		lo := writer.DefaultLeaseOptions()
+		lo.Conn, lo.Database, lo.Logger, lo.Replicas = nc, abs, log, o.Streams.Replicas
+		return writer.RunLeased(ctx, lo, func(ctx context.Context, tk writer.Takeover) error {
+			if lockDir {
+				dir := filepath.Dir(dbPath)
+				lock, err := lockfile.Wait(ctx, dir, lockfile.Self("candlekeep writer", time.Now()), lockPoll,
+					func(held *lockfile.HeldError) {
+						log.Warn("waiting for the data directory: "+held.Error()+"; stop that process or give this writer another --data-dir",
+							"holder_pid", held.Holder.PID, "holder_host", held.Holder.Host)
+					})
+				if err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				defer lock.Release()
+			}
+			st, err := store.Open(ctx, dbPath)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("open database %s: %w", dbPath, err)
+			}
+			defer st.Close()
+			log.Info("database open", "path", dbPath)
+			wo := o
+			wo.Conn, wo.Store, wo.Logger, wo.Active = nc, st, log, tk.Event()
+			w, err := writer.New(wo)
+			if err != nil {
+				return err
+			}
+			return following(ctx, cfg, w.Run)
+		})
 	})
 }
+
+// lockPoll is how often a writer that holds the lease retries the data
+// directory's lock.
+const lockPoll = 200 * time.Millisecond
 
 // withConn runs fn with a fresh connection and drains it afterwards, so
 // acks and publishes in flight reach the server before the process exits.

@@ -45,14 +45,17 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv env) int {
 	fs := flagSet("writer", "candlekeep writer [flags]",
 		"Runs the writer against --nats-url: the one consumer of the CANDLES stream,\n"+
-			"upserting each batch into <data-dir>/candles.db exactly once. Run exactly one\n"+
-			"per database.", stderr)
+			"upserting each batch into <data-dir>/candles.db exactly once. A second writer\n"+
+			"on the same NATS stands by and takes over within seconds when the first dies.\n"+
+			"The database is bound to the exchange of the cluster's binance-url setting.", stderr)
 	var lf logFlags
 	lf.register(fs)
 	var cf clusterFlags
 	cf.register(fs)
 	dataDir := fs.String("data-dir", defaultDataDir, "directory of candles.db (created 0700)")
 	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	o := writer.DefaultOptions()
+	fs.BoolVar(&o.RebindSource, "rebind-source", false, rebindSourceUsage)
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
@@ -66,7 +69,7 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 		fmt.Fprintln(stderr, "candlekeep writer:", err)
 		return 2
 	}
-	if err := serveWriter(ctx, *natsURL, dbPath, writer.DefaultOptions(), cf.membership(false, "writer"), log); err != nil {
+	if err := serveWriter(ctx, *natsURL, dbPath, o, cf.membership(false, "writer"), log); err != nil {
 		log.Error("writer stopped", "err", err)
 		return 1
 	}

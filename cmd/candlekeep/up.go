@@ -2,15 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/candlekeep/candlekeep/pkg/cluster"
+	"github.com/candlekeep/candlekeep/pkg/lockfile"
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
+	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/fetcher"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
@@ -47,6 +52,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 	cfg := upConfig{Writer: writer.DefaultOptions()}
 	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir, "directory of candles.db and the NATS store (created 0700)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", defaultNATSListen, "host:port of the embedded nats-server, for the nats CLI and split services")
+	fs.BoolVar(&cfg.Writer.RebindSource, "rebind-source", false, rebindSourceUsage)
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
@@ -68,12 +74,26 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 	return 0
 }
 
-// up runs the embedded server and every service until ctx ends.
+// up runs the embedded server and every service until ctx ends. It first
+// takes the data directory's lock, so a second `up` on the same directory
+// is refused before it touches the NATS store or the database; then it
+// writes its settings to the cluster configuration and checks that the
+// database belongs to the exchange configured there, before a fetcher can
+// put anything into the streams.
 func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	dbPath, err := databasePath(cfg.DataDir)
 	if err != nil {
 		return err
 	}
+	lock, err := lockfile.Acquire(cfg.DataDir, lockfile.Self("candlekeep up --nats-listen "+cfg.NATSListen, time.Now()))
+	var held *lockfile.HeldError
+	if errors.As(err, &held) {
+		return fmt.Errorf("data directory %s is in use: %w; stop that process first, or give this one another --data-dir", cfg.DataDir, err)
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	ns, err := natsutil.RunServer(natsutil.ServerOptions{Listen: cfg.NATSListen, StoreDir: filepath.Join(cfg.DataDir, "nats"), Name: "candlekeep"})
 	if err != nil {
 		return err
@@ -93,19 +113,40 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 		m = memberOf(cfg.Fetcher)
 		m.authoritative, m.by = true, "up"
 	}
+	var settings cluster.Settings
 	if err := withConn(ctx, url, "candlekeep-up", log, func(nc *nats.Conn) error {
-		_, err := joinCluster(ctx, nc, m, log)
+		c, err := joinCluster(ctx, nc, m, log)
+		if err == nil {
+			settings = c.Current()
+		}
 		return err
 	}); err != nil {
 		return err
 	}
 	m.authoritative = false
+	// The database must belong to the exchange the cluster now points at,
+	// before a fetcher can put anything into the streams.
+	if err := checkSource(ctx, dbPath, settings.BinanceURL, cfg.Writer.RebindSource, log); err != nil {
+		return err
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveWriter(gctx, url, dbPath, cfg.Writer, m, log) })
+	g.Go(func() error { return serveLeasedWriter(gctx, url, dbPath, cfg.Writer, m, log, false) })
 	g.Go(func() error { return serveFetcher(gctx, url, cfg.Fetcher, m, log) })
 	if cfg.Ready != nil {
 		cfg.Ready(url)
 	}
 	return g.Wait()
 }
+
+// checkSource binds the database at dbPath to source (see writer.BindSource).
+func checkSource(ctx context.Context, dbPath, source string, rebind bool, log *slog.Logger) error {
+	st, err := store.Open(ctx, dbPath)
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", dbPath, err)
+	}
+	defer st.Close()
+	return writer.BindSource(ctx, st, source, rebind, log)
+}
+
+const rebindSourceUsage = "accept a database filled from another exchange URL than --binance-url and record the new one (otherwise it is refused)"

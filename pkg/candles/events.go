@@ -20,6 +20,7 @@ const (
 	KindRateLimitHit    = "ratelimit.hit"
 	KindRateLimitBanned = "ratelimit.banned"
 	KindBatchRejected   = "batch.rejected"
+	KindWriterActive    = "writer.active"
 )
 
 // EventHeader starts every event.
@@ -102,6 +103,18 @@ type BatchRejected struct {
 	Reason    string `json:"reason"`
 	Source    string `json:"source"` // "exchange" (fetcher) or "stream" (writer)
 	StreamSeq uint64 `json:"stream_seq,omitempty"`
+}
+
+// WriterActive: a writer took the writer lease and now alone applies
+// batches; Previous names the holder it took over from, if one was seen.
+type WriterActive struct {
+	EventHeader
+	Holder   string    `json:"holder"`
+	Host     string    `json:"host"`
+	PID      int       `json:"pid"`
+	Database string    `json:"database"`
+	Since    time.Time `json:"since"`
+	Previous string    `json:"previous,omitempty"`
 }
 
 // RateLimitHit: the exchange answered 429.

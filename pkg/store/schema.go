@@ -85,6 +85,14 @@ CREATE INDEX runs_timeout_unannounced ON runs (run_id)
 ALTER TABLE run_pairs ADD COLUMN repaired INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE run_pairs ADD COLUMN gaps_recorded INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE run_pairs ADD COLUMN timed_out INTEGER NOT NULL DEFAULT 0; -- pending when its run timed out`,
+
+	// 3: facts about the database itself, one row each; "source" is the
+	// exchange base URL the candles came from (see BindSource).
+	`CREATE TABLE meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL,
+  updated_at TEXT NOT NULL
+) WITHOUT ROWID;`,
 }
 
 // SchemaVersion is the schema version this code migrates databases to.

@@ -253,6 +253,9 @@ func (w *Writer) rejectBatch(ctx context.Context, s *batchState, msg jetstream.M
 		return nil
 	}
 	s.applied = seq
+	if w.fenced() {
+		return nil
+	}
 	if err := msg.TermWithReason(truncate(reason, maxTermReason)); err != nil {
 		w.log.Warn("term rejected batch", "stream_seq", seq, "err", err)
 	}
@@ -301,6 +304,10 @@ func truncate(s string, n int) string {
 // ack acks a message whose effect is committed. A lost ack only means a
 // redelivery, which the watermark skips.
 func (w *Writer) ack(msg jetstream.Msg, seq uint64) {
+	if w.fenced() {
+		w.log.Debug("not acking: the writer lease was lost", "subject", msg.Subject(), "stream_seq", seq)
+		return
+	}
 	if err := msg.Ack(); err != nil {
 		w.log.Warn("ack", "subject", msg.Subject(), "stream_seq", seq, "err", err)
 	}

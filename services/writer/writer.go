@@ -80,6 +80,17 @@ type Options struct {
 	// DeadlineEvery is how often open runs are checked against their
 	// deadlines (sync.timeout).
 	DeadlineEvery time.Duration
+	// Source is the exchange base URL the batches come from (--binance-url).
+	// Run binds the database to it: an empty database records it, one
+	// filled from another URL is refused (store.SourceMismatchError)
+	// unless RebindSource. Empty: not checked.
+	Source string
+	// RebindSource binds a database filled from another URL to Source
+	// instead of refusing it (--rebind-source).
+	RebindSource bool
+	// Active, if set, is published once the streams exist: the writer.active
+	// event of a writer that took the lease (see RunLeased).
+	Active *candles.WriterActive
 }
 
 // DefaultOptions returns Options with every default set; Conn and Store
@@ -111,6 +122,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("writer: AckWait %s must be at least 1s (default %s)", o.AckWait, DefaultAckWait)
 	case o.DeadlineEvery <= 0:
 		return fmt.Errorf("writer: DeadlineEvery %s must be positive (default %s)", o.DeadlineEvery, DefaultDeadlineEvery)
+	case o.Source != "" && !validSource(o.Source):
+		return fmt.Errorf("writer: --binance-url %q is not an http(s) URL", o.Source)
 	case o.Streams.Replicas < 0 || o.Streams.Replicas > 5:
 		return fmt.Errorf("writer: stream replicas %d must be between 1 and 5 (0 for the default)", o.Streams.Replicas)
 	}
@@ -128,6 +141,9 @@ type Writer struct {
 	announceMu sync.Mutex
 	// replays lets Run wait for a replay in progress before it returns.
 	replays gate
+	// runCtx is Run's context: once its cause is ErrLeaseLost another
+	// writer owns the consumers and nothing more is acked.
+	runCtx context.Context
 }
 
 // New checks o and returns a Writer.
@@ -150,11 +166,20 @@ func New(o Options) (*Writer, error) {
 // because each batch is one transaction acked after its commit. A Writer
 // runs once.
 func (w *Writer) Run(ctx context.Context) error {
+	w.runCtx = ctx
+	if err := w.bindSource(ctx); err != nil {
+		return err
+	}
 	if err := candles.EnsureStreams(ctx, w.js, w.o.Streams); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
 		return fmt.Errorf("writer: %w", err)
+	}
+	if w.o.Active != nil {
+		if err := candles.PublishEvent(ctx, w.js, w.o.Active, "writer.active:"+w.o.Active.Holder, w.o.Now()); err != nil {
+			w.log.Warn("publish writer.active", "err", err)
+		}
 	}
 	svc, err := micro.AddService(w.o.Conn, micro.Config{
 		Name:        ServiceName,
@@ -249,4 +274,10 @@ func (g *gate) close() {
 	g.closed = true
 	g.mu.Unlock()
 	g.wg.Wait()
+}
+
+// fenced reports whether the writer lost its lease: its consumers belong
+// to another writer now, so it must not ack anything more.
+func (w *Writer) fenced() bool {
+	return w.runCtx != nil && errors.Is(context.Cause(w.runCtx), ErrLeaseLost)
 }
