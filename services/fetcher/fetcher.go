@@ -203,6 +203,7 @@ func New(o Options) (*Fetcher, error) {
 		pacer: newPacer(o.WeightLimit, time.Minute, klinesWeight*o.Concurrency, o.Now),
 	}
 	f.clock.now = o.Now
+	f.pacer.offset = f.clock.offsetEstimate // weight windows follow the exchange's clock
 	return f, nil
 }
 
