@@ -61,17 +61,27 @@ type grant struct {
 // means another fetcher's write went in, so the budget is moving.
 const casAttempts = 50
 
-// reserve takes up to want weight (at least min) in the window starting at
-// start, keeping the window's total at or under free.
-func (s *sharedBudget) reserve(ctx context.Context, start time.Time, window time.Duration, limit, free, least, want int) (grant, error) {
+// maxSkew is how far another fetcher's estimate of the exchange's clock may
+// run ahead of ours: a record that far into a later window is waited for.
+// A record further ahead comes from a clock that jumped or is wrong (or was
+// written by hand) and is replaced, so it cannot stall every fetcher.
+const maxSkew = time.Second
+
+// reserve takes up to want weight (at least least) in the window starting
+// at start, keeping the window's total at or under free; xnow is the
+// exchange's time now by our estimate.
+func (s *sharedBudget) reserve(ctx context.Context, xnow, start time.Time, window time.Duration, limit, free, least, want int) (grant, error) {
+	skew := min(maxSkew, window/4)
 	for range casAttempts {
 		rec, rev, err := s.read(ctx)
 		if err != nil {
 			return grant{}, err
 		}
 		switch {
-		case rec.Start.After(start):
+		case rec.Start.After(start) && !rec.Start.After(xnow.Add(skew)):
 			return grant{ahead: rec.Start, used: rec.Used, peers: len(rec.By)}, nil
+		case rec.Start.After(start):
+			rec = weightRecord{Start: start}
 		case rec.Start.Before(start) || rev == 0:
 			rec = weightRecord{Start: start}
 		}

@@ -183,3 +183,51 @@ func TestPacerFallsBackToAShareWithoutTheBoard(t *testing.T) {
 		t.Fatalf("delay %v past a third of the limit, want the next window", d)
 	}
 }
+
+// A record of the next window from a fetcher whose clock runs a little
+// ahead is waited for; one far ahead (a clock that jumped, a hand edit) is
+// replaced instead of stalling every fetcher.
+func TestBoardAheadOfOurClock(t *testing.T) {
+	tests := []struct {
+		name   string
+		start  time.Time // of the record on the board
+		want   time.Duration
+		on     time.Time // the board's window afterwards
+		booked int
+	}{
+		{"the next window, half a second ahead: wait for it", time.Date(2026, 11, 27, 14, 31, 0, 0, time.UTC),
+			500 * time.Millisecond, time.Date(2026, 11, 27, 14, 31, 0, 0, time.UTC), 10},
+		{"ten minutes ahead: replaced", time.Date(2026, 11, 27, 14, 40, 0, 0, time.UTC),
+			0, time.Date(2026, 11, 27, 14, 30, 0, 0, time.UTC), 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &fakeClock{t: time.Date(2026, 11, 27, 14, 30, 59, 500_000_000, time.UTC)}
+			_, js := natsServer(t)
+			ps, kv := sharedPacers(t, js, 1, 40, 2, time.Minute, c.now)
+			data, _ := json.Marshal(weightRecord{V: candles.Version, Start: tt.start, WindowMS: 60000, Limit: 40, Used: 10, By: map[string]int{"other": 10}})
+			if _, err := kv.Put(context.Background(), WeightKey, data); err != nil {
+				t.Fatal(err)
+			}
+			p := ps[0]
+			if _, refill := p.next(2); !refill {
+				t.Fatal("no reservation asked for")
+			}
+			if err := p.refill(context.Background(), 2); err != nil {
+				t.Fatal(err)
+			}
+			if d := p.delay(2); d != tt.want {
+				t.Fatalf("delay %v, want %v", d, tt.want)
+			}
+			e, err := kv.Get(context.Background(), WeightKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rec weightRecord
+			_ = json.Unmarshal(e.Value(), &rec)
+			if !rec.Start.Equal(tt.on) || rec.Used != tt.booked {
+				t.Fatalf("board %+v, want window %v with %d used", rec, tt.on, tt.booked)
+			}
+		})
+	}
+}

@@ -216,7 +216,7 @@ func (p *pacer) refill(ctx context.Context, weight int) error {
 	p.mu.Unlock()
 
 	rctx, cancel := context.WithTimeout(ctx, boardTimeout)
-	g, err := shared.reserve(rctx, start, window, limit, free, weight, want)
+	g, err := shared.reserve(rctx, xnow, start, window, limit, free, weight, want)
 	cancel()
 	if ctx.Err() != nil {
 		return ctx.Err()
