@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"os"
 	"time"
 
@@ -61,6 +62,22 @@ type grant struct {
 // means another fetcher's write went in, so the budget is moving.
 const casAttempts = 50
 
+// errContended: other fetchers won every compare-and-set of a reservation.
+// The board works; the caller simply tries again.
+var errContended = errors.New("the shared weight budget keeps changing")
+
+// backOff sleeps a random moment, longer after each lost compare-and-set,
+// so fetchers that all reserve at a window's start do not keep colliding.
+func backOff(ctx context.Context, attempt int) {
+	d := time.Duration(mrand.Int64N(int64(time.Millisecond << min(attempt, 4))))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 // maxSkew is how far another fetcher's estimate of the exchange's clock may
 // run ahead of ours: a record that far into a later window is waited for.
 // A record further ahead comes from a clock that jumped or is wrong (or was
@@ -72,7 +89,10 @@ const maxSkew = time.Second
 // exchange's time now by our estimate.
 func (s *sharedBudget) reserve(ctx context.Context, xnow, start time.Time, window time.Duration, limit, free, least, want int) (grant, error) {
 	skew := min(maxSkew, window/4)
-	for range casAttempts {
+	for attempt := range casAttempts {
+		if attempt > 0 {
+			backOff(ctx, attempt)
+		}
 		rec, rev, err := s.read(ctx)
 		if err != nil {
 			return grant{}, err
@@ -103,14 +123,17 @@ func (s *sharedBudget) reserve(ctx context.Context, xnow, start time.Time, windo
 			return grant{took: take, used: rec.Used, peers: len(rec.By)}, nil
 		}
 	}
-	return grant{}, errors.New("reserve request weight: the shared budget keeps changing")
+	return grant{}, fmt.Errorf("reserve request weight: %w", errContended)
 }
 
 // raise lifts the window's shared figure to used, the weight the exchange
 // reported, when that is higher than what the fetchers reserved. It returns
 // the figure afterwards.
 func (s *sharedBudget) raise(ctx context.Context, start time.Time, window time.Duration, limit, used int) (int, error) {
-	for range casAttempts {
+	for attempt := range casAttempts {
+		if attempt > 0 {
+			backOff(ctx, attempt)
+		}
 		rec, rev, err := s.read(ctx)
 		if err != nil {
 			return 0, err
@@ -133,7 +156,7 @@ func (s *sharedBudget) raise(ctx context.Context, start time.Time, window time.D
 			return rec.Used, nil
 		}
 	}
-	return 0, errors.New("record the used weight: the shared budget keeps changing")
+	return 0, fmt.Errorf("record the used weight: %w", errContended)
 }
 
 // read returns the record and its revision; revision 0 means there is none

@@ -231,3 +231,44 @@ func TestBoardAheadOfOurClock(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkSharedReserve measures one compare-and-set reservation on an
+// embedded server, alone and with three processes' worth of contention: the
+// cost a request would pay without blocks.
+func BenchmarkSharedReserve(b *testing.B) {
+	ns := natstest.RunServer(b)
+	for _, contenders := range []int{1, 3} {
+		b.Run(fmt.Sprintf("fetchers=%d", contenders), func(b *testing.B) {
+			var budgets []*sharedBudget
+			for i := range contenders {
+				js, err := jetstream.New(natstest.Connect(b, ns))
+				if err != nil {
+					b.Fatal(err)
+				}
+				p := newPacer(1<<30, time.Hour, 0, time.Now)
+				bd, err := openBoard(context.Background(), js, 1, p, testLogger(), time.Now)
+				if err != nil {
+					b.Fatal(err)
+				}
+				budgets = append(budgets, &sharedBudget{kv: bd.kv, id: fmt.Sprintf("fetcher-%d", i)})
+			}
+			start := time.Now().Truncate(time.Hour)
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for _, s := range budgets {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range b.N {
+						if _, err := s.reserve(context.Background(), time.Now(), start, time.Hour, 1<<30, 1<<30, 2, 2); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*contenders), "µs/reservation")
+		})
+	}
+}

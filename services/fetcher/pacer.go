@@ -2,6 +2,7 @@ package fetcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -222,6 +223,9 @@ func (p *pacer) refill(ctx context.Context, weight int) error {
 		return ctx.Err()
 	}
 
+	if errors.Is(err, errContended) {
+		return nil // the board works, the others were quicker: ask again
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now = p.now()
