@@ -252,6 +252,38 @@ func BenchmarkWeightBudget(b *testing.B) {
 	}
 }
 
+// Shared weight budget, at the real figure of the issue: three `candlekeep
+// fetcher` processes beside `candlekeep up` (four fetchers) against a
+// simulator enforcing 120 weight per minute backfill 12 pairs x 1h from
+// 2025-01-01 (several minutes); time taken, 429s and share of the budget
+// used. TestFetchersShareTheWeightBudget runs the same with 2 s windows.
+func BenchmarkSharedWeightBudget(b *testing.B) {
+	const limit, window = 120, time.Minute
+	for i := 0; i < b.N; i++ {
+		f := startFleet(b, sim.Options{WeightLimit: limit, WeightWindow: window}, 3)
+		ev := watchEvents(b, connect(b, f.server))
+		time.Sleep(time.Until(time.Now().Truncate(window).Add(window))) // start on a window boundary
+		f.sim.ResetStats()
+		began := time.Now()
+		runID, asked := f.backfill(b)
+		var sc candles.SyncCompleted
+		ev.wait(b, candles.KindSyncCompleted, runID, 30*time.Minute, &sc)
+		took := time.Since(began)
+		f.assertComplete(b, asked)
+		st := f.sim.Stats()
+		used := 0
+		for _, w := range st.Windows {
+			used += w.Weight
+		}
+		share := float64(used) / (float64(limit) * took.Seconds() / window.Seconds())
+		report("shared budget, 4 fetchers, %d pairs x 1h from 2025-01-01 (%d pages): %.0f s, %5.1f %% of %d per %v used, max %d in a window, 429s: %d (target 0: %s)",
+			sc.PairsOK, st.Paths["/api/v3/klines"], took.Seconds(), 100*share, limit, window, st.MaxUsedWeight, st.RateLimited, verdict(st.RateLimited == 0))
+		b.ReportMetric(took.Seconds(), "s")
+		b.ReportMetric(100*share, "%budget")
+		b.ReportMetric(float64(st.RateLimited), "429s")
+	}
+}
+
 // Memory: peak RSS of the writer and fetcher processes during a backfill.
 func BenchmarkServiceMemory(b *testing.B) {
 	for i := 0; i < b.N; i++ {

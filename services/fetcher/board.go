@@ -23,6 +23,8 @@ import (
 //     the pair fetched, a fetchedRecord such as
 //     {"v":1,"run_id":"…","spans":[{"from":1704067200000,"until":1711929600000}]},
 //     so a job of another run that was queued while it ran skips that work.
+//   - key "weight" (WeightKey): the request weight every fetcher together
+//     reserved in the exchange's current weight window (see budget.go).
 const FetchersBucket = "candlekeep_fetchers"
 
 // BanKey is the key of the ban in FetchersBucket.
@@ -55,7 +57,7 @@ type board struct {
 func openBoard(ctx context.Context, js jetstream.JetStream, replicas int, p *pacer, log *slog.Logger, now func() time.Time) (*board, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      FetchersBucket,
-		Description: "candlekeep: state shared by every fetcher: the exchange's ban (key ban) and what each pair's last run fetched",
+		Description: "candlekeep: state shared by every fetcher: the exchange's ban (key ban), the weight budget (key weight) and what each pair's last run fetched",
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),

@@ -9,9 +9,10 @@
 // (LockBucket) keeps one sync per pair at a time, a checkpoint per job
 // (ProgressBucket) lets a redelivered job resume at the page that failed,
 // and a shared board (FetchersBucket) carries the exchange's 418 ban to
-// every fetcher. Retries are JetStream redeliveries (NakWithDelay); a job
-// whose deliveries run out without a decision still ends as pair.failed,
-// from the server's max-deliveries advisory.
+// every fetcher and holds the request-weight budget they all reserve from.
+// Retries are JetStream redeliveries (NakWithDelay); a job whose deliveries
+// run out without a decision still ends as pair.failed, from the server's
+// max-deliveries advisory.
 package fetcher
 
 import (
@@ -209,6 +210,7 @@ func New(o Options) (*Fetcher, error) {
 		pacer: newPacer(o.WeightLimit, time.Minute, klinesWeight*o.Concurrency, o.Now),
 	}
 	f.clock.now = o.Now
+	f.pacer.offset = f.clock.offsetEstimate // weight windows follow the exchange's clock
 	return f, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -721,7 +722,13 @@ type exchangeClock struct {
 	now     func() time.Time
 	offset  time.Duration
 	checked time.Time
+	// estimate is offset for the pacer, readable while mu is held by a
+	// refresh (which itself waits on the pacer).
+	estimate atomic.Int64
 }
+
+// offsetEstimate is the exchange's clock minus ours; 0 until first read.
+func (c *exchangeClock) offsetEstimate() time.Duration { return time.Duration(c.estimate.Load()) }
 
 func (c *exchangeClock) exchangeNow(ctx context.Context, f *Fetcher) (time.Time, error) {
 	c.mu.Lock()
@@ -740,6 +747,7 @@ func (c *exchangeClock) exchangeNow(ctx context.Context, f *Fetcher) (time.Time,
 	}
 	after := c.now()
 	c.offset = t.Sub(local.Add(after.Sub(local) / 2))
+	c.estimate.Store(int64(c.offset))
 	c.checked = after
 	return after.Add(c.offset), nil
 }

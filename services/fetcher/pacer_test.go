@@ -13,7 +13,7 @@ func (c *fakeClock) now() time.Time { return c.t }
 
 func TestPacer(t *testing.T) {
 	window := time.Minute
-	start := time.Date(2026, 11, 27, 14, 30, 0, 0, time.UTC)
+	start := time.Date(2026, 11, 27, 14, 30, 1, 0, time.UTC) // a second into a window
 	tests := []struct {
 		name string
 		// steps run against a pacer with limit 100 and reserve 10, at start.
@@ -36,12 +36,12 @@ func TestPacer(t *testing.T) {
 			p.observe(95) // other fetchers behind the same IP spent it
 			c.t = c.t.Add(20 * time.Second)
 			return p.delay(2)
-		}, 40*time.Second + 5*time.Millisecond},
+		}, 39*time.Second + maxGuard},
 		{"a lower reported weight does not undo our own count", func(p *pacer, c *fakeClock) time.Duration {
 			p.observe(95)
 			p.observe(3)
 			return p.delay(2)
-		}, window + 5*time.Millisecond},
+		}, 59*time.Second + maxGuard},
 		{"a new window starts afresh", func(p *pacer, c *fakeClock) time.Duration {
 			p.observe(100)
 			c.t = c.t.Add(window)
@@ -71,7 +71,16 @@ func TestPacer(t *testing.T) {
 			p.setLimit(20, 10*time.Second)
 			p.observe(9)
 			return p.delay(2) // 9+2+10 > 20: wait for the 10s window to end
-		}, 10*time.Second + 5*time.Millisecond},
+		}, 9*time.Second + maxGuard},
+		{"no request in the guard at a window's start", func(p *pacer, c *fakeClock) time.Duration {
+			c.t = start.Truncate(window).Add(30 * time.Millisecond)
+			return p.delay(2)
+		}, maxGuard - 30*time.Millisecond},
+		{"windows follow the exchange's clock", func(p *pacer, c *fakeClock) time.Duration {
+			p.offset = func() time.Duration { return 30 * time.Second } // the exchange is at 14:30:31
+			p.observe(95)
+			return p.delay(2)
+		}, 29*time.Second + maxGuard},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

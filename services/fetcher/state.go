@@ -9,8 +9,9 @@ const exchangeInfoWeight = 20
 
 // openState creates or opens the JetStream KV buckets the fetchers share:
 // FetchersBucket (the ban, what each pair's last run fetched), LockBucket
-// (one sync per pair) and ProgressBucket (job checkpoints), and applies a
-// ban in force before the first request.
+// (one sync per pair) and ProgressBucket (job checkpoints), applies a ban in
+// force before the first request and has the pacer reserve every request's
+// weight in the shared budget (WeightKey).
 func (f *Fetcher) openState(ctx context.Context) error {
 	replicas := f.o.Streams.Replicas
 	b, err := openBoard(ctx, f.js, replicas, f.pacer, f.log, f.o.Now)
@@ -26,5 +27,7 @@ func (f *Fetcher) openState(ctx context.Context) error {
 		return err
 	}
 	f.board, f.locks, f.progress = b, locks, progress
+	// Every request's weight is reserved on the board from now on.
+	f.pacer.share(&sharedBudget{kv: b.kv, id: fetcherID()}, f.log)
 	return nil
 }
