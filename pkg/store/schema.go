@@ -85,6 +85,10 @@ CREATE INDEX runs_timeout_unannounced ON runs (run_id)
 ALTER TABLE run_pairs ADD COLUMN repaired INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE run_pairs ADD COLUMN gaps_recorded INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE run_pairs ADD COLUMN timed_out INTEGER NOT NULL DEFAULT 0; -- pending when its run timed out`,
+
+	// 3: per run pair, the candles that were new to the database (inserted),
+	// so sync.completed tells new candles from re-fetched ones.
+	`ALTER TABLE run_pairs ADD COLUMN inserted INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // SchemaVersion is the schema version this code migrates databases to.

@@ -172,6 +172,8 @@ type Fetcher struct {
 	api   *binance.Client
 	pacer *pacer
 	clock exchangeClock
+	// latency is the measured klines round trip, for dry-run estimates.
+	latency latencyEWMA
 	// Opened by Run: the shared JetStream KV state.
 	board    *board
 	locks    *pairLocks
@@ -310,13 +312,22 @@ func (f *Fetcher) readWeightLimit(ctx context.Context) {
 
 // consume hands each message of cons to handle, at most workers at a time,
 // until ctx ends; then it waits for the handlers in flight.
+//
+// At shutdown no message is left to wait out the consumer's AckWait: the
+// iterator is drained (its buffered messages stay readable) and every
+// message read but not handed to a handler, buffered or held while waiting
+// for a free worker, is Nak'd with no delay, so another fetcher, or this
+// one restarted, takes it at once. The handlers in flight settle their own
+// messages (a job saves its checkpoint first).
 func (f *Fetcher) consume(ctx context.Context, cons jetstream.Consumer, workers int, handle func(context.Context, jetstream.Msg)) error {
+	name := cons.CachedInfo().Name
 	it, err := cons.Messages(jetstream.PullMaxMessages(workers))
 	if err != nil {
-		return fmt.Errorf("consume %s: %w", cons.CachedInfo().Name, err)
+		return fmt.Errorf("consume %s: %w", name, err)
 	}
-	stop := context.AfterFunc(ctx, it.Stop)
+	stop := context.AfterFunc(ctx, it.Drain)
 	defer stop()
+	defer it.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, workers)
@@ -326,21 +337,48 @@ func (f *Fetcher) consume(ctx context.Context, cons jetstream.Consumer, workers 
 			return nil
 		}
 		if err != nil {
-			f.log.Warn("consumer interrupted; retrying", "consumer", cons.CachedInfo().Name, "err", err)
+			if ctx.Err() != nil {
+				return nil
+			}
+			f.log.Warn("consumer interrupted; retrying", "consumer", name, "err", err)
 			select {
 			case <-ctx.Done():
-				return nil
 			case <-time.After(200 * time.Millisecond):
 			}
 			continue
 		}
-		sem <- struct{}{}
+		acquired := false
+		if ctx.Err() == nil {
+			select {
+			case sem <- struct{}{}:
+				acquired = true
+			case <-ctx.Done():
+			}
+		}
+		if ctx.Err() != nil {
+			if acquired {
+				<-sem
+			}
+			f.handBack(msg, name)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			handle(ctx, msg)
 		}()
 	}
+}
+
+// handBack returns a message this process took but will not handle to the
+// queue at once (shutdown).
+func (f *Fetcher) handBack(msg jetstream.Msg, consumer string) {
+	if err := msg.Nak(); err != nil {
+		f.log.Warn("message not handed back at shutdown; it is redelivered after the ack wait",
+			"consumer", consumer, "subject", msg.Subject(), "err", err)
+		return
+	}
+	f.log.Debug("message handed back at shutdown", "consumer", consumer, "subject", msg.Subject())
 }
 
 // newRunID returns a sortable, unique run id such as 20261127T142600Z-3f9a0c1d.
