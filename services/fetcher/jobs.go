@@ -370,7 +370,10 @@ func (j *jobRun) inflightPages() int {
 }
 
 // await waits for the ack of the page in flight, if any, and commits it.
-func (j *jobRun) await(ctx context.Context) error {
+// It waits even when ctx has ended (shutdown, deadline, lost lock), bounded
+// by publishAckTimeout: the ack is normally a moment away, and a page whose
+// ack is seen is one the checkpoint saved at shutdown need not repeat.
+func (j *jobRun) await(_ context.Context) error {
 	p := j.pending
 	if p == nil {
 		return nil
@@ -386,8 +389,6 @@ func (j *jobRun) await(ctx context.Context) error {
 		return fmt.Errorf("publish %s page %d: %w", p.what, p.page, err)
 	case <-timer.C:
 		return fmt.Errorf("publish %s page %d: no ack from the stream within %v", p.what, p.page, publishAckTimeout)
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
