@@ -187,7 +187,10 @@ func coalesce(req candles.SyncRequest) bool {
 // a work queue: a job message stays there until it is acked or terminated,
 // so the last message on a pair's job subject says exactly whether a run is
 // still syncing the pair, with no state of our own to keep right. A job of
-// runID itself (a redelivered request) is not another run.
+// runID itself (a redelivered request) is not another run. Two fetcher
+// processes planning at the same moment may both find a pair free; their
+// jobs still fetch one after the other (the pair lock), the second skipping
+// what the first fetched.
 func (f *Fetcher) leaveOutBusy(ctx context.Context, runID string, jobs []candles.Job) (keep []candles.Job, skipped []candles.Pair, syncing []string, err error) {
 	stream, err := f.js.Stream(ctx, candles.StreamJobs)
 	if err != nil {
