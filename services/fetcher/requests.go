@@ -207,8 +207,13 @@ func (f *Fetcher) leaveOutBusy(ctx context.Context, runID string, jobs []candles
 			return nil, nil, nil, fmt.Errorf("look up the job of %s/%s: %w", j.Symbol, j.Interval, err)
 		}
 		other, derr := decodeJob(m.Data)
-		if derr != nil || other.RunID == runID {
-			keep = append(keep, j) // a malformed job is terminated by its consumer; not a run
+		// A malformed job, or one past its run's deadline, is terminated
+		// when it is next delivered: no run is syncing the pair. (The
+		// deadline also bounds how long a job whose deliveries ran out
+		// while no fetcher saw the advisory can hold its pair.)
+		dead := derr != nil || (!other.Deadline.IsZero() && !f.o.Now().Before(other.Deadline))
+		if dead || other.RunID == runID {
+			keep = append(keep, j)
 			continue
 		}
 		skipped = append(skipped, candles.Pair{Symbol: j.Symbol, Interval: j.Interval})

@@ -486,3 +486,28 @@ func runDuration(t testing.TB, js jetstream.JetStream, runID string, symbols []s
 	}
 	return end.Sub(st[0].Time)
 }
+
+func TestEstimateSeconds(t *testing.T) {
+	tests := []struct {
+		name        string
+		perPair     []int
+		latency     float64
+		concurrency int
+		weight      int
+		want        float64
+	}{
+		{"one pair's pages one after another", []int{10}, 0.3, 8, 20, 3},
+		{"pairs in parallel up to the concurrency", []int{4, 4, 4, 4, 4, 4}, 0.3, 3, 48, 2.4},
+		{"the longest pair bounds a wide run", []int{10, 1, 1, 1}, 0.5, 8, 26, 5},
+		{"the weight budget bounds a large run", []int{2500, 2500}, 0.001, 8, 10000, 40},
+		{"nothing to fetch", []int{0, 0}, 0.3, 8, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := estimateSeconds(tt.perPair, tt.latency, tt.concurrency, tt.weight, 6000, time.Minute)
+			if got < tt.want-1e-9 || got > tt.want+1e-9 {
+				t.Fatalf("estimateSeconds = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
