@@ -307,9 +307,10 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 // mergeHoles joins holes (sorted, disjoint) into repair spans priced by
 // pages, not by holes: a hole joins the span before it whenever fetching
 // both as one span takes no more klines requests than fetching them apart,
-// as it does for holes less than a page apart. Repairing any set of holes
-// then costs at most the pages that cover them, and never more than
-// re-fetching the whole range. The stored candles between holes come back
+// as it does for short holes less than a page apart. Repairing a set of
+// holes then costs no more than fetching them one by one, nor than
+// re-fetching the range from the first to the last in one go
+// (TestMergeHolesNeverCostsMore). The stored candles between holes come back
 // with the pages; the writer counts them as re-fetched, not repaired, and
 // records as known gaps only slots that stay empty (store.recordGaps).
 func mergeHoles(iv candles.Interval, holes []candles.Range, pageLimit int) []candles.Range {

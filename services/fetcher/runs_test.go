@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -509,5 +510,33 @@ func TestEstimateSeconds(t *testing.T) {
 				t.Fatalf("estimateSeconds = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// Whatever the holes, the merged spans cost no more requests than the holes
+// fetched one by one, nor than the whole range from the first hole to the
+// last fetched in one go.
+func TestMergeHolesNeverCostsMore(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	cost := func(rs []candles.Range) (n int) {
+		for _, r := range rs {
+			n += pagesFor(h1, r, 100)
+		}
+		return n
+	}
+	for range 5000 {
+		var holes []candles.Range
+		at := 0
+		for range 1 + rng.IntN(30) {
+			at += rng.IntN(300)
+			n := 1 + rng.IntN(150)
+			holes = append(holes, candles.Range{From: h1.Add(testStart.UnixMilli(), at), Until: h1.Add(testStart.UnixMilli(), at+n)})
+			at += n + 1
+		}
+		merged := mergeHoles(h1, holes, 100)
+		whole := candles.Range{From: holes[0].From, Until: holes[len(holes)-1].Until}
+		if c := cost(merged); c > cost(holes) || c > pagesFor(h1, whole, 100) {
+			t.Fatalf("holes %v merged into %v: %d requests, apart %d, whole range %d", holes, merged, c, cost(holes), pagesFor(h1, whole, 100))
+		}
 	}
 }
