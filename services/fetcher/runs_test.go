@@ -3,8 +3,8 @@ package fetcher
 import (
 	"context"
 	"encoding/json"
-	"net/http"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
