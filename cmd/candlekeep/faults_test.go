@@ -150,25 +150,40 @@ func TestFaultMalformedAndTruncatedBodies(t *testing.T) {
 	rig.followUp(t)
 }
 
-// Two requests for the same pairs at once: the second waits for the first
-// run's locks and skips what it fetched, so the exchange serves each pair's
-// pages once, and both runs complete.
+// Two requests for the same pairs at once. An explicit range: the second
+// waits for the first run's locks and skips what it fetched, so the
+// exchange serves each pair's pages once, and both runs complete. From the
+// last stored candle: the second finds every pair being synced by the first
+// and starts no run at all (sync.skipped).
 func TestConcurrentRequestsFetchEachPairOnce(t *testing.T) {
 	symbols := []string{"BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"}
 	for _, tt := range []struct {
-		name  string
-		body  string
-		pages int64 // klines requests one run needs per pair
+		name      string
+		body      string
+		pages     int64 // klines requests one run needs per pair
+		coalesces bool  // the second request is skipped, not run
 	}{
 		{"explicit range", fmt.Sprintf(`{"symbols":%s,"intervals":["1h"],"start":%q,"end":%q}`, jsonList(symbols),
-			rangeStart.Format(time.RFC3339), rangeStart.AddDate(0, 0, 90).Format(time.RFC3339)), 3},
-		{"incremental from the last stored candle", fmt.Sprintf(`{"symbols":%s,"intervals":["1h"],"lookback":1500}`, jsonList(symbols)), 2},
+			rangeStart.Format(time.RFC3339), rangeStart.AddDate(0, 0, 90).Format(time.RFC3339)), 3, false},
+		{"incremental from the last stored candle", fmt.Sprintf(`{"symbols":%s,"intervals":["1h"],"lookback":1500}`, jsonList(symbols)), 2, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			rig := startFaultRig(t, sim.Options{Latency: 100 * time.Millisecond}, nil) // the first run is still in flight when the second is planned
 			a := requestSync(t, rig.nc, tt.body)
 			b := requestSync(t, rig.nc, tt.body)
-			for _, run := range []candles.SyncAccepted{a, b} {
+			runs := []candles.SyncAccepted{a, b}
+			if tt.coalesces {
+				runs = runs[:1]
+				var sk candles.SyncSkipped
+				rig.ev.wait(t, candles.KindSyncSkipped, b.RunID, 30*time.Second, &sk)
+				if sk.PairsStarted != 0 || len(sk.Pairs) != len(symbols) || len(sk.SyncingRuns) != 1 || sk.SyncingRuns[0] != a.RunID {
+					t.Fatalf("sync.skipped = %+v, want every pair skipped for run %s", sk, a.RunID)
+				}
+				if n := len(rig.ev.of(candles.KindSyncStarted, b.RunID)); n != 0 {
+					t.Fatalf("the skipped request started a run")
+				}
+			}
+			for _, run := range runs {
 				var done candles.SyncCompleted
 				rig.ev.wait(t, candles.KindSyncCompleted, run.RunID, 30*time.Second, &done)
 				if done.PairsOK != len(symbols) || done.PairsFailed != 0 {

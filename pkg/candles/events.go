@@ -15,6 +15,8 @@ const (
 	KindSyncCompleted   = "sync.completed"
 	KindSyncFailed      = "sync.failed"
 	KindSyncTimeout     = "sync.timeout"
+	KindSyncSkipped     = "sync.skipped"
+	KindSyncWaiting     = "sync.waiting"
 	KindPairCompleted   = "pair.completed"
 	KindPairFailed      = "pair.failed"
 	KindRateLimitHit    = "ratelimit.hit"
@@ -50,13 +52,18 @@ type SyncStarted struct {
 // SyncCompleted: every pair of the run is written or failed.
 type SyncCompleted struct {
 	EventHeader
-	PairsTotal  int          `json:"pairs_total"`
-	PairsOK     int          `json:"pairs_ok"`
-	PairsFailed int          `json:"pairs_failed"`
-	Candles     int64        `json:"candles"`
-	StartedAt   time.Time    `json:"started_at"`
-	FinishedAt  time.Time    `json:"finished_at"`
-	Failed      []PairFailed `json:"failed,omitempty"`
+	PairsTotal  int   `json:"pairs_total"`
+	PairsOK     int   `json:"pairs_ok"`
+	PairsFailed int   `json:"pairs_failed"`
+	Candles     int64 `json:"candles"`
+	// CandlesNew counts the candles that were not stored before this run;
+	// CandlesRefetched those it fetched again (the last stored candle, a
+	// re-sync of a stored range). Candles is their sum.
+	CandlesNew       int64        `json:"candles_new"`
+	CandlesRefetched int64        `json:"candles_refetched"`
+	StartedAt        time.Time    `json:"started_at"`
+	FinishedAt       time.Time    `json:"finished_at"`
+	Failed           []PairFailed `json:"failed,omitempty"`
 	// Repaired counts candles written into holes found by the gap audit;
 	// GapsRecorded the candle slots newly known not to exist on the exchange.
 	Repaired     int64 `json:"repaired"`
@@ -77,6 +84,30 @@ type SyncTimeout struct {
 type SyncFailed struct {
 	EventHeader
 	Reason string `json:"reason"`
+}
+
+// SyncSkipped: pairs of a request were left out of its run because a run
+// that is already syncing them has not finished (their job is still queued
+// or in flight), so runs coalesce instead of piling up behind a long
+// backfill. PairsStarted is how many pairs the run does sync; 0 means every
+// pair was skipped and the run was not started (no sync.started follows).
+type SyncSkipped struct {
+	EventHeader
+	Pairs        []Pair   `json:"pairs"`
+	SyncingRuns  []string `json:"syncing_runs"`
+	PairsStarted int      `json:"pairs_started"`
+	Reason       string   `json:"reason"`
+}
+
+// SyncWaiting: a run could not be planned yet (the exchange or the writer
+// cannot be reached) and is retried in RetryIn seconds; after MaxAttempts
+// it ends with sync.failed.
+type SyncWaiting struct {
+	EventHeader
+	Reason      string  `json:"reason"`
+	Attempt     int     `json:"attempt"`
+	MaxAttempts int     `json:"max_attempts"`
+	RetryIn     float64 `json:"retry_in_seconds"`
 }
 
 // PairCompleted: the writer applied the last page of a pair in a run.

@@ -245,13 +245,16 @@ type PairPlan struct {
 
 // SyncPlan is the reply of candles.api.sync to a dry run.
 type SyncPlan struct {
-	DryRun          bool       `json:"dry_run"`
-	Pairs           []PairPlan `json:"pairs"`
-	Requests        int        `json:"requests"`
-	Weight          int        `json:"weight"`
-	WeightLimit     int        `json:"weight_limit"`
-	WeightWindow    string     `json:"weight_window"`
-	EstimatedSecond float64    `json:"estimated_seconds"`
+	DryRun       bool       `json:"dry_run"`
+	Pairs        []PairPlan `json:"pairs"`
+	Requests     int        `json:"requests"`
+	Weight       int        `json:"weight"`
+	WeightLimit  int        `json:"weight_limit"`
+	WeightWindow string     `json:"weight_window"`
+	// RequestSeconds is the klines round trip the estimate assumes: the
+	// fetcher's moving average of measured ones, or a default before any.
+	RequestSeconds  float64 `json:"request_seconds"`
+	EstimatedSecond float64 `json:"estimated_seconds"`
 }
 
 // CoverageResponse is the reply of candles.api.coverage.

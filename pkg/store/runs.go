@@ -128,19 +128,24 @@ WHERE finished_at IS NOT NULL AND announced = 0 ORDER BY finished_at, run_id`)
 	return out, nil
 }
 
-// runSummary fills the pair counts, candle, repair and gap totals and the
+// runSummary fills the pair counts, candle (new and re-fetched), repair and gap totals and the
 // failures of ev.
 func runSummary(ctx context.Context, tx *sql.Tx, ev *candles.SyncCompleted) error {
 	err := tx.QueryRowContext(ctx, `SELECT
   COALESCE(SUM(listed = 1 AND status = 'ok'), 0),
   COALESCE(SUM(listed = 1 AND status = 'failed'), 0),
   COALESCE(SUM(candles), 0),
+  COALESCE(SUM(inserted), 0),
   COALESCE(SUM(repaired), 0),
   COALESCE(SUM(gaps_recorded), 0)
-FROM run_pairs WHERE run_id = ?`, ev.RunID).Scan(&ev.PairsOK, &ev.PairsFailed, &ev.Candles, &ev.Repaired, &ev.GapsRecorded)
+FROM run_pairs WHERE run_id = ?`, ev.RunID).Scan(&ev.PairsOK, &ev.PairsFailed, &ev.Candles, &ev.CandlesNew, &ev.Repaired, &ev.GapsRecorded)
 	if err != nil {
 		return err
 	}
+	// A candle is new once, however often its run fetched it (a page
+	// re-published by a retried job is counted in candles again).
+	ev.CandlesNew = min(ev.CandlesNew, ev.Candles)
+	ev.CandlesRefetched = ev.Candles - ev.CandlesNew
 	rows, err := tx.QueryContext(ctx, `SELECT symbol, interval, reason, resolved_at FROM run_pairs
 WHERE run_id = ? AND listed = 1 AND status = 'failed' ORDER BY symbol, interval`, ev.RunID)
 	if err != nil {

@@ -35,6 +35,15 @@ func page(p candles.Pair, final bool, n int) op {
 	}}
 }
 
+// pageFrom applies a page of n candles from slot first of the series, so
+// pages can overlap.
+func pageFrom(p candles.Pair, final bool, first int64, n int) op {
+	return op{"batch " + p.String(), func(ctx context.Context, s *store.Store, seq uint64) (bool, error) {
+		a, err := s.ApplyBatch(ctx, "CANDLES", seq, batch("r1", p.Symbol, final, series(t0+first*h4, n, 0)))
+		return a.RunComplete, err
+	}}
+}
+
 func fail(p candles.Pair, reason string) op {
 	return op{"fail " + p.String(), func(ctx context.Context, s *store.Store, _ uint64) (bool, error) {
 		return s.FailPair(ctx, "r1", p.Symbol, p.Interval, reason)
@@ -58,7 +67,12 @@ func TestRunTracking(t *testing.T) {
 		h := candles.NewHeader(candles.KindSyncCompleted, "r1")
 		h.Time = at(finishedStep)
 		return []candles.SyncCompleted{{EventHeader: h, PairsTotal: total, PairsOK: ok, PairsFailed: failed,
-			Candles: n, StartedAt: epoch, FinishedAt: at(finishedStep), Failed: fails}}
+			Candles: n, CandlesNew: n, StartedAt: epoch, FinishedAt: at(finishedStep), Failed: fails}}
+	}
+	refetched := func(finishedStep int, n, fresh int64) []candles.SyncCompleted {
+		ev := completed(finishedStep, 1, 1, 0, n)
+		ev[0].CandlesNew, ev[0].CandlesRefetched = fresh, n-fresh
+		return ev
 	}
 	tests := []struct {
 		name  string
@@ -112,6 +126,14 @@ func TestRunTracking(t *testing.T) {
 			{page(btc, true, 2), false},
 		},
 		want: completed(1, 1, 0, 1, 2, failedAt(1, btc, "page rejected")),
+	}, {
+		name: "candles fetched again are told from new ones",
+		steps: []step{
+			{register(btc), false},
+			{pageFrom(btc, false, 0, 3), false},
+			{pageFrom(btc, true, 1, 4), true}, // slots 1, 2 again and 3, 4 new
+		},
+		want: refetched(2, 7, 5),
 	}, {
 		name:  "a run with no pairs completes when registered",
 		steps: []step{{register(), true}},

@@ -93,6 +93,10 @@ ALTER TABLE run_pairs ADD COLUMN timed_out INTEGER NOT NULL DEFAULT 0; -- pendin
   value TEXT NOT NULL,
   updated_at TEXT NOT NULL
 ) WITHOUT ROWID;`,
+
+	// 4: per run pair, the candles that were new to the database (inserted),
+	// so sync.completed tells new candles from re-fetched ones.
+	`ALTER TABLE run_pairs ADD COLUMN inserted INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // SchemaVersion is the schema version this code migrates databases to.

@@ -424,15 +424,16 @@ func (s *Store) trackBatch(ctx context.Context, tx *sql.Tx, b candles.Batch, a *
 	if b.Repair {
 		repaired = a.Inserted
 	}
-	err := tx.QueryRowContext(ctx, `INSERT INTO run_pairs (run_id, symbol, interval, status, candles, resolved_at, repaired, gaps_recorded)
-VALUES (?1, ?2, ?3, CASE WHEN ?4 THEN 'ok' ELSE 'pending' END, ?5, CASE WHEN ?4 THEN ?6 END, ?7, ?8)
+	err := tx.QueryRowContext(ctx, `INSERT INTO run_pairs (run_id, symbol, interval, status, candles, resolved_at, repaired, gaps_recorded, inserted)
+VALUES (?1, ?2, ?3, CASE WHEN ?4 THEN 'ok' ELSE 'pending' END, ?5, CASE WHEN ?4 THEN ?6 END, ?7, ?8, ?9)
 ON CONFLICT (run_id, symbol, interval) DO UPDATE SET
   candles = run_pairs.candles + excluded.candles,
+  inserted = run_pairs.inserted + excluded.inserted,
   repaired = run_pairs.repaired + excluded.repaired,
   gaps_recorded = run_pairs.gaps_recorded + excluded.gaps_recorded,
   resolved_at = CASE WHEN ?4 AND run_pairs.status = 'pending' THEN ?6 ELSE run_pairs.resolved_at END,
   status = CASE WHEN ?4 AND run_pairs.status = 'pending' THEN 'ok' ELSE run_pairs.status END
-RETURNING candles`, b.RunID, b.Symbol, b.Interval, b.Final, len(b.Candles), now, repaired, a.GapsRecorded).Scan(&a.PairCandles)
+RETURNING candles`, b.RunID, b.Symbol, b.Interval, b.Final, len(b.Candles), now, repaired, a.GapsRecorded, a.Inserted).Scan(&a.PairCandles)
 	if err != nil {
 		return fmt.Errorf("track run %s pair %s/%s: %w", b.RunID, b.Symbol, b.Interval, err)
 	}

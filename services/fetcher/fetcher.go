@@ -179,6 +179,8 @@ type Fetcher struct {
 	api   *binance.Client
 	pacer *pacer
 	clock exchangeClock
+	// latency is the measured klines round trip, for dry-run estimates.
+	latency latencyEWMA
 	// Opened by Run: the shared JetStream KV state.
 	board    *board
 	locks    *pairLocks
@@ -313,37 +315,101 @@ func (f *Fetcher) readWeightLimit(ctx context.Context) {
 
 // consume hands each message of cons to handle, at most workers at a time,
 // until ctx ends; then it waits for the handlers in flight.
+//
+// At shutdown no message is left to wait out the consumer's AckWait: the
+// iterator is drained (its buffered messages stay readable) and every
+// message read but not handed to a handler, buffered or held while waiting
+// for a free worker, is Nak'd with no delay, so another fetcher, or this
+// one restarted, takes it at once. The handlers in flight settle their own
+// messages (a job saves its checkpoint first). A Nak is sent only once the
+// server has dropped this process's pull subscription: before that, the
+// server would redeliver the message straight into the closing
+// subscription, where it would sit out the AckWait after all.
 func (f *Fetcher) consume(ctx context.Context, cons jetstream.Consumer, workers int, handle func(context.Context, jetstream.Msg)) error {
+	name := cons.CachedInfo().Name
 	it, err := cons.Messages(jetstream.PullMaxMessages(workers))
 	if err != nil {
-		return fmt.Errorf("consume %s: %w", cons.CachedInfo().Name, err)
+		return fmt.Errorf("consume %s: %w", name, err)
 	}
-	stop := context.AfterFunc(ctx, it.Stop)
+	stop := context.AfterFunc(ctx, it.Drain)
 	defer stop()
+	defer it.Stop()
+	gone := make(chan struct{}) // closed once the server has no pull request of ours
+	var leftover []jetstream.Msg
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, workers)
 	for {
 		msg, err := it.Next()
 		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return nil
+			break
 		}
 		if err != nil {
-			f.log.Warn("consumer interrupted; retrying", "consumer", cons.CachedInfo().Name, "err", err)
+			if ctx.Err() != nil {
+				break
+			}
+			f.log.Warn("consumer interrupted; retrying", "consumer", name, "err", err)
 			select {
 			case <-ctx.Done():
-				return nil
 			case <-time.After(200 * time.Millisecond):
 			}
 			continue
 		}
-		sem <- struct{}{}
+		acquired := false
+		if ctx.Err() == nil {
+			select {
+			case sem <- struct{}{}:
+				acquired = true
+			case <-ctx.Done():
+			}
+		}
+		if ctx.Err() != nil {
+			if acquired {
+				<-sem
+			}
+			leftover = append(leftover, msg)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			handle(ctx, msg)
+			handle(ctx, heldMsg{Msg: msg, stopping: ctx, gone: gone})
 		}()
 	}
+	// The drained iterator has unsubscribed; a flush makes sure the server
+	// has seen that before any Nak.
+	if err := f.o.Conn.FlushTimeout(settleTimeout); err != nil {
+		f.log.Warn("cannot confirm the consumer's subscription is gone; handing messages back anyway", "consumer", name, "err", err)
+	}
+	close(gone)
+	for _, msg := range leftover {
+		if err := msg.Nak(); err != nil {
+			f.log.Warn("message not handed back at shutdown; it is redelivered after the ack wait",
+				"consumer", name, "subject", msg.Subject(), "err", err)
+			continue
+		}
+		f.log.Debug("message handed back at shutdown", "consumer", name, "subject", msg.Subject())
+	}
+	return nil
+}
+
+// heldMsg is a message handed to a handler. Its Nak at shutdown waits until
+// the consumer's pull subscription is gone at the server (see consume).
+type heldMsg struct {
+	jetstream.Msg
+	stopping context.Context
+	gone     <-chan struct{}
+}
+
+// Nak hands the message back with no delay.
+func (m heldMsg) Nak() error {
+	if m.stopping.Err() != nil {
+		select {
+		case <-m.gone:
+		case <-time.After(settleTimeout):
+		}
+	}
+	return m.Msg.Nak()
 }
 
 // newRunID returns a sortable, unique run id such as 20261127T142600Z-3f9a0c1d.

@@ -371,7 +371,10 @@ func (j *jobRun) inflightPages() int {
 }
 
 // await waits for the ack of the page in flight, if any, and commits it.
-func (j *jobRun) await(ctx context.Context) error {
+// It waits even when ctx has ended (shutdown, deadline, lost lock), bounded
+// by publishAckTimeout: the ack is normally a moment away, and a page whose
+// ack is seen is one the checkpoint saved at shutdown need not repeat.
+func (j *jobRun) await(_ context.Context) error {
 	p := j.pending
 	if p == nil {
 		return nil
@@ -387,8 +390,6 @@ func (j *jobRun) await(ctx context.Context) error {
 		return fmt.Errorf("publish %s page %d: %w", p.what, p.page, err)
 	case <-timer.C:
 		return fmt.Errorf("publish %s page %d: no ack from the stream within %v", p.what, p.page, publishAckTimeout)
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
@@ -481,7 +482,11 @@ func (f *Fetcher) klines(ctx context.Context, log *slog.Logger, job candles.Job,
 	if err := f.pacer.wait(ctx, klinesWeight); err != nil {
 		return nil, err
 	}
+	began := time.Now()
 	raw, r, err := f.api.Klines(ctx, job.Symbol, job.Interval, from, until-1, f.o.PageLimit)
+	if err == nil {
+		f.latency.observe(time.Since(began))
+	}
 	f.pacer.observe(r.UsedWeight)
 	if err == nil {
 		err = checkPage(candles.MustInterval(job.Interval), from, raw)
@@ -569,7 +574,20 @@ func (j *jobRun) settle(ctx context.Context, shutdown bool, err error, took time
 		j.removeCheckpoint(ctx)
 		log.Info("job was completed by another delivery; acked", "delivery", j.delivery)
 	case shutdown:
-		_ = j.msg.Nak() // another fetcher takes it now, from the checkpoint
+		// Save how far this delivery got (checkpoints are otherwise saved at
+		// most every progressEvery), then hand the job back with no delay:
+		// another fetcher, or this one restarted, resumes at once from here
+		// instead of waiting out the ack wait.
+		if j.pages > 0 || j.cpFound {
+			if err := f.progress.save(ctx, j.job, j.cp, f.o.Now()); err != nil {
+				log.Warn("checkpoint not saved at shutdown; the next delivery re-fetches from the last one saved", "err", err)
+			}
+		}
+		if err := j.msg.Nak(); err != nil {
+			log.Warn("job not handed back at shutdown; it is redelivered after the ack wait", "err", err)
+		} else {
+			log.Info("job handed back at shutdown", "resume_page", j.cp.Page, "pages", j.pages)
+		}
 	case errors.Is(err, errDeadline):
 		log.Warn("run deadline passed; pair left open", "pages", j.pages, "candles", j.candles)
 		_ = j.msg.TermWithReason("run deadline passed")

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -105,9 +107,42 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 		delay := backoff(f.o.RetryBase, meta.NumDelivered)
-		log.Warn("cannot plan the sync yet; retrying", "err", err, "retry_in", delay)
+		log.Warn("cannot plan the sync yet; retrying", "err", err, "attempt", meta.NumDelivered,
+			"of", requestMaxDeliver, "retry_in", delay.Round(time.Millisecond))
+		f.event(ctx, log, &candles.SyncWaiting{EventHeader: candles.NewHeader(candles.KindSyncWaiting, runID),
+			Reason: err.Error(), Attempt: int(meta.NumDelivered), MaxAttempts: requestMaxDeliver, RetryIn: delay.Seconds()},
+			"sync.waiting:"+runID+":"+strconv.FormatUint(meta.NumDelivered, 10))
 		_ = msg.NakWithDelay(delay)
 		return
+	}
+	if coalesce(req) {
+		var skipped []candles.Pair
+		var syncing []string
+		if jobs, skipped, syncing, err = f.leaveOutBusy(ctx, runID, jobs); err != nil {
+			if ctx.Err() != nil {
+				_ = msg.Nak()
+				return
+			}
+			log.Warn("cannot tell which pairs are being synced; retrying", "err", err)
+			_ = msg.NakWithDelay(backoff(f.o.RetryBase, meta.NumDelivered))
+			return
+		}
+		if len(skipped) > 0 {
+			names := make([]string, len(skipped))
+			for i, p := range skipped {
+				names[i] = p.String()
+			}
+			reason := "already being synced by an unfinished run"
+			log.Info("pairs skipped: a run already syncing them has not finished", "skipped", names,
+				"syncing_runs", syncing, "pairs_started", len(jobs), "reason", req.Reason)
+			f.event(ctx, log, &candles.SyncSkipped{EventHeader: candles.NewHeader(candles.KindSyncSkipped, runID),
+				Pairs: skipped, SyncingRuns: syncing, PairsStarted: len(jobs), Reason: reason}, "sync.skipped:"+runID)
+		}
+		if len(jobs) == 0 {
+			// Nothing to start: no sync.started, so the writer tracks no run.
+			_ = msg.Ack()
+			return
+		}
 	}
 	pairs := make([]candles.Pair, len(jobs))
 	for i, j := range jobs {
@@ -134,6 +169,60 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 	}
 	_ = msg.Ack()
 	log.Info("sync started", "pairs", len(jobs), "reason", req.Reason)
+}
+
+// coalesce tells whether a request leaves out the pairs a run is already
+// syncing. Requests "from the last stored candle" (the schedule, catch-up,
+// a plain `nats pub`) do: the run in flight brings the pair up to date, and
+// one more run queued behind it would only fetch the same pages again, so
+// ticks during a long backfill no longer pile up. An explicit range
+// ("start", or "listing") is an operator's deliberate backfill and always
+// runs; it does not double-fetch either: its job waits for the pair's lock
+// and then skips what the run before it fetched (jobRun.spans).
+func coalesce(req candles.SyncRequest) bool {
+	return req.Start == "" && !req.Listing()
+}
+
+// leaveOutBusy splits planned jobs into those to queue and the pairs left
+// out because an unfinished job of another run is in JOBS for them. JOBS is
+// a work queue: a job message stays there until it is acked or terminated,
+// so the last message on a pair's job subject says exactly whether a run is
+// still syncing the pair, with no state of our own to keep right. A job of
+// runID itself (a redelivered request) is not another run. Two fetcher
+// processes planning at the same moment may both find a pair free; their
+// jobs still fetch one after the other (the pair lock), the second skipping
+// what the first fetched.
+func (f *Fetcher) leaveOutBusy(ctx context.Context, runID string, jobs []candles.Job) (keep []candles.Job, skipped []candles.Pair, syncing []string, err error) {
+	stream, err := f.js.Stream(ctx, candles.StreamJobs)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("stream %s: %w", candles.StreamJobs, err)
+	}
+	keep = jobs[:0:0]
+	for _, j := range jobs {
+		m, err := stream.GetLastMsgForSubject(ctx, candles.JobSubject(j.Interval, j.Symbol))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			keep = append(keep, j)
+			continue
+		}
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("look up the job of %s/%s: %w", j.Symbol, j.Interval, err)
+		}
+		other, derr := decodeJob(m.Data)
+		// A malformed job, or one past its run's deadline, is terminated
+		// when it is next delivered: no run is syncing the pair. (The
+		// deadline also bounds how long a job whose deliveries ran out
+		// while no fetcher saw the advisory can hold its pair.)
+		dead := derr != nil || (!other.Deadline.IsZero() && !f.o.Now().Before(other.Deadline))
+		if dead || other.RunID == runID {
+			keep = append(keep, j)
+			continue
+		}
+		skipped = append(skipped, candles.Pair{Symbol: j.Symbol, Interval: j.Interval})
+		if !slices.Contains(syncing, other.RunID) {
+			syncing = append(syncing, other.RunID)
+		}
+	}
+	return keep, skipped, syncing, nil
 }
 
 // listingFloor is where a full-history request starts looking: before
@@ -201,11 +290,13 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 			}
 		case ok && c.Count > 0:
 			j.From, j.Incremental = c.Last, true
+			var holes []candles.Range
 			for _, m := range c.Missing {
 				if m.From < c.Last {
-					j.Repair = append(j.Repair, candles.Range{From: m.From, Until: min(m.Until, c.Last)})
+					holes = append(holes, candles.Range{From: m.From, Until: min(m.Until, c.Last)})
 				}
 			}
+			j.Repair = mergeHoles(iv, holes, f.o.PageLimit)
 		default:
 			j.From, j.Incremental = iv.Add(iv.Align(until-1), -lookback), true
 		}
@@ -214,10 +305,47 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 	return jobs, nil
 }
 
+// mergeHoles joins holes (sorted, disjoint) into repair spans priced by
+// pages, not by holes: a hole joins the span before it whenever fetching
+// both as one span takes no more klines requests than fetching them apart,
+// as it does for short holes less than a page apart. Repairing a set of
+// holes then costs no more than fetching them one by one, nor than
+// re-fetching the range from the first to the last in one go
+// (TestMergeHolesNeverCostsMore). The stored candles between holes come back
+// with the pages; the writer counts them as re-fetched, not repaired, and
+// records as known gaps only slots that stay empty (store.recordGaps).
+func mergeHoles(iv candles.Interval, holes []candles.Range, pageLimit int) []candles.Range {
+	var out []candles.Range
+	for _, h := range holes {
+		if h.Until <= h.From {
+			continue
+		}
+		if n := len(out); n > 0 {
+			last := out[n-1]
+			joined := candles.Range{From: last.From, Until: max(last.Until, h.Until)}
+			if pagesFor(iv, joined, pageLimit) <= pagesFor(iv, last, pageLimit)+pagesFor(iv, h, pageLimit) {
+				out[n-1] = joined
+				continue
+			}
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// pagesFor is the number of klines requests that fetch r.
+func pagesFor(iv candles.Interval, r candles.Range, pageLimit int) int {
+	if r.Until <= r.From {
+		return 0
+	}
+	n := iv.Count(r.From, iv.Align(r.Until-1))
+	return int((n + int64(pageLimit) - 1) / int64(pageLimit))
+}
+
 // dryRun answers a dry run with the plan: per pair the ranges, candle slots
-// and klines requests, and in total the request weight and the time it takes
-// at the exchange's weight budget. For "listing" the first candle of each
-// pair is looked up (one small request per pair).
+// and klines requests, and in total the request weight and an estimate of
+// the time the run takes. For "listing" the first candle of each pair is
+// looked up (one small request per pair).
 func (f *Fetcher) dryRun(ctx context.Context, req candles.SyncRequest) (candles.SyncPlan, error) {
 	jobs, err := f.plan(ctx, "dry-run", req)
 	if err != nil {
@@ -225,6 +353,7 @@ func (f *Fetcher) dryRun(ctx context.Context, req candles.SyncRequest) (candles.
 	}
 	limit, window := f.pacer.budget()
 	plan := candles.SyncPlan{DryRun: true, WeightLimit: limit, WeightWindow: window.String()}
+	perPair := make([]int, 0, len(jobs))
 	for _, j := range jobs {
 		iv := candles.MustInterval(j.Interval)
 		from := j.From
@@ -237,22 +366,43 @@ func (f *Fetcher) dryRun(ctx context.Context, req candles.SyncRequest) (candles.
 		}
 		pp := candles.PairPlan{Symbol: j.Symbol, Interval: j.Interval, From: from, Until: j.Until, Repair: j.Repair}
 		for _, r := range append(append([]candles.Range{}, j.Repair...), candles.Range{From: from, Until: j.Until}) {
-			n := iv.Count(r.From, iv.Align(r.Until-1))
-			pp.Candles += n
-			pp.Requests += int(n/int64(f.o.PageLimit)) + 1
+			if r.Until > r.From {
+				pp.Candles += iv.Count(r.From, iv.Align(r.Until-1))
+			}
+			pp.Requests += pagesFor(iv, r, f.o.PageLimit)
 		}
 		plan.Pairs = append(plan.Pairs, pp)
 		plan.Requests += pp.Requests
+		perPair = append(perPair, pp.Requests)
 	}
 	plan.Weight = plan.Requests * klinesWeight
-	byWeight := float64(plan.Weight) / float64(limit) * window.Seconds()
-	byLatency := float64(plan.Requests) / float64(f.o.Concurrency) * estimatedRequestSeconds
-	plan.EstimatedSecond = max(byWeight, byLatency)
+	plan.RequestSeconds = f.latency.estimate().Seconds()
+	plan.EstimatedSecond = estimateSeconds(perPair, plan.RequestSeconds, f.o.Concurrency, plan.Weight, limit, window)
 	return plan, nil
 }
 
-// estimatedRequestSeconds is a typical klines round trip, for dry runs.
-const estimatedRequestSeconds = 0.25
+// estimateSeconds models how long a run takes, as the slowest of three
+// bounds: a pair's pages are fetched one after another (each page starts
+// where the last one ended), so a pair takes its requests times the request
+// latency; pairs run in parallel, at most concurrency at a time (the pairs
+// dealt to free workers longest first, as the work queue roughly does); and
+// the weight budget lets limit weight through per window, the first window's
+// worth at once.
+func estimateSeconds(perPair []int, latency float64, concurrency, weight, limit int, window time.Duration) float64 {
+	sorted := slices.Clone(perPair)
+	slices.SortFunc(sorted, func(a, b int) int { return b - a })
+	workers := make([]float64, max(1, min(concurrency, len(sorted))))
+	for _, n := range sorted {
+		i := slices.Index(workers, slices.Min(workers))
+		workers[i] += float64(n) * latency
+	}
+	byLatency := slices.Max(workers)
+	byWeight := 0.0
+	if limit > 0 && weight > limit {
+		byWeight = float64(weight-limit) / float64(limit) * window.Seconds()
+	}
+	return max(byLatency, byWeight)
+}
 
 // firstCandle returns the open time of a pair's first candle on the exchange.
 func (f *Fetcher) firstCandle(ctx context.Context, symbol, interval string) (int64, error) {
@@ -260,7 +410,11 @@ func (f *Fetcher) firstCandle(ctx context.Context, symbol, interval string) (int
 		return 0, err
 	}
 	iv := candles.MustInterval(interval)
+	began := time.Now()
 	cs, r, err := f.api.Klines(ctx, symbol, interval, iv.Align(listingFloor), f.o.Now().UnixMilli(), 1)
+	if err == nil {
+		f.latency.observe(time.Since(began))
+	}
 	f.pacer.observe(r.UsedWeight)
 	if err != nil {
 		return 0, fmt.Errorf("find the listing of %s/%s: %w", symbol, interval, err)

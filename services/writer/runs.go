@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // consumeRuns feeds sync.started and pair.failed to the run tracking until
@@ -262,7 +263,8 @@ func (w *Writer) announce(ctx context.Context) {
 			return
 		}
 		w.log.Info("sync completed", "run_id", ev.RunID, "pairs_total", ev.PairsTotal, "pairs_ok", ev.PairsOK,
-			"pairs_failed", ev.PairsFailed, "candles", ev.Candles, "repaired", ev.Repaired, "gaps_recorded", ev.GapsRecorded,
+			"pairs_failed", ev.PairsFailed, "candles", ev.Candles, "candles_new", ev.CandlesNew,
+			"candles_refetched", ev.CandlesRefetched, "repaired", ev.Repaired, "gaps_recorded", ev.GapsRecorded,
 			"duration", ev.FinishedAt.Sub(ev.StartedAt).Round(time.Millisecond))
 	}
 	timeouts, err := w.o.Store.PendingTimeouts(ctx)
@@ -333,10 +335,27 @@ func (w *Writer) reportProgress(ctx context.Context) error {
 			if secs := now.Sub(since).Seconds(); secs > 0 {
 				rate = math.Round(float64(p.Candles-base)/secs*10) / 10
 			}
+			percent, eta := runETA(p, now)
 			w.log.Info("sync progress", "run_id", p.RunID, "pairs_done", p.PairsDone, "pairs_total", p.PairsTotal,
-				"candles", p.Candles, "rate", rate)
+				"percent", percent, "eta", eta, "candles", p.Candles, "rate", rate)
 			next[p.RunID] = report{candles: p.Candles, done: p.PairsDone, at: now}
 		}
 		last = next
 	}
+}
+
+// runETA is how far a run is, in percent of its pairs, and when it should
+// end at the pace its pairs have been finishing: "unknown" until the first
+// pair is done (a backfill's first pair may take most of the run).
+func runETA(p store.Progress, now time.Time) (percent float64, eta string) {
+	if p.PairsTotal <= 0 {
+		return 0, "unknown"
+	}
+	percent = math.Round(float64(p.PairsDone)/float64(p.PairsTotal)*1000) / 10
+	elapsed := now.Sub(p.StartedAt)
+	if p.PairsDone == 0 || elapsed <= 0 {
+		return percent, "unknown"
+	}
+	left := time.Duration(float64(elapsed) * float64(p.PairsTotal-p.PairsDone) / float64(p.PairsDone))
+	return percent, left.Round(time.Second).String()
 }

@@ -253,7 +253,7 @@ func TestRunCompletesOnce(t *testing.T) {
 
 	h.publish(batch("run-1", "BTCUSDT", 0, false, series(t0, 3, 0)), "")
 	eventually(t, "a progress report", func() bool {
-		return strings.Contains(h.logs.String(), `msg="sync progress" run_id=run-1 pairs_done=0 pairs_total=3 candles=3`)
+		return strings.Contains(h.logs.String(), `msg="sync progress" run_id=run-1 pairs_done=0 pairs_total=3 percent=0 eta=unknown candles=3`)
 	})
 	h.publish(batch("run-1", "BTCUSDT", 1, true, series(t0+3*h4, 2, 0)), "")
 	h.publish(batch("run-1", "ETHUSDT", 0, true, series(t0, 4, 0)), "")
