@@ -93,6 +93,7 @@ type running struct {
 	cancel context.CancelFunc
 	done   chan error
 	store  *store.Store
+	w      *writer.Writer
 	once   sync.Once
 }
 
@@ -116,7 +117,7 @@ func (h *harness) start(mod func(*writer.Options), storeOpts ...store.Option) *r
 		h.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{t: h.t, cancel: cancel, done: make(chan error, 1), store: st}
+	r := &running{t: h.t, cancel: cancel, done: make(chan error, 1), store: st, w: w}
 	go func() { r.done <- w.Run(ctx) }()
 	h.t.Cleanup(r.stop)
 	return r
