@@ -128,6 +128,8 @@ type Writer struct {
 	announceMu sync.Mutex
 	// replays lets Run wait for a replay in progress before it returns.
 	replays gate
+	// p holds the database in use and lets Pause swap it (pause.go).
+	p pauser
 }
 
 // New checks o and returns a Writer.
@@ -139,7 +141,9 @@ func New(o Options) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("writer: jetstream: %w", err)
 	}
-	return &Writer{o: o, js: js, log: o.Logger}, nil
+	w := &Writer{o: o, js: js, log: o.Logger}
+	w.p.st = o.Store
+	return w, nil
 }
 
 // Run ensures the streams, announces what a previous run committed but did
@@ -188,12 +192,16 @@ func (w *Writer) Run(ctx context.Context) error {
 
 	w.announce(ctx)
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return w.consumeBatches(gctx) })
-	g.Go(func() error { return w.consumeRuns(gctx) })
-	g.Go(func() error { return w.reportProgress(gctx) })
-	g.Go(func() error { return w.watchDeadlines(gctx) })
-	err = g.Wait()
+	// A session is everything that uses the database on its own; Pause
+	// ends one and its resume starts the next.
+	err = w.sessions(ctx, func(ctx context.Context) error {
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return w.consumeBatches(gctx) })
+		g.Go(func() error { return w.consumeRuns(gctx) })
+		g.Go(func() error { return w.reportProgress(gctx) })
+		g.Go(func() error { return w.watchDeadlines(gctx) })
+		return g.Wait()
+	})
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		w.log.Info("writer stopped")
 		return nil
