@@ -16,6 +16,8 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 	lf.register(fs)
 	var ff fetcherFlags
 	ff.register(fs)
+	var mf memoryFlag
+	mf.register(fs)
 	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
@@ -29,6 +31,7 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		fmt.Fprintf(stderr, "candlekeep fetcher: %v\n(see candlekeep fetcher --help)\n", err)
 		return 2
 	}
+	mf.apply()
 	if err := serveFetcher(ctx, *natsURL, ff.options(), log); err != nil {
 		log.Error("fetcher stopped", "err", err)
 		return 1
@@ -44,6 +47,8 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 	var lf logFlags
 	lf.register(fs)
 	dataDir := fs.String("data-dir", defaultDataDir, "directory of candles.db (created 0700)")
+	var mf memoryFlag
+	mf.register(fs)
 	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
@@ -58,6 +63,7 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 		fmt.Fprintln(stderr, "candlekeep writer:", err)
 		return 2
 	}
+	mf.apply()
 	if err := serveWriter(ctx, *natsURL, dbPath, writer.DefaultOptions(), log); err != nil {
 		log.Error("writer stopped", "err", err)
 		return 1

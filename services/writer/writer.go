@@ -47,10 +47,13 @@ const (
 	// their deadlines.
 	DefaultDeadlineEvery = time.Second
 	// batchMaxAckPending keeps enough batches in flight that the database,
-	// not the network round trip, sets the pace.
-	batchMaxAckPending = 256
-	// batchBufferBytes bounds the client-side buffer of batches (memory).
-	batchBufferBytes = 16 << 20
+	// not the network round trip, sets the pace: a page of 1000 candles
+	// takes the database milliseconds, the next pull far less.
+	batchMaxAckPending = 64
+	// batchBufferBytes bounds the client-side buffer of batches, and so
+	// what the server reads ahead from its store for the writer: a fixed
+	// amount whatever the number of pairs (docs/architecture.md, "Memory").
+	batchBufferBytes = 4 << 20
 	// retryMin and retryMax bound the backoff of a failing database write
 	// or a consumer that cannot be set up.
 	retryMin = 50 * time.Millisecond
