@@ -67,7 +67,7 @@ func TestRunDeadlineTimesOutOnce(t *testing.T) {
 	last := h.publish(batch("run-late", "SOLUSDT", 1, true, series(t0+2*h4, 2, 0)), "")
 	h.waitApplied(last.Sequence)
 	eventually(t, "SOLUSDT completed", func() bool { return pairCompleted(h, "run-late", "SOLUSDT") })
-	w.stop() // returns after the announce that followed the late batch
+	w.stop()        // returns after the announce that followed the late batch
 	h.restart(fast) // a restart announces nothing again
 	if n := len(h.events(candles.KindSyncTimeout)); n != 1 {
 		t.Errorf("%d sync.timeout events, want 1", n)
