@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -260,22 +259,23 @@ func TestRunDeadlineEndsWithSyncTimeout(t *testing.T) {
 	if len(to.OpenPairs) != 1 || to.OpenPairs[0] != (candles.Pair{Symbol: "ETHUSDT", Interval: "4h"}) || to.PairsOK != 1 || to.Deadline.IsZero() {
 		t.Fatalf("sync.timeout = %+v, want ETHUSDT/4h open and BTCUSDT done", to)
 	}
-	// Barrier: the open pair ends after the timeout, one way or the other
-	// (its page comes in late, or its attempts run out), so a wrong
-	// sync.completed would have been published by now.
-	var ethDone struct {
-		RunID  string `json:"run_id"`
-		Symbol string `json:"symbol"`
+	// Barrier: the fetcher has ended the open pair's job (at the deadline
+	// it cancels the slow request and terminates the job), so nothing more
+	// of this run can reach the writer: a wrong sync.completed would be
+	// out by now.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
 	}
-	checkfor.Check(t, 2*time.Minute, 50*time.Millisecond, func() error {
-		for _, kind := range []string{candles.KindPairCompleted, candles.KindPairFailed} {
-			for _, raw := range ev.of(kind, acc.RunID) {
-				if json.Unmarshal(raw, &ethDone) == nil && ethDone.Symbol == "ETHUSDT" {
-					return nil
-				}
-			}
+	checkfor.Check(t, time.Minute, 50*time.Millisecond, func() error {
+		s, err := js.Stream(t.Context(), candles.StreamJobs)
+		if err != nil {
+			return err
 		}
-		return errors.New("ETHUSDT/4h still open")
+		if n := s.CachedInfo().State.Msgs; n != 0 {
+			return fmt.Errorf("%d jobs still queued or in progress", n)
+		}
+		return nil
 	})
 	if n := len(ev.of(candles.KindSyncCompleted, acc.RunID)); n != 0 {
 		t.Fatalf("%d sync.completed after sync.timeout", n)
