@@ -59,7 +59,7 @@ func (m *memoryFlag) Set(s string) error {
 		return fmt.Errorf("want a size such as 64MiB or 1GiB, or off")
 	}
 	if n*mult < 16<<20 {
-		return fmt.Errorf("%s is below 16MiB: the runtime would collect garbage without pause", s)
+		return fmt.Errorf("%d bytes is below 16MiB: the runtime would collect garbage without pause", n*mult)
 	}
 	m.bytes = n * mult
 	return nil
