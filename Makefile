@@ -37,8 +37,9 @@ test: build tools vet
 test-short: build tools
 	@set -e; for m in $(MODULES); do (cd $$m && $(TEST_ENV) $(GO) test -count=1 -short ./...); done
 
-## bench: the DESIGN.md section 4 figures, measured in one run
-bench: build
+## bench: the DESIGN.md section 4 figures, measured in one run (needs the
+## binary and the nats CLI, so it works on a fresh checkout)
+bench: build tools
 	cd cmd/candlekeep && $(TEST_ENV) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m .
 
 vet:

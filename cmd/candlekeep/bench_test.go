@@ -318,6 +318,86 @@ func BenchmarkServiceMemory(b *testing.B) {
 	}
 }
 
+// Memory against the number of pairs: peak RSS of `candlekeep up` (embedded
+// nats-server, fetcher and writer in one process), and of the split fetcher
+// and writer against a separate server, during the start-up catch-up of
+// every pair (1000 candles each, the default lookback) from the simulator.
+// 60 pairs is the default set (60 symbols x 4h); 960 is the 60 shipped
+// symbols x all 16 intervals, the nearest the shipped symbols allow to
+// 1,000. The target is DESIGN.md's 100 MB per service whatever the pairs.
+func BenchmarkPairsMemory(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		for _, tc := range []struct {
+			name      string
+			intervals []string
+		}{
+			{"60", []string{"4h"}},
+			{"960", candles.IntervalNames()},
+		} {
+			pairs := len(candles.DefaultSymbols()) * len(tc.intervals)
+			ivs := strings.Join(tc.intervals, ",")
+			mb, sc := catchUpUp(b, ivs)
+			report("peak RSS of up (NATS + fetcher + writer), catch-up of %4d pairs (%d candles, %d pairs failed): %6.1f MB (target < 100 MB: %s)",
+				pairs, sc.Candles, sc.PairsFailed, mb, verdict(mb < 100))
+			b.ReportMetric(mb, "up-MB-"+tc.name+"pairs")
+			fmb, wmb, sc := catchUpSplit(b, ivs)
+			report("peak RSS of the fetcher / writer, catch-up of %4d pairs (%d candles): %6.1f MB / %6.1f MB (target < 100 MB: %s)",
+				pairs, sc.Candles, fmb, wmb, verdict(fmb < 100 && wmb < 100))
+			b.ReportMetric(fmb, "fetcher-MB-"+tc.name+"pairs")
+			b.ReportMetric(wmb, "writer-MB-"+tc.name+"pairs")
+		}
+	}
+}
+
+// catchUpSim starts the simulator with a weight limit the catch-up never
+// reaches (pacing is not what is measured here).
+func catchUpSim(b *testing.B) string {
+	simAddr := freeAddr(b)
+	simProc := start(b, nil, "sim", "--listen", simAddr, "--weight-limit", "100000000", "--log-level", "warn")
+	waitHTTP(b, "http://"+simAddr+"/api/v3/ping", simProc)
+	return "http://" + simAddr
+}
+
+// catchUpUp runs `candlekeep up` until its start-up catch-up completes and
+// returns its peak RSS.
+func catchUpUp(b *testing.B, intervals string) (float64, candles.SyncCompleted) {
+	simURL := catchUpSim(b)
+	began := time.Now()
+	natsAddr := freeAddr(b)
+	up := start(b, nil, "up", "--data-dir", b.TempDir(), "--nats-listen", natsAddr, "--binance-url", simURL,
+		"--intervals", intervals, "--weight-limit", "100000000", "--sync-schedule", "off", "--log-level", "warn")
+	natsURL := "nats://" + natsAddr
+	natsUntil(b, natsURL, "candlekeep-writer", "micro", "ls")
+	sc := waitCatchUp(b, natsURL, began)
+	return peakRSS(b, up.cmd.Process.Pid), sc
+}
+
+// catchUpSplit runs a writer and a fetcher process against a server in the
+// benchmark's process until the fetcher's catch-up completes.
+func catchUpSplit(b *testing.B, intervals string) (fetcherMB, writerMB float64, sc candles.SyncCompleted) {
+	simURL := catchUpSim(b)
+	began := time.Now()
+	ns, err := natsutil.RunServer(natsutil.ServerOptions{Listen: "127.0.0.1:-1", StoreDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(ns.Shutdown)
+	w := start(b, nil, "writer", "--nats-url", ns.ClientURL(), "--data-dir", b.TempDir(), "--log-level", "warn")
+	natsUntil(b, ns.ClientURL(), "candlekeep-writer", "micro", "ls")
+	f := start(b, nil, "fetcher", "--nats-url", ns.ClientURL(), "--binance-url", simURL,
+		"--intervals", intervals, "--weight-limit", "100000000", "--sync-schedule", "off", "--log-level", "warn")
+	sc = waitCatchUp(b, ns.ClientURL(), began)
+	return peakRSS(b, f.cmd.Process.Pid), peakRSS(b, w.cmd.Process.Pid), sc
+}
+
+// waitCatchUp waits for the sync.completed of the catch-up run.
+func waitCatchUp(b *testing.B, natsURL string, since time.Time) candles.SyncCompleted {
+	ev := watchEventsSince(b, connect(b, natsURL), since)
+	var sc candles.SyncCompleted
+	ev.waitMatch(b, candles.KindSyncCompleted, 10*time.Minute, &sc, func() bool { return true })
+	return sc
+}
+
 // BenchmarkRestore states what is not measured yet.
 func BenchmarkRestore(b *testing.B) {
 	for i := 0; i < b.N; i++ {

@@ -6,6 +6,15 @@ import (
 	"testing"
 )
 
+func TestMemoryLimitFlag(t *testing.T) {
+	for in, want := range map[string]int64{"64MiB": 64 << 20, "1GiB": 1 << 30, "200MB": 200e6, "off": 0, "0": 0, "33554432": 32 << 20} {
+		var m memoryFlag
+		if err := m.Set(in); err != nil || m.bytes != want {
+			t.Errorf("--memory-limit %s: %d, %v; want %d", in, m.bytes, err, want)
+		}
+	}
+}
+
 // Bad flags and environment are refused before anything starts, with exit
 // code 2 and a message that names the flag and says what is allowed.
 func TestBadFlagsAreRefusedAtStart(t *testing.T) {
@@ -28,6 +37,8 @@ func TestBadFlagsAreRefusedAtStart(t *testing.T) {
 		{"unknown flag", []string{"writer", "--nats", "x"}, nil, []string{"flag provided but not defined: -nats"}},
 		{"bad log level", []string{"sim", "--log-level", "loud"}, nil, []string{"--log-level", "debug, info, warn or error"}},
 		{"unknown command", []string{"serve"}, nil, []string{`unknown command "serve"`, "Commands:"}},
+		{"memory limit without a number", []string{"writer", "--memory-limit", "lots"}, nil, []string{"--memory-limit", "64MiB", "off"}},
+		{"memory limit too small", []string{"up", "--memory-limit", "1MiB"}, nil, []string{"--memory-limit", "below 16MiB"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

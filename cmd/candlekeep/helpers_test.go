@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 	"github.com/candlekeep/candlekeep/services/fetcher"
 	"github.com/candlekeep/candlekeep/services/writer"
@@ -180,36 +182,26 @@ func (e *events) of(kind, runID string) []json.RawMessage {
 // wait blocks until an event of kind for runID arrived and decodes it into v.
 func (e *events) wait(t testing.TB, kind, runID string, timeout time.Duration, v any) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if got := e.of(kind, runID); len(got) > 0 {
-			if err := json.Unmarshal(got[0], v); err != nil {
-				t.Fatal(err)
-			}
-			return
+	checkfor.Check(t, timeout, 20*time.Millisecond, func() error {
+		got := e.of(kind, runID)
+		if len(got) == 0 {
+			return fmt.Errorf("no %s event for run %q", kind, runID)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s event for run %q within %v", kind, runID, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return json.Unmarshal(got[0], v)
+	})
 }
 
 // waitMatch blocks until an event of kind decoded into v satisfies ok.
 func (e *events) waitMatch(t testing.TB, kind string, timeout time.Duration, v any, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	checkfor.Check(t, timeout, 20*time.Millisecond, func() error {
 		for _, raw := range e.of(kind, "") {
 			if json.Unmarshal(raw, v) == nil && ok() {
-				return
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no matching %s event within %v", kind, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("no matching %s event", kind)
+	})
 }
 
 // requestSync sends a request to candles.api.sync and returns the accepted run.

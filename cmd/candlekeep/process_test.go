@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/candlekeep/candlekeep/pkg/checkfor"
 )
 
 // These tests drive the real binary as separate processes, as a user does.
@@ -176,17 +178,15 @@ func natsCmd(t testing.TB, server string, args ...string) (string, error) {
 // natsUntil retries a nats CLI command until its output contains want.
 func natsUntil(t testing.TB, server, want string, args ...string) string {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
 	var out string
-	for time.Now().Before(deadline) {
+	checkfor.Check(t, 20*time.Second, 100*time.Millisecond, func() error {
 		out, _ = natsCmd(t, server, args...)
-		if strings.Contains(out, want) {
-			return out
+		if !strings.Contains(out, want) {
+			return fmt.Errorf("nats %s: output does not contain %q; last:\n%s", strings.Join(args, " "), want, out)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("nats %s: output never contained %q; last:\n%s", strings.Join(args, " "), want, out)
-	return ""
+		return nil
+	})
+	return out
 }
 
 var runIDRE = regexp.MustCompile(`\{"run_id":"([^"]+)","pairs":(\d+)\}`)

@@ -22,6 +22,8 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 	cf.register(fs)
 	var ff fetcherFlags
 	ff.register(fs)
+	var mf memoryFlag
+	mf.register(fs)
 	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
@@ -35,6 +37,7 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		fmt.Fprintf(stderr, "candlekeep fetcher: %v\n(see candlekeep fetcher --help)\n", err)
 		return 2
 	}
+	mf.apply()
 	if err := serveFetcher(ctx, *natsURL, ff.o, cf.membership(false, "fetcher"), log); err != nil {
 		log.Error("fetcher stopped", "err", err)
 		return 1
@@ -53,6 +56,8 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 	var cf clusterFlags
 	cf.register(fs)
 	dataDir := fs.String("data-dir", defaultDataDir, "directory of candles.db (created 0700)")
+	var mf memoryFlag
+	mf.register(fs)
 	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
 	o := writer.DefaultOptions()
 	fs.BoolVar(&o.RebindSource, "rebind-source", false, rebindSourceUsage)
@@ -69,6 +74,7 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 		fmt.Fprintln(stderr, "candlekeep writer:", err)
 		return 2
 	}
+	mf.apply()
 	if err := serveWriter(ctx, *natsURL, dbPath, o, cf.membership(false, "writer"), log); err != nil {
 		log.Error("writer stopped", "err", err)
 		return 1

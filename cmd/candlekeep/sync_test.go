@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 	"github.com/candlekeep/candlekeep/services/writer"
@@ -42,7 +44,12 @@ func TestScheduleRunsOncePerTickAcrossFetchers(t *testing.T) {
 			"--intervals", "1h", "--lookback", "10", "--sync-schedule", "@every 2s", "--catch-up=false", "--log-format", "json")
 	}
 	natsUntil(t, url, `"candlekeep-fetcher"`, "micro", "ls", "--json")
-	time.Sleep(7 * time.Second)
+	checkfor.Check(t, time.Minute, 100*time.Millisecond, func() error {
+		if n := len(ev.of(candles.KindSyncCompleted, "")); n < 3 {
+			return fmt.Errorf("%d scheduled runs completed, want 3", n)
+		}
+		return nil
+	})
 
 	// Pause the schedule as an operator would, then let the runs in flight end.
 	js, _ := jetstream.New(nc)
@@ -53,7 +60,18 @@ func TestScheduleRunsOncePerTickAcrossFetchers(t *testing.T) {
 	if err := stream.Purge(t.Context(), jetstream.WithPurgeSubject(candles.SubjectSyncSchedule)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Second)
+	// Barrier: every tick stored so far has started and completed its run.
+	checkfor.Check(t, time.Minute, 100*time.Millisecond, func() error {
+		info, err := stream.Info(t.Context(), jetstream.WithSubjectFilter(candles.SubjectSyncRequest))
+		if err != nil {
+			return err
+		}
+		ticks := int(info.State.Subjects[candles.SubjectSyncRequest])
+		if s, c := len(ev.of(candles.KindSyncStarted, "")), len(ev.of(candles.KindSyncCompleted, "")); s != ticks || c != ticks {
+			return fmt.Errorf("%d ticks, %d runs started, %d completed", ticks, s, c)
+		}
+		return nil
+	})
 	info, err := stream.Info(t.Context(), jetstream.WithSubjectFilter(candles.SubjectSyncRequest))
 	if err != nil {
 		t.Fatal(err)
@@ -245,7 +263,24 @@ func TestRunDeadlineEndsWithSyncTimeout(t *testing.T) {
 	if len(to.OpenPairs) != 1 || to.OpenPairs[0] != (candles.Pair{Symbol: "ETHUSDT", Interval: "4h"}) || to.PairsOK != 1 || to.Deadline.IsZero() {
 		t.Fatalf("sync.timeout = %+v, want ETHUSDT/4h open and BTCUSDT done", to)
 	}
-	time.Sleep(6 * time.Second) // the slow page ends meanwhile
+	// Barrier: the fetcher has ended the open pair's job (at the deadline
+	// it cancels the slow request and terminates the job), so nothing more
+	// of this run can reach the writer: a wrong sync.completed would be
+	// out by now.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkfor.Check(t, time.Minute, 50*time.Millisecond, func() error {
+		s, err := js.Stream(t.Context(), candles.StreamJobs)
+		if err != nil {
+			return err
+		}
+		if n := s.CachedInfo().State.Msgs; n != 0 {
+			return fmt.Errorf("%d jobs still queued or in progress", n)
+		}
+		return nil
+	})
 	if n := len(ev.of(candles.KindSyncCompleted, acc.RunID)); n != 0 {
 		t.Fatalf("%d sync.completed after sync.timeout", n)
 	}

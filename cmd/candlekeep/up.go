@@ -49,6 +49,8 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 	cf.register(fs)
 	var ff fetcherFlags
 	ff.register(fs)
+	var mf memoryFlag
+	mf.register(fs)
 	cfg := upConfig{Writer: writer.DefaultOptions()}
 	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir, "directory of candles.db and the NATS store (created 0700)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", defaultNATSListen, "host:port of the embedded nats-server, for the nats CLI and split services")
@@ -67,6 +69,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 		fmt.Fprintf(stderr, "candlekeep up: %v\n(see candlekeep up --help)\n", err)
 		return 2
 	}
+	mf.apply()
 	if err := up(ctx, cfg, log); err != nil {
 		log.Error("candlekeep up stopped", "err", err)
 		return 1

@@ -82,7 +82,13 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    o.Replicas,
 		Duplicates:  o.DuplicateWindow,
-		Compression: jetstream.S2Compression,
+		// Uncompressed on purpose: the server compresses a block with S2
+		// when it is full, reading the whole 8 MB block and building the
+		// compressed copy in memory (about 30 MB at once during a
+		// backfill, and its CPU) in the process that embeds the server.
+		// The disk it saves (about 2/3 of ~190 bytes per candle) matters
+		// less than the memory target; see docs/architecture.md, "Memory".
+		// Changing this on an existing stream affects new blocks only.
 	}, {
 		Name:        StreamEvents,
 		Description: "lifecycle events of runs, pairs, backups and alerts",

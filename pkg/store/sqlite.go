@@ -35,7 +35,9 @@ const maxReaders = 4
 // contend with each other inside the process; reads use their own pool and,
 // thanks to WAL, never wait for a write.
 type Store struct {
+	// w is nil in a store opened with OpenReadOnly.
 	w, r *sql.DB
+	path string
 	now  func() time.Time
 	busy time.Duration
 
@@ -66,7 +68,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	if path == "" || strings.ContainsAny(path, "?#") || strings.HasPrefix(path, "file:") || path == ":memory:" {
 		return nil, fmt.Errorf("sqlite: %q is not a plain file path", path)
 	}
-	s := &Store{now: time.Now, busy: DefaultBusyTimeout}
+	s := &Store{now: time.Now, busy: DefaultBusyTimeout, path: path}
 	for _, o := range opts {
 		o(s)
 	}
@@ -209,6 +211,9 @@ func (s *Store) Close() error {
 
 // inTx runs fn in a write transaction (BEGIN IMMEDIATE) and commits it.
 func (s *Store) inTx(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
+	if s.w == nil {
+		return fmt.Errorf("%s: %w", what, ErrReadOnly)
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("%s: begin: %w", what, err)
@@ -249,8 +254,13 @@ ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq`, stream, int64(
 	return nil
 }
 
-// Watermark returns the last sequence of stream applied (0 when none).
+// Watermark returns the last sequence of stream applied (0 when none). A
+// writable store reads it on the write connection, so it sees its own last
+// commit; a read-only store sees the last commit of any process.
 func (s *Store) Watermark(ctx context.Context, stream string) (uint64, error) {
+	if s.w == nil {
+		return watermark(ctx, s.r, stream)
+	}
 	return watermark(ctx, s.w, stream)
 }
 

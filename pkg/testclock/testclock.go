@@ -9,8 +9,9 @@ import (
 
 // Clock is safe for concurrent use.
 type Clock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu    sync.Mutex
+	t     time.Time
+	reads int
 }
 
 // New returns a clock standing at t.
@@ -20,7 +21,17 @@ func New(t time.Time) *Clock { return &Clock{t: t} }
 func (c *Clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.reads++
 	return c.t
+}
+
+// Reads is how many times Now has been called: a test waits for code that
+// polls the clock to have looked at it again (a barrier), instead of
+// sleeping.
+func (c *Clock) Reads() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reads
 }
 
 // Set moves the clock to t.

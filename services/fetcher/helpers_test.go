@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 )
@@ -102,13 +103,12 @@ func natsServer(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 // waitFor polls cond until it holds or timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	checkfor.Check(t, timeout, 20*time.Millisecond, func() error {
+		if !cond() {
+			return errors.New("waiting for " + what)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // publishJob queues a job as handleRequest does.

@@ -446,13 +446,15 @@ func (j *jobRun) page(ctx context.Context, b *candles.Batch, sp span, from int64
 	}
 	settled := min(sp.Until, iv.Align(exchangeNow.Add(-closeMargin).UnixMilli()))
 	done = len(raw) < f.o.PageLimit
-	for _, c := range raw {
-		if c.OpenTime >= settled {
-			done = true
-			break
-		}
-		b.Candles = append(b.Candles, c)
+	// The page's settled prefix is the batch: no copy, no growing slice.
+	n := 0
+	for n < len(raw) && raw[n].OpenTime < settled {
+		n++
 	}
+	if n < len(raw) {
+		done = true
+	}
+	b.Candles = raw[:n:n]
 	coverUntil := settled
 	if !done {
 		coverUntil = min(settled, iv.Next(raw[len(raw)-1].OpenTime))

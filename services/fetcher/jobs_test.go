@@ -322,7 +322,17 @@ func TestJobOutOfDeliveriesEndsAsPairFailed(t *testing.T) {
 		time.Sleep(400 * time.Millisecond)
 	}
 	waitFor(t, 5*time.Second, "pair.failed", func() bool { return len(eventsOf(t, js, candles.KindPairFailed)) > 0 })
-	time.Sleep(300 * time.Millisecond) // the other fetcher's duplicate, if any, would be in by now
+	// Barrier: the job is gone from JOBS, so both watchers have decided
+	// (the one that deletes it publishes first; the other finds it gone or
+	// publishes the same message id, which JetStream drops).
+	jobs, err := js.Stream(ctx, candles.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the exhausted job deleted", func() bool {
+		info, err := jobs.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
 	failed := eventsOf(t, js, candles.KindPairFailed)
 	if len(failed) != 1 {
 		t.Fatalf("%d pair.failed events, want 1", len(failed))

@@ -173,7 +173,7 @@ func (w *Writer) handleBatch(ctx context.Context, s *batchState, d decoded) erro
 	ok := w.retry(ctx, msg, "apply batch", []any{"run_id", b.RunID, "symbol", b.Symbol, "interval", b.Interval, "stream_seq", seq},
 		func(ctx context.Context) error {
 			var err error
-			a, err = w.o.Store.ApplyBatch(ctx, candles.StreamCandles, seq, b)
+			a, err = w.store().ApplyBatch(ctx, candles.StreamCandles, seq, b)
 			return err
 		})
 	if !ok {
@@ -241,14 +241,14 @@ func (w *Writer) rejectBatch(ctx context.Context, s *batchState, msg jetstream.M
 		failReason := fmt.Sprintf("batch rejected (stream_seq %d): %s", seq, reason)
 		if !w.retry(ctx, msg, "fail pair of rejected batch", []any{"run_id", runID, "stream_seq", seq}, func(ctx context.Context) error {
 			var err error
-			complete, err = w.o.Store.FailPair(ctx, runID, symbol, interval, failReason)
+			complete, err = w.store().FailPair(ctx, runID, symbol, interval, failReason)
 			return err
 		}) {
 			return nil
 		}
 	}
 	if !w.retry(ctx, msg, "reject batch", []any{"stream_seq", seq}, func(ctx context.Context) error {
-		return w.o.Store.Reject(ctx, candles.StreamCandles, seq)
+		return w.store().Reject(ctx, candles.StreamCandles, seq)
 	}) {
 		return nil
 	}

@@ -29,7 +29,13 @@ func (w *Writer) handleCoverage(ctx context.Context, req micro.Request) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, coverageTimeout)
 	defer cancel()
-	cov, err := w.o.Store.Coverage(ctx, r)
+	st, release, err := w.useStore()
+	if err != nil {
+		w.respondError(req, "503", err.Error())
+		return
+	}
+	cov, err := st.Coverage(ctx, r)
+	release()
 	if err != nil {
 		w.log.Error("coverage", "pairs", len(r.Pairs), "gaps", r.Gaps, "err", err)
 		w.respondError(req, "500", "coverage: the database could not be read; see the writer's log")

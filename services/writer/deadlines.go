@@ -33,7 +33,7 @@ func (w *Writer) watchDeadlines(ctx context.Context) error {
 // writer was down or behind) completes when they are applied rather than
 // time out. Nothing is read from JetStream unless a deadline has passed.
 func (w *Writer) checkDeadlines(ctx context.Context) {
-	next, err := w.o.Store.NextDeadline(ctx)
+	next, err := w.store().NextDeadline(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Warn("read run deadlines", "err", err)
@@ -51,7 +51,7 @@ func (w *Writer) checkDeadlines(ctx context.Context) {
 		}
 		return
 	}
-	n, err := w.o.Store.TimeOutRuns(ctx, cutoff)
+	n, err := w.store().TimeOutRuns(ctx, cutoff)
 	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Error("time out runs", "err", err)
@@ -76,7 +76,7 @@ func (w *Writer) appliedUntil(ctx context.Context, now time.Time) (time.Time, er
 		{candles.StreamCandles, candles.SubjectBatchPrefix + ">"},
 		{candles.StreamEvents, candles.EventSubject(candles.KindPairFailed)},
 	} {
-		wm, err := w.o.Store.Watermark(ctx, src.stream)
+		wm, err := w.store().Watermark(ctx, src.stream)
 		if err != nil {
 			return time.Time{}, err
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
 	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/writer"
@@ -93,6 +94,7 @@ type running struct {
 	cancel context.CancelFunc
 	done   chan error
 	store  *store.Store
+	w      *writer.Writer
 	once   sync.Once
 }
 
@@ -116,7 +118,7 @@ func (h *harness) start(mod func(*writer.Options), storeOpts ...store.Option) *r
 		h.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{t: h.t, cancel: cancel, done: make(chan error, 1), store: st}
+	r := &running{t: h.t, cancel: cancel, done: make(chan error, 1), store: st, w: w}
 	go func() { r.done <- w.Run(ctx) }()
 	h.t.Cleanup(r.stop)
 	return r
@@ -320,13 +322,30 @@ func (h *harness) lastSeq(subject string) uint64 {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	checkfor.Check(t, 15*time.Second, 10*time.Millisecond, func() error {
+		if !cond() {
+			return errors.New("waiting for " + what)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
+}
+
+// sessions counts the batch consumer sessions started in this test: each
+// logs "consuming batches" once it has reconciled its consumer with the
+// database, after Run's first announce.
+func (h *harness) sessions() int {
+	return strings.Count(h.logs.String(), `msg="consuming batches"`)
+}
+
+// restart starts a writer and waits until it has started consuming: the
+// barrier for "a restarted writer has done whatever it would do with what
+// is stored" (announced, rejected, reconciled its consumer).
+func (h *harness) restart(mod func(*writer.Options)) *running {
+	h.t.Helper()
+	n := h.sessions()
+	r := h.start(mod)
+	eventually(h.t, "the restarted writer consuming", func() bool { return h.sessions() > n })
+	return r
 }
 
 func itoa(n uint64) string { return jsonString(n) }

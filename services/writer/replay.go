@@ -40,7 +40,13 @@ func (w *Writer) handleReplay(ctx context.Context, req micro.Request) {
 		return
 	}
 	defer w.replays.leave()
-	resp, err := w.replay(ctx, r)
+	st, release, err := w.useStore()
+	if err != nil {
+		w.respondError(req, "503", "replay: "+err.Error())
+		return
+	}
+	resp, err := w.replay(ctx, st, r)
+	release()
 	if err != nil {
 		resume := r.FromSeq
 		if resp.ToSeq > 0 {
@@ -64,7 +70,7 @@ func (w *Writer) handleReplay(ctx context.Context, req micro.Request) {
 // replay re-applies the batches of r. It stops at the stream's last
 // sequence as of its start, so batches published meanwhile are left to the
 // main consumer.
-func (w *Writer) replay(ctx context.Context, r candles.ReplayRequest) (candles.ReplayResponse, error) {
+func (w *Writer) replay(ctx context.Context, st Store, r candles.ReplayRequest) (candles.ReplayResponse, error) {
 	var resp candles.ReplayResponse
 	began := time.Now()
 	stream, err := w.js.Stream(ctx, candles.StreamCandles)
@@ -127,7 +133,7 @@ func (w *Writer) replay(ctx context.Context, r candles.ReplayRequest) (candles.R
 			resp.ToSeq = seq
 			w.log.Debug("replay skipped a batch that cannot be applied", "stream_seq", seq, "reason", err)
 		} else {
-			a, err := w.o.Store.Upsert(ctx, b)
+			a, err := st.Upsert(ctx, b)
 			if err != nil {
 				return resp, fmt.Errorf("stream_seq %d: %w", seq, err)
 			}

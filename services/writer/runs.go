@@ -74,7 +74,7 @@ func (w *Writer) runsOnce(ctx context.Context) error {
 			return nil
 		}
 		if !w.retry(ctx, msg, "record run event", []any{"stream_seq", seq}, func(ctx context.Context) error {
-			return w.o.Store.Advance(ctx, candles.StreamEvents, seq)
+			return w.store().Advance(ctx, candles.StreamEvents, seq)
 		}) {
 			return nil
 		}
@@ -93,7 +93,7 @@ func (w *Writer) runsOnce(ctx context.Context) error {
 // sequence numbers started over (a new JetStream store): its messages are
 // then new to this database, and keeping the watermark would skip them all.
 func (w *Writer) watermark(ctx context.Context, stream string) (uint64, error) {
-	wm, err := w.o.Store.Watermark(ctx, stream)
+	wm, err := w.store().Watermark(ctx, stream)
 	if err != nil {
 		return 0, err
 	}
@@ -105,7 +105,7 @@ func (w *Writer) watermark(ctx context.Context, stream string) (uint64, error) {
 	if wm > st.LastSeq {
 		w.log.Error("stream is behind the database watermark, so it was reset; reading it from the start",
 			"stream", stream, "watermark", wm, "stream_last_seq", st.LastSeq)
-		if err := w.o.Store.ResetWatermark(ctx, stream, 0); err != nil {
+		if err := w.store().ResetWatermark(ctx, stream, 0); err != nil {
 			return 0, err
 		}
 		return 0, nil
@@ -149,7 +149,7 @@ func (w *Writer) handleRunEvent(ctx context.Context, msg jetstream.Msg, seq uint
 		attrs = []any{"run_id", ev.RunID, "stream_seq", seq}
 		write = func(ctx context.Context) error {
 			var err error
-			complete, err = w.o.Store.RegisterRun(ctx, ev.RunID, ev.Pairs, started, ev.Reason, ev.Deadline)
+			complete, err = w.store().RegisterRun(ctx, ev.RunID, ev.Pairs, started, ev.Reason, ev.Deadline)
 			return err
 		}
 		what = "run registered"
@@ -161,7 +161,7 @@ func (w *Writer) handleRunEvent(ctx context.Context, msg jetstream.Msg, seq uint
 		attrs = []any{"run_id", ev.RunID, "symbol", ev.Symbol, "interval", ev.Interval, "stream_seq", seq}
 		write = func(ctx context.Context) error {
 			var err error
-			complete, err = w.o.Store.FailPair(ctx, ev.RunID, ev.Symbol, ev.Interval, ev.Reason)
+			complete, err = w.store().FailPair(ctx, ev.RunID, ev.Symbol, ev.Interval, ev.Reason)
 			return err
 		}
 		attrs = append(attrs, "reason", ev.Reason)
@@ -230,7 +230,7 @@ func (w *Writer) announce(ctx context.Context) {
 	defer w.announceMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sideEffectTimeout)
 	defer cancel()
-	pairs, err := w.o.Store.PendingPairCompletions(ctx)
+	pairs, err := w.store().PendingPairCompletions(ctx)
 	if err != nil {
 		w.log.Error("read pending pair.completed events", "err", err)
 	}
@@ -241,13 +241,13 @@ func (w *Writer) announce(ctx context.Context) {
 			w.log.Error("publish pair.completed; will retry", "run_id", ev.RunID, "symbol", ev.Symbol, "interval", ev.Interval, "err", err)
 			return
 		}
-		if err := w.o.Store.MarkPairAnnounced(ctx, ev.RunID, ev.Symbol, ev.Interval); err != nil {
+		if err := w.store().MarkPairAnnounced(ctx, ev.RunID, ev.Symbol, ev.Interval); err != nil {
 			w.log.Error("mark pair.completed published", "run_id", ev.RunID, "err", err)
 			return
 		}
 		w.log.Debug("pair completed", "run_id", ev.RunID, "symbol", ev.Symbol, "interval", ev.Interval, "candles", ev.Candles)
 	}
-	runs, err := w.o.Store.PendingAnnouncements(ctx)
+	runs, err := w.store().PendingAnnouncements(ctx)
 	if err != nil {
 		w.log.Error("read pending sync.completed events", "err", err)
 		return
@@ -258,7 +258,7 @@ func (w *Writer) announce(ctx context.Context) {
 			w.log.Error("publish sync.completed; will retry", "run_id", ev.RunID, "err", err)
 			return
 		}
-		if err := w.o.Store.MarkAnnounced(ctx, ev.RunID); err != nil {
+		if err := w.store().MarkAnnounced(ctx, ev.RunID); err != nil {
 			w.log.Error("mark sync.completed published", "run_id", ev.RunID, "err", err)
 			return
 		}
@@ -267,7 +267,7 @@ func (w *Writer) announce(ctx context.Context) {
 			"candles_refetched", ev.CandlesRefetched, "repaired", ev.Repaired, "gaps_recorded", ev.GapsRecorded,
 			"duration", ev.FinishedAt.Sub(ev.StartedAt).Round(time.Millisecond))
 	}
-	timeouts, err := w.o.Store.PendingTimeouts(ctx)
+	timeouts, err := w.store().PendingTimeouts(ctx)
 	if err != nil {
 		w.log.Error("read pending sync.timeout events", "err", err)
 		return
@@ -278,7 +278,7 @@ func (w *Writer) announce(ctx context.Context) {
 			w.log.Error("publish sync.timeout; will retry", "run_id", ev.RunID, "err", err)
 			return
 		}
-		if err := w.o.Store.MarkTimeoutAnnounced(ctx, ev.RunID); err != nil {
+		if err := w.store().MarkTimeoutAnnounced(ctx, ev.RunID); err != nil {
 			w.log.Error("mark sync.timeout published", "run_id", ev.RunID, "err", err)
 			return
 		}
@@ -311,7 +311,7 @@ func (w *Writer) reportProgress(ctx context.Context) error {
 		case <-t.C:
 		}
 		w.announce(ctx)
-		ps, err := w.o.Store.RunProgress(ctx)
+		ps, err := w.store().RunProgress(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

@@ -39,7 +39,10 @@ func TestRunDeadlineTimesOutOnce(t *testing.T) {
 	lastEvent := h.lastSeq(candles.EventSubject(candles.KindPairFailed))
 	eventually(t, "the run events handled", func() bool { return h.watermark(candles.StreamEvents) >= lastEvent })
 	eventually(t, "BTCUSDT completed", func() bool { return pairCompleted(h, "run-late", "BTCUSDT") })
-	time.Sleep(100 * time.Millisecond) // several checks before the deadline
+	// Barrier: the deadline watcher (every 20ms, reading the clock each
+	// time) has looked at the registered run several times.
+	reads := clk.Reads()
+	eventually(t, "several deadline checks", func() bool { return clk.Reads() >= reads+10 })
 	if n := len(h.events(candles.KindSyncTimeout)); n != 0 {
 		t.Fatalf("%d sync.timeout events before the deadline", n)
 	}
@@ -64,10 +67,8 @@ func TestRunDeadlineTimesOutOnce(t *testing.T) {
 	last := h.publish(batch("run-late", "SOLUSDT", 1, true, series(t0+2*h4, 2, 0)), "")
 	h.waitApplied(last.Sequence)
 	eventually(t, "SOLUSDT completed", func() bool { return pairCompleted(h, "run-late", "SOLUSDT") })
-	time.Sleep(100 * time.Millisecond)
-	w.stop()
-	h.start(fast) // a restart announces nothing again
-	time.Sleep(200 * time.Millisecond)
+	w.stop()        // returns after the announce that followed the late batch
+	h.restart(fast) // a restart announces nothing again
 	if n := len(h.events(candles.KindSyncTimeout)); n != 1 {
 		t.Errorf("%d sync.timeout events, want 1", n)
 	}
@@ -104,7 +105,8 @@ func TestQueuedBatchesBeatTheDeadline(t *testing.T) {
 	time.Sleep(time.Until(deadline) + 200*time.Millisecond)
 	h.start(func(o *writer.Options) { o.DeadlineEvery = 20 * time.Millisecond })
 	eventually(t, "sync.completed", func() bool { return len(h.events(candles.KindSyncCompleted)) == 1 })
-	time.Sleep(100 * time.Millisecond)
+	// No wait needed: a run that completed can no longer time out, and one
+	// that timed out would never have completed.
 	if n := len(h.events(candles.KindSyncTimeout)); n != 0 {
 		t.Errorf("%d sync.timeout events for a run whose batches were all published in time", n)
 	}

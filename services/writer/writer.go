@@ -47,10 +47,13 @@ const (
 	// their deadlines.
 	DefaultDeadlineEvery = time.Second
 	// batchMaxAckPending keeps enough batches in flight that the database,
-	// not the network round trip, sets the pace.
-	batchMaxAckPending = 256
-	// batchBufferBytes bounds the client-side buffer of batches (memory).
-	batchBufferBytes = 16 << 20
+	// not the network round trip, sets the pace: a page of 1000 candles
+	// takes the database milliseconds, the next pull far less.
+	batchMaxAckPending = 64
+	// batchBufferBytes bounds the client-side buffer of batches, and so
+	// what the server reads ahead from its store for the writer: a fixed
+	// amount whatever the number of pairs (docs/architecture.md, "Memory").
+	batchBufferBytes = 4 << 20
 	// retryMin and retryMax bound the backoff of a failing database write
 	// or a consumer that cannot be set up.
 	retryMin = 50 * time.Millisecond
@@ -144,6 +147,8 @@ type Writer struct {
 	// runCtx is Run's context: once its cause is ErrLeaseLost another
 	// writer owns the consumers and nothing more is acked.
 	runCtx context.Context
+	// p holds the database in use and lets Pause swap it (pause.go).
+	p pauser
 }
 
 // New checks o and returns a Writer.
@@ -155,7 +160,9 @@ func New(o Options) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("writer: jetstream: %w", err)
 	}
-	return &Writer{o: o, js: js, log: o.Logger}, nil
+	w := &Writer{o: o, js: js, log: o.Logger}
+	w.p.st = o.Store
+	return w, nil
 }
 
 // Run ensures the streams, announces what a previous run committed but did
@@ -213,12 +220,16 @@ func (w *Writer) Run(ctx context.Context) error {
 
 	w.announce(ctx)
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return w.consumeBatches(gctx) })
-	g.Go(func() error { return w.consumeRuns(gctx) })
-	g.Go(func() error { return w.reportProgress(gctx) })
-	g.Go(func() error { return w.watchDeadlines(gctx) })
-	err = g.Wait()
+	// A session is everything that uses the database on its own; Pause
+	// ends one and its resume starts the next.
+	err = w.sessions(ctx, func(ctx context.Context) error {
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return w.consumeBatches(gctx) })
+		g.Go(func() error { return w.consumeRuns(gctx) })
+		g.Go(func() error { return w.reportProgress(gctx) })
+		g.Go(func() error { return w.watchDeadlines(gctx) })
+		return g.Wait()
+	})
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		w.log.Info("writer stopped")
 		return nil

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
@@ -126,8 +127,7 @@ func TestDuplicatesAndRedeliveryWriteNothingTwice(t *testing.T) {
 	eventually(t, "sync.completed", func() bool { return len(h.events(candles.KindSyncCompleted)) > 0 })
 	w.stop()
 	// A restart with nothing new changes nothing either.
-	w = h.start(nil)
-	time.Sleep(200 * time.Millisecond)
+	w = h.restart(nil)
 	w.stop()
 
 	h.assertDB()
@@ -177,7 +177,23 @@ func TestLockedDatabaseIsRetriedInOrder(t *testing.T) {
 		last = h.publish(batch("run-lock", "BTCUSDT", i, false, series(t0+int64(i)*h4, 5, float64(i))), "").Sequence
 	}
 	eventually(t, "a retry", func() bool { return strings.Contains(h.logs.String(), "apply batch; retrying") })
-	time.Sleep(2500 * time.Millisecond)
+	// Barrier: JetStream has delivered batches again after AckWait (the
+	// writer keeps the one in hand with InProgress; the ones behind it
+	// expire) while the writer retried several times.
+	cons, err := h.js.Consumer(context.Background(), candles.StreamCandles, writer.ConsumerBatches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkfor.Check(t, 30*time.Second, 50*time.Millisecond, func() error {
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if retries := strings.Count(h.logs.String(), "apply batch; retrying"); info.NumRedelivered == 0 || retries < 4 {
+			return fmt.Errorf("%d batches redelivered, %d retries so far", info.NumRedelivered, retries)
+		}
+		return nil
+	})
 	if got := h.watermark(candles.StreamCandles); got != first.Sequence {
 		t.Fatalf("watermark moved to %d while the database was locked", got)
 	}
@@ -205,8 +221,7 @@ func TestBadBatchesAreRejectedOnce(t *testing.T) {
 	w := h.start(nil)
 	h.waitApplied(good2.Sequence)
 	w.stop()
-	w = h.start(nil) // a restart must not reject them again
-	time.Sleep(200 * time.Millisecond)
+	w = h.restart(nil) // a restart must not reject them again
 	w.stop()
 
 	h.assertDB()
@@ -398,8 +413,15 @@ func TestRestoredOlderDatabaseCatchesUp(t *testing.T) {
 		t.Errorf("run counted %d candles, want 200", got)
 	}
 	// The re-completed run is announced with the same message id, which
-	// JetStream drops as a duplicate.
-	time.Sleep(100 * time.Millisecond)
+	// JetStream drops as a duplicate. Barrier: the writer marked it
+	// announced, which it does after the publish.
+	eventually(t, "run-r announced again", func() bool {
+		var announced int
+		h.query(func(db *sql.DB) error {
+			return db.QueryRow(`SELECT COALESCE(MAX(announced), 0) FROM runs WHERE run_id = 'run-r'`).Scan(&announced)
+		})
+		return announced == 1
+	})
 	if got := len(h.events(candles.KindSyncCompleted)); got != 1 {
 		t.Errorf("%d sync.completed events, want 1", got)
 	}
