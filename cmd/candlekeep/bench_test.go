@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -281,6 +282,39 @@ func BenchmarkSharedWeightBudget(b *testing.B) {
 		b.ReportMetric(took.Seconds(), "s")
 		b.ReportMetric(100*share, "%budget")
 		b.ReportMetric(float64(st.RateLimited), "429s")
+	}
+}
+
+// Runs that coalesce: the shared-budget backfill (four fetchers, 12 pairs x
+// 1h from 2025-01-01) with the schedule firing throughout, against the same
+// backfill with no schedule, measured from its sync.completed (started_at
+// to finished_at). Scaled like TestFetchersShareTheWeightBudget: 120 weight
+// per 2 s window, and the "@every 15s" at 120 per minute becomes
+// "@every 1s", the shortest schedule there is. Target: within 1.2x.
+func BenchmarkBackfillUnderSchedule(b *testing.B) {
+	const limit, window = 120, 2 * time.Second
+	for i := 0; i < b.N; i++ {
+		took := map[string]time.Duration{}
+		for _, sched := range []string{"off", "@every 1s"} {
+			f := startFleet(b, sim.Options{WeightLimit: limit, WeightWindow: window}, 3, sched)
+			ev := watchEvents(b, connect(b, f.server))
+			runID, asked := f.backfill(b)
+			var sc candles.SyncCompleted
+			ev.wait(b, candles.KindSyncCompleted, runID, 10*time.Minute, &sc)
+			f.assertComplete(b, asked)
+			took[sched] = sc.FinishedAt.Sub(sc.StartedAt)
+			if st := f.sim.Stats(); st.RateLimited != 0 {
+				b.Fatalf("schedule %s: %d 429s", sched, st.RateLimited)
+			}
+			for _, p := range f.procs {
+				_ = p.cmd.Process.Signal(syscall.SIGTERM)
+				<-p.done
+			}
+		}
+		ratio := took["@every 1s"].Seconds() / took["off"].Seconds()
+		report("backfill of 12 pairs x 1h, 4 fetchers, 120 weight per 2 s: %.1f s alone, %.1f s with the schedule firing every second: %.2fx (target <= 1.2x: %s)",
+			took["off"].Seconds(), took["@every 1s"].Seconds(), ratio, verdict(ratio <= 1.2))
+		b.ReportMetric(ratio, "x")
 	}
 }
 
