@@ -44,11 +44,16 @@ func TestPairLock(t *testing.T) {
 			lk, holder, err := l.acquire(ctx, btc, "run-b", noBeat)
 			got <- result{lk, holder, err, time.Now()}
 		}()
-		select {
-		case r := <-got:
-			t.Fatalf("second run took a held lock: %+v", r)
-		case <-time.After(500 * time.Millisecond):
-		}
+		// Barrier: the second run is waiting once it watches the key (it
+		// found the lock held); the holder it reports below proves it.
+		waitFor(t, 10*time.Second, "the second run to find the lock held", func() bool {
+			select {
+			case r := <-got:
+				t.Fatalf("second run took a held lock: %+v", r)
+			default:
+			}
+			return watchers(t, l) > 0
+		})
 		released := time.Now()
 		if err := a.release(ctx); err != nil {
 			t.Fatal(err)
@@ -152,4 +157,16 @@ func TestPairLock(t *testing.T) {
 			}
 		}
 	})
+}
+
+// watchers counts the consumers on the lock bucket's stream: a run waiting
+// for a held lock watches its key through one.
+func watchers(t *testing.T, l *pairLocks) int {
+	t.Helper()
+	st, err := l.kv.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := st.(*jetstream.KeyValueBucketStatus).StreamInfo()
+	return info.State.Consumers
 }
