@@ -416,7 +416,7 @@ func catchUpSplit(b *testing.B, intervals string) (fetcherMB, writerMB float64, 
 		b.Fatal(err)
 	}
 	b.Cleanup(ns.Shutdown)
-	w := start(b, nil, "writer", "--nats-url", ns.ClientURL(), "--data-dir", b.TempDir(), "--log-level", "warn")
+	w := start(b, nil, "writer", "--nats-url", ns.ClientURL(), "--data-dir", b.TempDir(), "--binance-url", simURL, "--log-level", "warn")
 	natsUntil(b, ns.ClientURL(), "candlekeep-writer", "micro", "ls")
 	f := start(b, nil, "fetcher", "--nats-url", ns.ClientURL(), "--binance-url", simURL,
 		"--intervals", intervals, "--weight-limit", "100000000", "--sync-schedule", "off", "--log-level", "warn")

@@ -182,7 +182,9 @@ func TestScaleOutFollowsTheClusterConfiguration(t *testing.T) {
 	}
 
 	// A fetcher whose explicit flag disagrees says so and follows the cluster.
-	odd := start(t, nil, "fetcher", "--nats-url", server, "--binance-url", simURL, "--symbols", "XRPUSDT", "--log-format", "json")
+	// It cannot resize the streams either: they are sized from the store.
+	odd := start(t, nil, "fetcher", "--nats-url", server, "--binance-url", simURL, "--symbols", "XRPUSDT",
+		"--candles-max-age", "1h", "--log-format", "json")
 	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
 		out := odd.out.String()
 		if !strings.Contains(out, `"msg":"fetcher started"`) {
@@ -195,6 +197,14 @@ func TestScaleOutFollowsTheClusterConfiguration(t *testing.T) {
 	})
 	if got := configSnapshot(t, js)["symbols"]; got != strings.Join(symbols, ",") {
 		t.Errorf("symbols after a disagreeing fetcher = %q", got)
+	}
+	stream, err := js.Stream(t.Context(), candles.StreamCandles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := stream.Info(t.Context()); err != nil || info.Config.MaxAge != candles.DefaultCandlesMaxAge {
+		t.Errorf("CANDLES max age after a fetcher with --candles-max-age 1h: %v, %v; want the configured %v",
+			info.Config.MaxAge, err, candles.DefaultCandlesMaxAge)
 	}
 }
 
