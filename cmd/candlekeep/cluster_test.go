@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"maps"
 	"encoding/json"
 	"os/exec"
 	"path/filepath"
@@ -100,7 +101,7 @@ func TestScaleOutFollowsTheClusterConfiguration(t *testing.T) {
 		}
 		return nil
 	})
-	if got := configSnapshot(t, js); !mapsEqual(got, want) {
+	if got := configSnapshot(t, js); !maps.Equal(got, want) {
 		t.Fatalf("joining fetchers changed the configuration:\n got %v\nwant %v", got, want)
 	}
 	if got := scheduleIn(t, js); got != "@every 15s" {
@@ -177,7 +178,7 @@ func TestScaleOutFollowsTheClusterConfiguration(t *testing.T) {
 		t.Errorf("schedule after a restart = %q; want the operator's @every 20s", got)
 	}
 	want["sync-schedule"] = "@every 20s"
-	if got := configSnapshot(t, js); !mapsEqual(got, want) {
+	if got := configSnapshot(t, js); !maps.Equal(got, want) {
 		t.Errorf("a restart changed the configuration:\n got %v\nwant %v", got, want)
 	}
 
@@ -308,17 +309,6 @@ func configSnapshot(t testing.TB, js jetstream.JetStream) map[string]string {
 	return v
 }
 
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
 
 // connectWhenUp connects to a `candlekeep up` process's server once the
 // writer and a fetcher answer, failing early if the process exits.

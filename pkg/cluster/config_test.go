@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"maps"
 	"encoding/json"
 	"log/slog"
 	"slices"
@@ -106,7 +107,7 @@ func TestJoinSeedsOnlyWhatTheOperatorSaid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again := stored(t, js); !equal(again, got) {
+	if again := stored(t, js); !maps.Equal(again, got) {
 		t.Errorf("a joining fetcher changed the configuration:\n%v\n%v", got, again)
 	}
 	if cur := f.Current(); cur.SyncSchedule != "@every 15s" || !slices.Equal(cur.Symbols, []string{"BTCUSDT", "ETHUSDT", "BNBUSDT"}) ||
@@ -225,17 +226,6 @@ func TestSetValidatesBeforeWriting(t *testing.T) {
 	}
 }
 
-func equal(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
 
 type syncBuf struct {
 	mu sync.Mutex

@@ -49,16 +49,9 @@ const headerConfigRevision = "Candlekeep-Config-Revision"
 // installScheduleRev is installSchedule recording the setting's revision
 // (0: none).
 func installScheduleRev(ctx context.Context, js jetstream.JetStream, pattern string, rev uint64, log *slog.Logger) error {
-	stream, err := js.Stream(ctx, candles.StreamSync)
+	stream, current, err := readSchedule(ctx, js)
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", candles.StreamSync, err)
-	}
-	current, err := stream.GetLastMsgForSubject(ctx, candles.SubjectSyncSchedule)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		current = nil
-	case err != nil:
-		return fmt.Errorf("read the sync schedule: %w", err)
+		return err
 	}
 	if pattern == ScheduleOff {
 		if current != nil {
@@ -125,16 +118,9 @@ func (f *Fetcher) startSchedule(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	stream, err := f.js.Stream(ctx, candles.StreamSync)
+	_, current, err := readSchedule(ctx, f.js)
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", candles.StreamSync, err)
-	}
-	current, err := stream.GetLastMsgForSubject(ctx, candles.SubjectSyncSchedule)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		current = nil
-	case err != nil:
-		return fmt.Errorf("read the sync schedule: %w", err)
+		return err
 	}
 	if current != nil && current.Header.Get(headerConfigRevision) == "" && current.Header.Get(headerSchedule) != pattern {
 		// Put there by hand (nats CLI): the operator's word stands until the
@@ -160,4 +146,21 @@ func logNext(log *slog.Logger, next time.Time) {
 	if !next.IsZero() {
 		log.Info("next scheduled sync", "at", next.Format(time.RFC3339))
 	}
+}
+
+// readSchedule returns the SYNC stream and its schedule message (nil when
+// there is none).
+func readSchedule(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, *jetstream.RawStreamMsg, error) {
+	stream, err := js.Stream(ctx, candles.StreamSync)
+	if err != nil {
+		return nil, nil, fmt.Errorf("stream %s: %w", candles.StreamSync, err)
+	}
+	current, err := stream.GetLastMsgForSubject(ctx, candles.SubjectSyncSchedule)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return stream, nil, nil
+	case err != nil:
+		return nil, nil, fmt.Errorf("read the sync schedule: %w", err)
+	}
+	return stream, current, nil
 }
