@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"maps"
 	"encoding/json"
+	"maps"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -308,7 +308,6 @@ func configSnapshot(t testing.TB, js jetstream.JetStream) map[string]string {
 	}
 	return v
 }
-
 
 // connectWhenUp connects to a `candlekeep up` process's server once the
 // writer and a fetcher answer, failing early if the process exits.

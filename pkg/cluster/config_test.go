@@ -2,9 +2,9 @@ package cluster_test
 
 import (
 	"context"
-	"maps"
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -225,7 +225,6 @@ func TestSetValidatesBeforeWriting(t *testing.T) {
 		t.Errorf("intervals stored as %q; want the normal form 1h,4h", got)
 	}
 }
-
 
 type syncBuf struct {
 	mu sync.Mutex
