@@ -41,6 +41,9 @@ func (w *Writer) store() Store {
 // useStore hands an endpoint handler the database, or ErrPaused; release
 // must follow a nil error.
 func (w *Writer) useStore() (st Store, release func(), err error) {
+	if err := w.damagedErr(); err != nil {
+		return nil, nil, err
+	}
 	w.p.mu.Lock()
 	defer w.p.mu.Unlock()
 	if w.p.pending != nil {

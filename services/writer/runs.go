@@ -337,7 +337,7 @@ func (w *Writer) reportProgress(ctx context.Context) error {
 			}
 			percent, eta := runETA(p, now)
 			w.log.Info("sync progress", "run_id", p.RunID, "pairs_done", p.PairsDone, "pairs_total", p.PairsTotal,
-				"percent", percent, "eta", eta, "candles", p.Candles, "rate", rate)
+				"percent", percent, "eta", eta, "candles", p.Candles, "rate", rate, "wal_bytes", w.walBytes())
 			next[p.RunID] = report{candles: p.Candles, done: p.PairsDone, at: now}
 		}
 		last = next
