@@ -2,9 +2,11 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"modernc.org/sqlite"
 )
@@ -101,4 +103,36 @@ func (s *Store) Verify(ctx context.Context, check string) error {
 		problems = problems[:maxProblems]
 	}
 	return &CheckFailedError{Path: s.path, Check: check, Problems: problems}
+}
+
+// metaChecked prefixes the meta rows that record when a check last passed.
+const metaChecked = "checked:"
+
+// LastCheck is when check last passed on this file (RecordCheck), or the
+// zero time if it never did: so a daily integrity_check stays daily across
+// restarts of the writer.
+func (s *Store) LastCheck(ctx context.Context, check string) (time.Time, error) {
+	var v string
+	err := s.r.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, metaChecked+check).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read last %s of %s: %w", check, s.path, err)
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, nil // unreadable: as if never checked
+	}
+	return t, nil
+}
+
+// RecordCheck records that check passed at.
+func (s *Store) RecordCheck(ctx context.Context, check string, at time.Time) error {
+	return s.inTx(ctx, "record "+check, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
+			metaChecked+check, at.UTC().Format(time.RFC3339Nano), formatTime(s.now()))
+		return err
+	})
 }

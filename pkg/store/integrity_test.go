@@ -164,3 +164,22 @@ func TestWALStaysBoundedBehindAReader(t *testing.T) {
 		t.Fatalf("Stats = %+v, %v; want an empty WAL and 22000 candles", st, err)
 	}
 }
+
+// When a check last passed is kept in the file, so a daily check stays
+// daily across restarts.
+func TestLastCheckSurvivesReopening(t *testing.T) {
+	ctx := context.Background()
+	path := tempDB(t)
+	s := openStore(t, path)
+	if at, err := s.LastCheck(ctx, "integrity_check"); err != nil || !at.IsZero() {
+		t.Fatalf("LastCheck of a new file = %v, %v; want never", at, err)
+	}
+	at := time.Date(2026, 12, 4, 3, 0, 0, 123, time.UTC)
+	if err := s.RecordCheck(ctx, "integrity_check", at); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if got, err := openReadOnly(t, path).LastCheck(ctx, "integrity_check"); err != nil || !got.Equal(at) {
+		t.Fatalf("LastCheck after reopening = %v, %v; want %v", got, err, at)
+	}
+}

@@ -48,6 +48,10 @@ type checker interface {
 	CheckpointWAL(ctx context.Context) (store.WALState, error)
 	// WALBytes is the size of the -wal file.
 	WALBytes() (int64, error)
+	// LastCheck and RecordCheck keep when a check last passed, so the
+	// daily integrity_check survives restarts.
+	LastCheck(ctx context.Context, check string) (time.Time, error)
+	RecordCheck(ctx context.Context, check string, at time.Time) error
 }
 
 var _ checker = (*store.Store)(nil)
@@ -200,12 +204,27 @@ func (w *Writer) watchIntegrity(ctx context.Context) error {
 	defer ckpt.Stop()
 	quick := time.NewTicker(w.o.QuickCheckEvery)
 	defer quick.Stop()
-	full := time.NewTicker(w.o.IntegrityCheckEvery)
+	// The full check is due IntegrityCheckEvery after it last passed on
+	// this file (at once if it never did), however often the writer
+	// restarts.
+	last, err := c.LastCheck(ctx, "integrity_check")
+	if w.noteErr(err) {
+		return errDamaged
+	}
+	if err != nil && ctx.Err() == nil {
+		w.log.Warn("read when the database was last checked", "err", err)
+	}
+	full := time.NewTimer(max(0, last.Add(w.o.IntegrityCheckEvery).Sub(w.o.Now())))
 	defer full.Stop()
 	verify := func(check string) {
 		began := time.Now()
 		err := c.Verify(ctx, check)
 		switch {
+		case err == nil && check == "integrity_check":
+			w.log.Info("database checked", "check", check, "took", time.Since(began).Round(time.Millisecond))
+			if err := c.RecordCheck(ctx, check, w.o.Now()); err != nil && !w.noteErr(err) && ctx.Err() == nil {
+				w.log.Warn("record the database check", "check", check, "err", err)
+			}
 		case err == nil:
 			w.log.Debug("database checked", "check", check, "took", time.Since(began).Round(time.Millisecond))
 		case store.IsCorrupt(err):
@@ -233,6 +252,7 @@ func (w *Writer) watchIntegrity(ctx context.Context) error {
 			verify("quick_check")
 		case <-full.C:
 			verify("integrity_check")
+			full.Reset(w.o.IntegrityCheckEvery)
 		}
 	}
 }

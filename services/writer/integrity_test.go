@@ -128,13 +128,14 @@ func TestWriterRefusesACorruptDatabaseAtStart(t *testing.T) {
 // writer stops writing at a batch boundary and reports it once.
 func TestWriterStopsWhenTheDatabaseGoesBad(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		quick     time.Duration
-		check     string
-		detectVia func(h *harness)
+		name        string
+		quick, full time.Duration
+		check       string
+		detectVia   func(h *harness)
 	}{
-		{"periodic quick_check", 50 * time.Millisecond, "quick_check", func(h *harness) {}},
-		{"a coverage query reads a bad page", time.Hour, "query", func(h *harness) {
+		{"periodic quick_check", 50 * time.Millisecond, time.Hour, "quick_check", func(h *harness) {}},
+		{"periodic integrity_check", time.Hour, 50 * time.Millisecond, "integrity_check", func(h *harness) {}},
+		{"a coverage query reads a bad page", time.Hour, time.Hour, "query", func(h *harness) {
 			if msg := h.coverageError(); msg == "" {
 				h.t.Error("coverage of damaged pages answered numbers")
 			}
@@ -142,7 +143,7 @@ func TestWriterStopsWhenTheDatabaseGoesBad(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.start(func(o *writer.Options) { o.QuickCheckEvery = tc.quick })
+			h.start(func(o *writer.Options) { o.QuickCheckEvery, o.IntegrityCheckEvery = tc.quick, tc.full })
 			h.fillBTC(50)
 			// The disk goes bad under the running writer.
 			checkfor.Check(t, 30*time.Second, 50*time.Millisecond, func() error {
