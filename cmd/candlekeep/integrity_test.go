@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -129,4 +131,39 @@ func fileChecksum(t *testing.T, path string) [32]byte {
 		t.Fatal(err)
 	}
 	return sha256.Sum256(b)
+}
+
+// A file too damaged to open at all (its header overwritten) leaves nothing
+// to run the writer on: `candlekeep up` exits 1 with the recovery steps, and
+// the file is left as it was.
+func TestUnopenableDatabaseExitsWithTheRecoverySteps(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end with processes; runs without -short")
+	}
+	dataDir := t.TempDir()
+	dbPath := filepath.Join(dataDir, databaseFile)
+	junk := make([]byte, 64<<10)
+	for i := range junk {
+		junk[i] = byte(i*31 + 7)
+	}
+	if err := os.WriteFile(dbPath, junk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, []string{"CANDLEKEEP_BINANCE_URL=http://" + freeAddr(t)},
+		"up", "--data-dir", dataDir, "--nats-listen", freeAddr(t), "--catch-up=false", "--sync-schedule", "off", "--log-format", "json")
+	select {
+	case <-p.done:
+	case <-time.After(time.Minute):
+		t.Fatalf("candlekeep up did not exit on an unopenable database; output:\n%s", p.out)
+	}
+	var ee *exec.ExitError
+	if !errors.As(p.err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want status 1; output:\n%s", p.err, p.out)
+	}
+	if out := p.out.String(); !strings.Contains(out, "file is not a database") || !strings.Contains(out, "move the file") {
+		t.Fatalf("the error does not say what is wrong and how to recover:\n%s", out)
+	}
+	if got, _ := os.ReadFile(dbPath); !bytes.Equal(got, junk) {
+		t.Fatal("candlekeep changed the unopenable file")
+	}
 }
