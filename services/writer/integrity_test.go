@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -172,8 +173,11 @@ func TestWriterStopsWhenTheDatabaseGoesBad(t *testing.T) {
 // reader goes the writer's own checkpoints bring the WAL back to nothing.
 func TestWALShrinksAfterALongReader(t *testing.T) {
 	h := newHarness(t)
-	h.start(func(o *writer.Options) { o.CheckpointEvery = 20 * time.Millisecond })
+	h.start(func(o *writer.Options) { o.CheckpointEvery, o.ProgressEvery = 20*time.Millisecond, 50*time.Millisecond })
 	h.fillBTC(5)
+	eth := candles.Pair{Symbol: "ETHUSDT", Interval: "4h"}
+	started := candles.SyncStarted{EventHeader: candles.NewHeader(candles.KindSyncStarted, "backfill"), Pairs: []candles.Pair{eth}, PairsTotal: 1}
+	h.event(&started, "")
 
 	db, err := sql.Open("sqlite", h.dbPath)
 	if err != nil {
@@ -195,9 +199,13 @@ func TestWALShrinksAfterALongReader(t *testing.T) {
 
 	var last uint64
 	for i := range 200 {
-		last = h.publish(batch("", "ETHUSDT", i, false, series(t0+int64(i*100)*h4, 100, 0)), "").Sequence
+		last = h.publish(batch("backfill", "ETHUSDT", i, false, series(t0+int64(i*100)*h4, 100, 0)), "").Sequence
 	}
 	h.waitApplied(last) // writes went on behind the reader
+	// The progress line reports the WAL's size.
+	eventually(t, "a progress line with the WAL size", func() bool {
+		return regexp.MustCompile(`msg="sync progress" run_id=backfill .* wal_bytes=[1-9][0-9]{6,}`).MatchString(h.logs.String())
+	})
 	walPath := h.dbPath + "-wal"
 	fi, err := os.Stat(walPath)
 	if err != nil {
