@@ -51,7 +51,11 @@ func (s *Store) CheckpointWAL(ctx context.Context) (WALState, error) {
 	if err := conn.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &st.Frames, &st.Checkpointed); err != nil {
 		return st, fmt.Errorf("checkpoint %s: %w", s.path, err)
 	}
-	if st.Frames >= 0 && st.Checkpointed >= st.Frames {
+	if st.Bytes, err = s.WALBytes(); err != nil {
+		return st, err
+	}
+	// An empty WAL has nothing to reset; skipping it spares the write lock.
+	if st.Checkpointed >= st.Frames && (st.Frames > 0 || st.Bytes > 0) {
 		if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, truncateBusyTimeout.Milliseconds())); err != nil {
 			return st, fmt.Errorf("checkpoint %s: %w", s.path, err)
 		}

@@ -66,6 +66,43 @@ type damage struct {
 	published bool
 	// done is closed when ev is set.
 	done chan struct{}
+	// stop ends the work of the session in progress (nil between
+	// sessions); markDamaged calls it before it returns, so the consumer
+	// that found the damage handles no further message.
+	stop context.CancelFunc
+}
+
+// workContext returns the context of a session's work: ended by the
+// session's end or by the database being found damaged. release must
+// follow.
+func (w *Writer) workContext(ctx context.Context) (wctx context.Context, release func()) {
+	wctx, cancel := context.WithCancel(ctx)
+	w.dmg.mu.Lock()
+	w.dmg.stop = cancel
+	w.dmg.mu.Unlock()
+	return wctx, func() {
+		w.dmg.mu.Lock()
+		w.dmg.stop = nil
+		w.dmg.mu.Unlock()
+		cancel()
+	}
+}
+
+// forgetDamage clears what was known about the previous database when a
+// Pause's resume brings another file.
+func (w *Writer) forgetDamage() {
+	w.dmg.mu.Lock()
+	defer w.dmg.mu.Unlock()
+	if w.dmg.ev != nil {
+		w.dmg.ev, w.dmg.published, w.dmg.done = nil, false, make(chan struct{})
+	}
+}
+
+// damagedSignal is closed once the database in use is found damaged.
+func (w *Writer) damagedSignal() <-chan struct{} {
+	w.dmg.mu.Lock()
+	defer w.dmg.mu.Unlock()
+	return w.dmg.done
 }
 
 // damaged reports the integrity.failed of the database, or nil.
@@ -94,10 +131,11 @@ func firstProblem(ps []string) string {
 }
 
 // markDamaged records that the database is damaged, as found by check
-// ("quick_check", "integrity_check" or "query") with err: it stops the
-// consumer session at once (the batch in hand is left unacked unless it
-// was committed), logs the recovery steps and lets Run publish
-// integrity.failed. Only the first call counts.
+// ("quick_check", "integrity_check" or "query") with err: it ends the
+// session's work at once (the batch in hand is left unacked unless it was
+// committed), logs the recovery steps and leaves publishing integrity.failed
+// to the session, which then waits (refuseDamaged). Only the first call
+// counts.
 func (w *Writer) markDamaged(check string, err error) {
 	problems := []string{err.Error()}
 	var cf *store.CheckFailedError
@@ -120,13 +158,11 @@ func (w *Writer) markDamaged(check string, err error) {
 	}
 	w.dmg.ev = ev
 	close(w.dmg.done)
+	stop := w.dmg.stop
 	w.dmg.mu.Unlock()
-
-	w.p.mu.Lock()
-	if w.p.cancel != nil {
-		w.p.cancel()
+	if stop != nil {
+		stop()
 	}
-	w.p.mu.Unlock()
 	w.log.Error("database damaged: writes stopped", "database", path, "check", check,
 		"problems", strings.Join(problems, "; "), "hint", ev.Hint)
 }
@@ -200,6 +236,7 @@ func (w *Writer) watchIntegrity(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	damaged := w.damagedSignal()
 	ckpt := time.NewTicker(w.o.CheckpointEvery)
 	defer ckpt.Stop()
 	quick := time.NewTicker(w.o.QuickCheckEvery)
@@ -237,7 +274,7 @@ func (w *Writer) watchIntegrity(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-w.dmg.done:
+		case <-damaged:
 			return errDamaged
 		case <-ckpt.C:
 			st, err := c.CheckpointWAL(ctx)

@@ -232,3 +232,52 @@ func TestWALShrinksAfterALongReader(t *testing.T) {
 	})
 	h.assertDB()
 }
+
+// A damaged database can be replaced under the running writer with Pause,
+// as a restore does: the new file is checked, then written, and the batches
+// the damaged one never took are applied from the stream.
+func TestPauseReplacesADamagedDatabase(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	r := h.start(nil)
+	h.fillBTC(50)
+	r.stop()
+	if _, err := storetest.CorruptCandles(h.dbPath, 3); err != nil {
+		t.Fatal(err)
+	}
+	r = h.start(nil)
+	h.integrityFailed()
+	last := h.publish(batch("", "ETHUSDT", 0, false, series(t0, 10, 0)), "").Sequence
+
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resume, err := r.w.Pause(pctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if err := os.Rename(h.dbPath+suffix, h.dbPath+suffix+".corrupt"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	fresh, err := store.Open(ctx, h.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.store = fresh // stop closes it
+	if err := resume(fresh); err != nil {
+		t.Fatal(err)
+	}
+	h.waitApplied(last)
+	if msg := h.coverageError(); msg != "" {
+		t.Errorf("coverage of the new database answered %q", msg)
+	}
+	r.stop()
+	h.assertDB()
+	if n := len(h.events(candles.KindIntegrityFailed)); n != 1 {
+		t.Errorf("%d integrity.failed events; want 1 (the new file is sound)", n)
+	}
+}

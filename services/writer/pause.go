@@ -136,6 +136,7 @@ func (w *Writer) sessions(ctx context.Context, session func(context.Context) err
 		w.p.mu.Lock()
 		if st != nil {
 			w.p.st = st
+			w.forgetDamage() // the new file is checked when its session starts
 		}
 		w.p.pending = nil
 		w.p.mu.Unlock()

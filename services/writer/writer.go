@@ -236,43 +236,48 @@ func (w *Writer) Run(ctx context.Context) error {
 		return fmt.Errorf("writer: add replay endpoint: %w", err)
 	}
 
-	if w.damaged() != nil {
-		return w.refuseDamaged(ctx)
-	}
-	w.announce(ctx)
+	w.announce(ctx) // does nothing on a damaged database
 
 	// A session is everything that uses the database on its own; Pause
-	// ends one and its resume starts the next.
+	// ends one and its resume starts the next. On a damaged database a
+	// session only waits, so Pause can still swap in a restored file.
+	resumed := false
 	err = w.sessions(ctx, func(ctx context.Context) error {
-		if w.damaged() != nil {
-			return errDamaged
+		if resumed {
+			w.checkAtStart(ctx) // a new file is checked before it is trusted too
 		}
-		g, gctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return w.watchIntegrity(gctx) })
-		g.Go(func() error { return w.consumeBatches(gctx) })
-		g.Go(func() error { return w.consumeRuns(gctx) })
-		g.Go(func() error { return w.reportProgress(gctx) })
-		g.Go(func() error { return w.watchDeadlines(gctx) })
-		return g.Wait()
-	})
-	if w.damaged() != nil {
+		resumed = true
+		if w.damaged() == nil {
+			wctx, release := w.workContext(ctx)
+			g, gctx := errgroup.WithContext(wctx)
+			g.Go(func() error { return w.watchIntegrity(gctx) })
+			g.Go(func() error { return w.consumeBatches(gctx) })
+			g.Go(func() error { return w.consumeRuns(gctx) })
+			g.Go(func() error { return w.reportProgress(gctx) })
+			g.Go(func() error { return w.watchDeadlines(gctx) })
+			err := g.Wait()
+			release()
+			if w.damaged() == nil || errors.Is(context.Cause(ctx), ErrLeaseLost) {
+				return err
+			}
+		}
 		return w.refuseDamaged(ctx)
-	}
-	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+	})
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, errDamaged)) {
 		w.log.Info("writer stopped")
 		return nil
 	}
 	return err
 }
 
-// refuseDamaged is the rest of Run once the database is damaged: it
-// publishes integrity.failed and stays up, writing nothing, until ctx ends,
-// so the other services and the monitor keep working and the endpoints
-// answer with the damage rather than going silent.
+// refuseDamaged is a session on a damaged database: it publishes
+// integrity.failed and writes nothing until ctx ends (a stop, or a Pause
+// that brings another file), so the other services and the monitor keep
+// working and the endpoints answer with the damage rather than go silent.
 func (w *Writer) refuseDamaged(ctx context.Context) error {
 	w.publishDamage(ctx)
 	<-ctx.Done()
-	w.log.Info("writer stopped; the damaged database was left as it was", "database", w.dbPath())
+	w.log.Info("no longer using the damaged database; it was left as it was", "database", w.dbPath())
 	return nil
 }
 
