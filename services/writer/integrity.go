@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -142,12 +143,12 @@ func (w *Writer) markDamaged(check string, err error) {
 	if errors.As(err, &cf) {
 		check, problems = cf.Check, cf.Problems
 	}
+	path := w.dbPath() // before dmg.mu: the store's lock is taken first elsewhere
 	w.dmg.mu.Lock()
 	if w.dmg.ev != nil {
 		w.dmg.mu.Unlock()
 		return
 	}
-	path := w.dbPath()
 	ev := &candles.IntegrityFailed{
 		EventHeader: candles.NewHeader(candles.KindIntegrityFailed, ""),
 		Database:    path,
@@ -167,12 +168,17 @@ func (w *Writer) markDamaged(check string, err error) {
 		"problems", strings.Join(problems, "; "), "hint", ev.Hint)
 }
 
-// dbPath names the database file for operators.
+// dbPath names the database file for operators, absolute so the hint's
+// commands work from any directory.
 func (w *Writer) dbPath() string {
-	if p, ok := w.store().(interface{ Path() string }); ok {
-		return p.Path()
+	p, ok := w.store().(interface{ Path() string })
+	if !ok {
+		return "(unknown path)"
 	}
-	return "(unknown path)"
+	if abs, err := filepath.Abs(p.Path()); err == nil {
+		return abs
+	}
+	return p.Path()
 }
 
 // noteErr sends a database error that says the file is damaged to
@@ -185,24 +191,26 @@ func (w *Writer) noteErr(err error) bool {
 	return true
 }
 
-// publishDamage publishes integrity.failed once, if the database is damaged.
-func (w *Writer) publishDamage(ctx context.Context) {
+// publishDamage publishes integrity.failed once, if the database is
+// damaged, and reports whether that is done.
+func (w *Writer) publishDamage(ctx context.Context) bool {
 	w.dmg.mu.Lock()
 	ev, done := w.dmg.ev, w.dmg.published
 	w.dmg.mu.Unlock()
 	if ev == nil || done {
-		return
+		return true
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sideEffectTimeout)
 	defer cancel()
 	id := "integrity.failed:" + ev.Database + ":" + ev.DetectedAt.Format(time.RFC3339Nano)
 	if err := candles.PublishEvent(pctx, w.js, ev, id, ev.DetectedAt); err != nil {
-		w.log.Error("publish integrity.failed", "database", ev.Database, "err", err)
-		return
+		w.log.Error("publish integrity.failed; will retry", "database", ev.Database, "err", err)
+		return false
 	}
 	w.dmg.mu.Lock()
 	w.dmg.published = true
 	w.dmg.mu.Unlock()
+	return true
 }
 
 // checkAtStart runs quick_check before the writer trusts its database with

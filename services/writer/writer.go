@@ -275,7 +275,11 @@ func (w *Writer) Run(ctx context.Context) error {
 // that brings another file), so the other services and the monitor keep
 // working and the endpoints answer with the damage rather than go silent.
 func (w *Writer) refuseDamaged(ctx context.Context) error {
-	w.publishDamage(ctx)
+	for backoff := retryMin; !w.publishDamage(ctx); backoff = nextBackoff(backoff, retryMax) {
+		if !sleep(ctx, backoff) {
+			break
+		}
+	}
 	<-ctx.Done()
 	w.log.Info("no longer using the damaged database; it was left as it was", "database", w.dbPath())
 	return nil
