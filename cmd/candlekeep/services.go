@@ -144,7 +144,7 @@ func serveLeasedWriter(ctx context.Context, natsURL, dbPath string, o writer.Opt
 				if ctx.Err() != nil {
 					return nil
 				}
-				return fmt.Errorf("open database %s: %w", dbPath, err)
+				return openError(dbPath, err)
 			}
 			defer st.Close()
 			log.Info("database open", "path", dbPath)

@@ -146,10 +146,23 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 func checkSource(ctx context.Context, dbPath, source string, rebind bool, log *slog.Logger) error {
 	st, err := store.Open(ctx, dbPath)
 	if err != nil {
-		return fmt.Errorf("open database %s: %w", dbPath, err)
+		return openError(dbPath, err)
 	}
 	defer st.Close()
-	return writer.BindSource(ctx, st, source, rebind, log)
+	err = writer.BindSource(ctx, st, source, rebind, log)
+	if store.IsCorrupt(err) {
+		return openError(dbPath, err)
+	}
+	return err
+}
+
+// openError is the error of a database that cannot be opened; for a file
+// too damaged to open at all it says how to recover.
+func openError(dbPath string, err error) error {
+	if store.IsCorrupt(err) {
+		return fmt.Errorf("open database %s: %w; %s", dbPath, err, fmt.Sprintf(writer.RecoveryHint, dbPath))
+	}
+	return fmt.Errorf("open database %s: %w", dbPath, err)
 }
 
 const rebindSourceUsage = "accept a database filled from another exchange URL than --binance-url and record the new one (otherwise it is refused)"

@@ -23,6 +23,7 @@ const (
 	KindRateLimitBanned = "ratelimit.banned"
 	KindBatchRejected   = "batch.rejected"
 	KindWriterActive    = "writer.active"
+	KindIntegrityFailed = "integrity.failed"
 )
 
 // EventHeader starts every event.
@@ -146,6 +147,23 @@ type WriterActive struct {
 	Database string    `json:"database"`
 	Since    time.Time `json:"since"`
 	Previous string    `json:"previous,omitempty"`
+}
+
+// IntegrityFailed: the database file is damaged (a check found problems, or
+// a query or write hit a malformed page). The writer has stopped writing to
+// it and leaves it untouched until an operator follows Hint.
+type IntegrityFailed struct {
+	EventHeader
+	// Database is the path of the damaged file.
+	Database string `json:"database"`
+	// Check is what found the damage: "quick_check", "integrity_check" or
+	// "query" (an error from a read or write).
+	Check string `json:"check"`
+	// Problems are the first few findings (SQLite's messages).
+	Problems   []string  `json:"problems"`
+	DetectedAt time.Time `json:"detected_at"`
+	// Hint says how to recover by hand.
+	Hint string `json:"hint"`
 }
 
 // RateLimitHit: the exchange answered 429.

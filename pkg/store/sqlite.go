@@ -88,7 +88,9 @@ func (s *Store) open(ctx context.Context, path string) error {
 		"journal_mode(WAL)",
 		"synchronous(NORMAL)",
 	}
-	wq := url.Values{"_pragma": pragmas, "_txlock": {"immediate"}}
+	// journal_size_limit only matters where the WAL is written (wal.go).
+	wq := url.Values{"_pragma": append(pragmas[:len(pragmas):len(pragmas)], fmt.Sprintf("journal_size_limit(%d)", WALSizeLimit)),
+		"_txlock": {"immediate"}}
 	rq := url.Values{"_pragma": append(pragmas[:len(pragmas):len(pragmas)], "query_only(1)")}
 
 	var err error

@@ -31,7 +31,7 @@ func (w *Writer) supervise(ctx context.Context, stream string, once func(context
 	for {
 		began := time.Now()
 		err := once(ctx)
-		if ctx.Err() != nil {
+		if w.noteErr(err) || ctx.Err() != nil {
 			return nil
 		}
 		if time.Since(began) > time.Minute {
@@ -278,6 +278,9 @@ func (w *Writer) retry(ctx context.Context, msg jetstream.Msg, what string, attr
 		cancel()
 		if err == nil {
 			return true
+		}
+		if w.noteErr(err) { // a damaged file: retrying cannot help
+			return false
 		}
 		w.log.Error(what+"; retrying", append(attrs, "err", err, "retry_in", backoff)...)
 		if err := msg.InProgress(); err != nil {

@@ -36,6 +36,10 @@ func (w *Writer) handleCoverage(ctx context.Context, req micro.Request) {
 	}
 	cov, err := st.Coverage(ctx, r)
 	release()
+	if w.noteErr(err) {
+		w.respondError(req, "500", w.damagedErr().Error())
+		return
+	}
 	if err != nil {
 		w.log.Error("coverage", "pairs", len(r.Pairs), "gaps", r.Gaps, "err", err)
 		w.respondError(req, "500", "coverage: the database could not be read; see the writer's log")

@@ -35,7 +35,7 @@ func (w *Writer) watchDeadlines(ctx context.Context) error {
 func (w *Writer) checkDeadlines(ctx context.Context) {
 	next, err := w.store().NextDeadline(ctx)
 	if err != nil {
-		if ctx.Err() == nil {
+		if !w.noteErr(err) && ctx.Err() == nil {
 			w.log.Warn("read run deadlines", "err", err)
 		}
 		return
@@ -46,14 +46,14 @@ func (w *Writer) checkDeadlines(ctx context.Context) {
 	}
 	cutoff, err := w.appliedUntil(ctx, now)
 	if err != nil {
-		if ctx.Err() == nil {
+		if !w.noteErr(err) && ctx.Err() == nil {
 			w.log.Warn("check run deadlines", "err", err)
 		}
 		return
 	}
 	n, err := w.store().TimeOutRuns(ctx, cutoff)
 	if err != nil {
-		if ctx.Err() == nil {
+		if !w.noteErr(err) && ctx.Err() == nil {
 			w.log.Error("time out runs", "err", err)
 		}
 		return

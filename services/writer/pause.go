@@ -41,6 +41,9 @@ func (w *Writer) store() Store {
 // useStore hands an endpoint handler the database, or ErrPaused; release
 // must follow a nil error.
 func (w *Writer) useStore() (st Store, release func(), err error) {
+	if err := w.damagedErr(); err != nil {
+		return nil, nil, err
+	}
 	w.p.mu.Lock()
 	defer w.p.mu.Unlock()
 	if w.p.pending != nil {
@@ -133,6 +136,7 @@ func (w *Writer) sessions(ctx context.Context, session func(context.Context) err
 		w.p.mu.Lock()
 		if st != nil {
 			w.p.st = st
+			w.forgetDamage() // the new file is checked when its session starts
 		}
 		w.p.pending = nil
 		w.p.mu.Unlock()

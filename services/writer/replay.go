@@ -47,6 +47,10 @@ func (w *Writer) handleReplay(ctx context.Context, req micro.Request) {
 	}
 	resp, err := w.replay(ctx, st, r)
 	release()
+	if w.noteErr(err) {
+		w.respondError(req, "500", "replay: "+w.damagedErr().Error())
+		return
+	}
 	if err != nil {
 		resume := r.FromSeq
 		if resp.ToSeq > 0 {

@@ -228,9 +228,15 @@ func decodePairFailed(data []byte) (candles.PairFailed, error) {
 func (w *Writer) announce(ctx context.Context) {
 	w.announceMu.Lock()
 	defer w.announceMu.Unlock()
+	if w.damaged() != nil {
+		return // nothing more is written to a damaged file
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sideEffectTimeout)
 	defer cancel()
 	pairs, err := w.store().PendingPairCompletions(ctx)
+	if w.noteErr(err) {
+		return
+	}
 	if err != nil {
 		w.log.Error("read pending pair.completed events", "err", err)
 	}
@@ -248,6 +254,9 @@ func (w *Writer) announce(ctx context.Context) {
 		w.log.Debug("pair completed", "run_id", ev.RunID, "symbol", ev.Symbol, "interval", ev.Interval, "candles", ev.Candles)
 	}
 	runs, err := w.store().PendingAnnouncements(ctx)
+	if w.noteErr(err) {
+		return
+	}
 	if err != nil {
 		w.log.Error("read pending sync.completed events", "err", err)
 		return
@@ -268,6 +277,9 @@ func (w *Writer) announce(ctx context.Context) {
 			"duration", ev.FinishedAt.Sub(ev.StartedAt).Round(time.Millisecond))
 	}
 	timeouts, err := w.store().PendingTimeouts(ctx)
+	if w.noteErr(err) {
+		return
+	}
 	if err != nil {
 		w.log.Error("read pending sync.timeout events", "err", err)
 		return
@@ -316,7 +328,9 @@ func (w *Writer) reportProgress(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			w.log.Warn("read run progress", "err", err)
+			if !w.noteErr(err) {
+				w.log.Warn("read run progress", "err", err)
+			}
 			continue
 		}
 		now := w.o.Now()
@@ -337,7 +351,7 @@ func (w *Writer) reportProgress(ctx context.Context) error {
 			}
 			percent, eta := runETA(p, now)
 			w.log.Info("sync progress", "run_id", p.RunID, "pairs_done", p.PairsDone, "pairs_total", p.PairsTotal,
-				"percent", percent, "eta", eta, "candles", p.Candles, "rate", rate)
+				"percent", percent, "eta", eta, "candles", p.Candles, "rate", rate, "wal_bytes", w.walBytes())
 			next[p.RunID] = report{candles: p.Candles, done: p.PairsDone, at: now}
 		}
 		last = next

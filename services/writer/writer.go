@@ -94,6 +94,10 @@ type Options struct {
 	// Active, if set, is published once the streams exist: the writer.active
 	// event of a writer that took the lease (see RunLeased).
 	Active *candles.WriterActive
+	// QuickCheckEvery and IntegrityCheckEvery are how often the running
+	// writer checks its database (PRAGMA quick_check, integrity_check);
+	// CheckpointEvery how often it checkpoints the WAL (integrity.go).
+	QuickCheckEvery, IntegrityCheckEvery, CheckpointEvery time.Duration
 }
 
 // DefaultOptions returns Options with every default set; Conn and Store
@@ -105,6 +109,10 @@ func DefaultOptions() Options {
 		ProgressEvery: DefaultProgressEvery,
 		AckWait:       DefaultAckWait,
 		DeadlineEvery: DefaultDeadlineEvery,
+
+		QuickCheckEvery:     DefaultQuickCheckEvery,
+		IntegrityCheckEvery: DefaultIntegrityCheckEvery,
+		CheckpointEvery:     DefaultCheckpointEvery,
 	}
 }
 
@@ -125,6 +133,9 @@ func (o Options) Validate() error {
 		return fmt.Errorf("writer: AckWait %s must be at least 1s (default %s)", o.AckWait, DefaultAckWait)
 	case o.DeadlineEvery <= 0:
 		return fmt.Errorf("writer: DeadlineEvery %s must be positive (default %s)", o.DeadlineEvery, DefaultDeadlineEvery)
+	case o.QuickCheckEvery <= 0 || o.IntegrityCheckEvery <= 0 || o.CheckpointEvery <= 0:
+		return fmt.Errorf("writer: QuickCheckEvery %s, IntegrityCheckEvery %s and CheckpointEvery %s must be positive (defaults %s, %s, %s)",
+			o.QuickCheckEvery, o.IntegrityCheckEvery, o.CheckpointEvery, DefaultQuickCheckEvery, DefaultIntegrityCheckEvery, DefaultCheckpointEvery)
 	case o.Source != "" && !validSource(o.Source):
 		return fmt.Errorf("writer: --binance-url %q is not an http(s) URL", o.Source)
 	case o.Streams.Replicas < 0 || o.Streams.Replicas > 5:
@@ -149,6 +160,8 @@ type Writer struct {
 	runCtx context.Context
 	// p holds the database in use and lets Pause swap it (pause.go).
 	p pauser
+	// dmg is set once the database is found damaged (integrity.go).
+	dmg damage
 }
 
 // New checks o and returns a Writer.
@@ -162,6 +175,7 @@ func New(o Options) (*Writer, error) {
 	}
 	w := &Writer{o: o, js: js, log: o.Logger}
 	w.p.st = o.Store
+	w.dmg.done = make(chan struct{})
 	return w, nil
 }
 
@@ -174,8 +188,12 @@ func New(o Options) (*Writer, error) {
 // runs once.
 func (w *Writer) Run(ctx context.Context) error {
 	w.runCtx = ctx
-	if err := w.bindSource(ctx); err != nil {
-		return err
+	// The database is checked before it is trusted with any write.
+	w.checkAtStart(ctx)
+	if w.damaged() == nil {
+		if err := w.bindSource(ctx); err != nil {
+			return err
+		}
 	}
 	if err := candles.EnsureStreams(ctx, w.js, w.o.Streams); err != nil {
 		if ctx.Err() != nil {
@@ -218,23 +236,53 @@ func (w *Writer) Run(ctx context.Context) error {
 		return fmt.Errorf("writer: add replay endpoint: %w", err)
 	}
 
-	w.announce(ctx)
+	w.announce(ctx) // does nothing on a damaged database
 
 	// A session is everything that uses the database on its own; Pause
-	// ends one and its resume starts the next.
+	// ends one and its resume starts the next. On a damaged database a
+	// session only waits, so Pause can still swap in a restored file.
+	resumed := false
 	err = w.sessions(ctx, func(ctx context.Context) error {
-		g, gctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return w.consumeBatches(gctx) })
-		g.Go(func() error { return w.consumeRuns(gctx) })
-		g.Go(func() error { return w.reportProgress(gctx) })
-		g.Go(func() error { return w.watchDeadlines(gctx) })
-		return g.Wait()
+		if resumed {
+			w.checkAtStart(ctx) // a new file is checked before it is trusted too
+		}
+		resumed = true
+		if w.damaged() == nil {
+			wctx, release := w.workContext(ctx)
+			g, gctx := errgroup.WithContext(wctx)
+			g.Go(func() error { return w.watchIntegrity(gctx) })
+			g.Go(func() error { return w.consumeBatches(gctx) })
+			g.Go(func() error { return w.consumeRuns(gctx) })
+			g.Go(func() error { return w.reportProgress(gctx) })
+			g.Go(func() error { return w.watchDeadlines(gctx) })
+			err := g.Wait()
+			release()
+			if w.damaged() == nil || errors.Is(context.Cause(ctx), ErrLeaseLost) {
+				return err
+			}
+		}
+		return w.refuseDamaged(ctx)
 	})
-	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, errDamaged)) {
 		w.log.Info("writer stopped")
 		return nil
 	}
 	return err
+}
+
+// refuseDamaged is a session on a damaged database: it publishes
+// integrity.failed and writes nothing until ctx ends (a stop, or a Pause
+// that brings another file), so the other services and the monitor keep
+// working and the endpoints answer with the damage rather than go silent.
+func (w *Writer) refuseDamaged(ctx context.Context) error {
+	for backoff := retryMin; !w.publishDamage(ctx); backoff = nextBackoff(backoff, retryMax) {
+		if !sleep(ctx, backoff) {
+			break
+		}
+	}
+	<-ctx.Done()
+	w.log.Info("no longer using the damaged database; it was left as it was", "database", w.dbPath())
+	return nil
 }
 
 // sleep waits d or until ctx ends, reporting whether the full d passed.
