@@ -624,6 +624,12 @@ func (j *jobRun) settle(ctx context.Context, shutdown bool, err error, took time
 			return
 		}
 		j.removeCheckpoint(ctx)
+		if j.cp.Candles == 0 && !j.job.Incremental {
+			// Said plainly: an explicit range that ends before the pair's
+			// listing (or holds only the open candle) is done, not broken.
+			log.Info("nothing to fetch: the exchange has no closed candle of the pair in the range (it may end before the pair's listing)",
+				"from", time.UnixMilli(j.job.From).UTC(), "until", time.UnixMilli(j.job.Until).UTC())
+		}
 		log.Info("pair fetched", "pages", j.pages, "candles", j.candles, "took", took.Round(time.Millisecond), "retried_in_place", j.retries,
 			"resumed_at_page", j.cp.Page-j.pages, "delivery", j.delivery)
 	case errors.Is(err, errDone):

@@ -477,7 +477,7 @@ func pagesFor(iv candles.Interval, r candles.Range, pageLimit int) int {
 // the time the run takes. For "listing" the first candle of each pair is
 // looked up (one small request per pair).
 func (f *Fetcher) dryRun(ctx context.Context, req candles.SyncRequest) (candles.SyncPlan, error) {
-	jobs, _, err := f.plan(ctx, "dry-run", req)
+	jobs, notes, err := f.plan(ctx, "dry-run", req)
 	if err != nil {
 		return candles.SyncPlan{}, err
 	}
@@ -490,7 +490,9 @@ func (f *Fetcher) dryRun(ctx context.Context, req candles.SyncRequest) (candles.
 			}
 		}
 	}
-	return f.estimate(jobs, firsts), nil
+	plan := f.estimate(jobs, firsts)
+	plan.Notes = notes
+	return plan, nil
 }
 
 // estimate prices planned jobs as a dry run shows them; firsts, when given,

@@ -156,6 +156,14 @@ func TestRequestsCheckedAgainstTheExchange(t *testing.T) {
 			t.Fatalf("the first page claims coverage from %d, want the listing %d", bs[0].From, first)
 		}
 	})
+	t.Run("a dry run shows the note", func(t *testing.T) {
+		_, _, data := ask(`{"symbols":["BTCUSDT"],"intervals":["1w"],"start":"0001-01-01T00:00:00Z","dry_run":true}`)
+		var plan candles.SyncPlan
+		if err := json.Unmarshal(data, &plan); err != nil || len(plan.Notes) != 1 || len(plan.Pairs) != 1 ||
+			plan.Pairs[0].From != candles.MustInterval("1w").Align(listingFloor) {
+			t.Fatalf("dry run: %s", data)
+		}
+	})
 	t.Run("a lookback before 1970 is moved to the listing", func(t *testing.T) {
 		publishRequest(t, js, "deep", `{"symbols":["ETHUSDT"],"intervals":["1M"],"lookback":1000}`)
 		p := candles.Pair{Symbol: "ETHUSDT", Interval: "1M"}
