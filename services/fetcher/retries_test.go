@@ -1,9 +1,12 @@
 package fetcher
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -200,4 +203,48 @@ func TestRequestsCheckedAgainstTheExchange(t *testing.T) {
 func jsonStrings(ss []string) string {
 	b, _ := json.Marshal(ss)
 	return string(b)
+}
+
+// A page published resets the attempts: a job one failed attempt short of
+// giving up publishes a page, then fails a whole attempt at the next one
+// (four requests), and is retried, not failed; its checkpoint holds the
+// count of the page it is stuck at, 1.
+func TestProgressResetsTheAttempts(t *testing.T) {
+	nc, js := natsServer(t)
+	s := sim.New(sim.Options{})
+	var n atomic.Int64
+	url := serveSim(t, s, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/api/v3/klines" {
+				if i := n.Add(1); i >= 2 && i <= 2+pageRetries {
+					w.WriteHeader(http.StatusServiceUnavailable)
+					_, _ = w.Write([]byte(`{"code":-1001,"msg":"Internal error; unable to process your request. Please try again."}`))
+					return
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	progress, err := openProgress(context.Background(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, until := klinesRange(h1, testStart, 2500)
+	job := candles.Job{RunID: "reset", Symbol: "BTCUSDT", Interval: "1h", From: from, Until: until}
+	if err := progress.save(context.Background(), job, checkpoint{Failures: DefaultMaxDeliver - 1, LastError: "earlier trouble"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	o := testOptions(nc, url)
+	o.RetryBase = time.Second // time to read the checkpoint between deliveries
+	runFetcher(t, o)
+	publishJob(t, js, job)
+	waitFor(t, 10*time.Second, "the failed attempt to be counted", func() bool {
+		cp, found, err := progress.load(context.Background(), job)
+		return err == nil && found && cp.Page == 1 && cp.Failures == 1 && strings.Contains(cp.LastError, "HTTP 503")
+	})
+	waitFor(t, 20*time.Second, "the final page", func() bool { return finished(t, js, "reset", btc1h) })
+	checkPages(t, batches(t, js, "reset", btc1h), s.Klines("BTCUSDT", h1, from, until))
+	if pf := eventsOf(t, js, candles.KindPairFailed); len(pf) != 0 {
+		t.Fatalf("pair.failed: %s", pf[0])
+	}
 }
