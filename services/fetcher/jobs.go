@@ -685,8 +685,12 @@ func (j *jobRun) retry(ctx context.Context, err error, apiErr *binance.Error) {
 		failures = max(failures, j.delivery) // no count to trust: assume every delivery failed
 	}
 	if failures >= f.o.MaxDeliver {
-		j.fail(ctx, fmt.Sprintf("gave up after %d attempts with no page stored in between (%d requests for the page at %s): %v",
-			failures, failures*(pageRetries+1), j.resumeAt(), err))
+		asked := ""
+		if retryInPlace(err) {
+			asked = fmt.Sprintf("%d requests ", failures*(pageRetries+1))
+		}
+		j.fail(ctx, fmt.Sprintf("gave up after %d attempts with no page stored in between (%sfor the page at %s): %v",
+			failures, asked, j.resumeAt(), err))
 		return
 	}
 	delay := backoff(f.o.RetryBase, uint64(failures))
@@ -704,12 +708,17 @@ func (j *jobRun) retry(ctx context.Context, err error, apiErr *binance.Error) {
 	_ = j.msg.NakWithDelay(delay)
 }
 
-// resumeAt names where the job resumes, for a reason an operator reads.
+// resumeAt names the open time where the job resumes, for a reason an
+// operator reads.
 func (j *jobRun) resumeAt() string {
-	if j.cp.From == 0 {
-		return fmt.Sprintf("span %d's start", j.cp.Span)
+	from := j.cp.From
+	if from == 0 { // the start of the span: a repair range, then the main one
+		from = j.job.From
+		if j.cp.Span < len(j.job.Repair) {
+			from = j.job.Repair[j.cp.Span].From
+		}
 	}
-	return time.UnixMilli(j.cp.From).UTC().Format(time.RFC3339)
+	return time.UnixMilli(from).UTC().Format(time.RFC3339)
 }
 
 // fail ends the pair in its run with pair.failed naming reason.

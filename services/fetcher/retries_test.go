@@ -191,6 +191,19 @@ func TestRequestsCheckedAgainstTheExchange(t *testing.T) {
 		if n := len(eventsOf(t, js, candles.KindSyncStarted)); n != 2 {
 			t.Fatalf("%d runs started, want only the two above", n)
 		}
+		// On the stream (nats pub) the same request ends as sync.failed.
+		publishRequest(t, js, "big", body+`}`)
+		publishRequest(t, js, "future", `{"symbols":["BTCUSDT"],"start":"`+time.Now().UTC().AddDate(1, 0, 0).Format(time.RFC3339)+`"}`)
+		for run, says := range map[string]string{"big": "confirm: the plan is too big", "future": "start: "} {
+			var failed []candles.SyncFailed
+			waitFor(t, 20*time.Second, "sync.failed of "+run, func() bool {
+				failed = eventsFor[candles.SyncFailed](t, js, candles.KindSyncFailed, run)
+				return len(failed) > 0
+			})
+			if !strings.Contains(failed[0].Reason, says) {
+				t.Fatalf("sync.failed of %s: %q, want it to say %q", run, failed[0].Reason, says)
+			}
+		}
 		// With confirm the size is no reason to refuse; a dry run shows the
 		// plan rather than fetching fifteen million pages in a test.
 		code, msg, data = ask(body + `,"confirm":true,"dry_run":true}`)
