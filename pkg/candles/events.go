@@ -48,6 +48,9 @@ type SyncStarted struct {
 	PairsTotal int       `json:"pairs_total"`
 	Reason     string    `json:"reason,omitempty"`
 	Deadline   time.Time `json:"deadline,omitzero"`
+	// Notes say where the run's plan differs from the request, e.g. a start
+	// before the exchange's first candles moved to the listing.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // SyncCompleted: every pair of the run is written or failed.

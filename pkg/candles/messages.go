@@ -255,6 +255,9 @@ type SyncPlan struct {
 	// fetcher's moving average of measured ones, or a default before any.
 	RequestSeconds  float64 `json:"request_seconds"`
 	EstimatedSecond float64 `json:"estimated_seconds"`
+	// Notes say where the plan differs from the request, as sync.started
+	// would (a start before the exchange's first candles, say).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // CoverageResponse is the reply of candles.api.coverage.

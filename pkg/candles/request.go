@@ -34,6 +34,11 @@ type SyncRequest struct {
 	// DryRun asks candles.api.sync for the plan (pairs, pages, weight,
 	// estimated time) without fetching anything.
 	DryRun bool `json:"dry_run,omitempty"`
+	// Confirm lets a plan over the fetcher's size limit (very many klines
+	// requests, or an estimated time over a day) run: without it such a
+	// request is refused with the dry-run estimate, so an operator decides
+	// knowingly.
+	Confirm bool `json:"confirm,omitempty"`
 }
 
 // StartListing as Start asks for a pair's full history, from its listing.
@@ -65,7 +70,7 @@ func DecodeSyncRequest(data []byte) (SyncRequest, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return r, nil
 	}
-	if err := DecodeStrict(data, &r, "symbols, intervals, start, end, lookback, reason, dry_run", syncFieldType); err != nil {
+	if err := DecodeStrict(data, &r, "symbols, intervals, start, end, lookback, reason, dry_run, confirm", syncFieldType); err != nil {
 		return SyncRequest{}, err
 	}
 	return r, r.Validate()
@@ -79,7 +84,7 @@ func syncFieldType(field string) string {
 		return "a list of strings"
 	case field == "lookback":
 		return "a whole number"
-	case field == "dry_run":
+	case field == "dry_run" || field == "confirm":
 		return "true or false"
 	default:
 		return "a string"

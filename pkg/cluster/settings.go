@@ -199,7 +199,7 @@ func Keys() []Key {
 		{"weight-limit", "request weight per minute to stay under until exchangeInfo tells the real limit",
 			func(s *Settings) string { return strconv.Itoa(s.WeightLimit) },
 			intSetter(func(s *Settings) *int { return &s.WeightLimit }, 10, 1_000_000_000, "weight per minute")},
-		{"max-attempts", "attempts per pair before it fails with pair.failed",
+		{"max-attempts", "attempts in a row at one page, with no page stored in between, before the pair fails with pair.failed",
 			func(s *Settings) string { return strconv.Itoa(s.MaxAttempts) },
 			intSetter(func(s *Settings) *int { return &s.MaxAttempts }, 1, 100, "attempts")},
 		{"retry-base", "first retry delay of a failed pair; doubles per attempt",

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"time"
@@ -35,6 +36,11 @@ const (
 	// candle at index (len-1)/2 breaks the candle rules, in turn: high below
 	// low, a wrong close time, a negative volume.
 	FaultInvalid FaultKind = "invalid"
+	// FaultInvalidOpen (klines only) answers 200 with the page as served
+	// but its still-open last candle breaking the candle rules (high below
+	// low); a page without an open candle is left alone. A fetcher that
+	// drops the forming candle before it validates stores the closed ones.
+	FaultInvalidOpen FaultKind = "invalid_open"
 	// FaultRateLimit answers 429 with code -1003 and Retry-After (RetryAfter,
 	// default the rest of the weight window), without counting toward a ban.
 	FaultRateLimit FaultKind = "ratelimit"
@@ -48,7 +54,10 @@ const (
 
 // Fault disturbs matching API requests. Empty Path, Symbol and Interval
 // match anything; faults are checked in the order added and the first
-// non-latency match decides.
+// non-latency match decides. With Rate set, a matching request is affected
+// only with that probability, drawn from the fault's own RNG seeded with
+// Seed, so a test that sends its requests in the same order sees the same
+// faults on every run; a request left alone does not count toward Count.
 type Fault struct {
 	Kind       FaultKind     `json:"kind"`
 	Path       string        `json:"path,omitempty"`     // e.g. "/api/v3/klines"
@@ -56,6 +65,8 @@ type Fault struct {
 	Interval   string        `json:"interval,omitempty"` // the interval parameter
 	Count      int           `json:"count,omitempty"`    // matching requests affected; 0 = until cleared
 	Status     int           `json:"status,omitempty"`   // for FaultStatus
+	Rate       float64       `json:"rate,omitempty"`     // probability 0..1 that a match is affected; 0 = every match
+	Seed       uint64        `json:"seed,omitempty"`     // seeds Rate's RNG (0 is a fixed seed too)
 	RetryAfter time.Duration `json:"-"`                  // FaultRateLimit, FaultBan; JSON "retry_after":"2s"
 	Delay      time.Duration `json:"-"`                  // FaultLatency, FaultTimeout; JSON "delay":"500ms"
 }
@@ -111,13 +122,15 @@ func (f *Fault) UnmarshalJSON(data []byte) error {
 // Validate reports a fault that could never act as intended.
 func (f Fault) Validate() error {
 	switch f.Kind {
-	case FaultStatus, FaultTimeout, FaultTruncate, FaultMalformed, FaultInvalid, FaultRateLimit, FaultBan, FaultLatency:
+	case FaultStatus, FaultTimeout, FaultTruncate, FaultMalformed, FaultInvalid, FaultInvalidOpen, FaultRateLimit, FaultBan, FaultLatency:
 	default:
-		return fmt.Errorf("fault kind %q: want status, timeout, truncate, malformed, invalid, ratelimit, ban or latency", f.Kind)
+		return fmt.Errorf("fault kind %q: want status, timeout, truncate, malformed, invalid, invalid_open, ratelimit, ban or latency", f.Kind)
 	}
 	switch {
 	case f.Count < 0:
 		return fmt.Errorf("fault count %d must not be negative", f.Count)
+	case f.Rate < 0 || f.Rate > 1 || math.IsNaN(f.Rate):
+		return fmt.Errorf("fault rate %v: want a probability from 0 to 1 (0 affects every match)", f.Rate)
 	case f.Kind == FaultStatus && f.Status != 0 && (f.Status < 500 || f.Status > 599):
 		return fmt.Errorf("fault status %d: want a 5xx status", f.Status)
 	case f.RetryAfter < 0 || f.Delay < 0:
@@ -133,11 +146,18 @@ func (f Fault) Validate() error {
 type faultEntry struct {
 	f    Fault
 	used int
+	rng  *rand.Rand // draws Rate; nil without one
 }
 
 func (e *faultEntry) matches(path, symbol, interval string) bool {
 	return (e.f.Path == "" || e.f.Path == path) && (e.f.Symbol == "" || e.f.Symbol == symbol) &&
-		(e.f.Interval == "" || e.f.Interval == interval) && (e.f.Kind != FaultInvalid || path == klinesPath)
+		(e.f.Interval == "" || e.f.Interval == interval) &&
+		((e.f.Kind != FaultInvalid && e.f.Kind != FaultInvalidOpen) || path == klinesPath)
+}
+
+// strikes draws whether a matching request is affected.
+func (e *faultEntry) strikes() bool {
+	return e.rng == nil || e.rng.Float64() < e.f.Rate
 }
 
 // AddFault appends f to the active faults. An invalid fault (see
@@ -149,7 +169,11 @@ func (s *Sim) AddFault(f Fault) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.faults = append(s.faults, &faultEntry{f: f})
+	e := &faultEntry{f: f}
+	if f.Rate > 0 {
+		e.rng = rand.New(rand.NewPCG(f.Seed, 0x5eed))
+	}
+	s.faults = append(s.faults, e)
 }
 
 // ClearFaults removes every fault.
@@ -183,7 +207,7 @@ func (s *Sim) takeFault(path, symbol, interval string) (time.Duration, *Fault, i
 	var delay time.Duration
 	for i := 0; i < len(s.faults); {
 		e := s.faults[i]
-		if !e.matches(path, symbol, interval) {
+		if !e.matches(path, symbol, interval) || !e.strikes() {
 			i++
 			continue
 		}
@@ -254,8 +278,9 @@ func (s *Sim) faultReply(ctx context.Context, w http.ResponseWriter, ip string, 
 	return reply{}, false
 }
 
-// reshape applies the body-rewriting faults (truncate, malformed, invalid)
-// to a successful reply; n is how often the fault matched before.
+// reshape applies the body-rewriting faults (truncate, malformed, invalid,
+// invalid_open) to a successful reply; n is how often the fault matched
+// before.
 func reshape(r reply, f Fault, n int) reply {
 	if r.status != http.StatusOK {
 		return r
@@ -279,6 +304,14 @@ func reshape(r reply, f Fault, n int) reply {
 		case 2:
 			c.Volume = -c.Volume - 1
 		}
+		r.body = renderKlines(page, nil)
+	case FaultInvalidOpen:
+		if len(r.page) == 0 || !r.lastOpen {
+			return r
+		}
+		page := append([]candles.Candle(nil), r.page...)
+		c := &page[len(page)-1]
+		c.High = q(math.Min(c.Open, c.Close) / 2) // below low, and below open and close
 		r.body = renderKlines(page, nil)
 	}
 	return r

@@ -54,6 +54,8 @@ type reply struct {
 	body   []byte
 	html   bool
 	page   []candles.Candle // klines served, for faults that rewrite them
+	// lastOpen: the page's last candle is the one still open.
+	lastOpen bool
 }
 
 // endpoint is one API route: its weight and its handler.
@@ -217,8 +219,10 @@ func (s *Sim) klines(q url.Values) reply {
 		}
 		limit = int(min(*lim, maxKlinesLimit)) // Binance cuts larger limits to its maximum
 	}
-	page := s.page(sym, grid{iv, off}, start, end, limit, s.now().UnixMilli())
-	return reply{status: http.StatusOK, body: renderKlines(page, nil), page: page}
+	now := s.now().UnixMilli()
+	page := s.page(sym, grid{iv, off}, start, end, limit, now)
+	open := len(page) > 0 && page[len(page)-1].CloseTime >= now
+	return reply{status: http.StatusOK, body: renderKlines(page, nil), page: page, lastOpen: open}
 }
 
 // page selects candles as Binance does: with startTime the first limit

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -863,5 +864,89 @@ func TestRoundingMatchesTheWireForm(t *testing.T) {
 		if back, _ := strconv.ParseFloat(decimal(q(v)), 64); back != q(v) {
 			t.Fatalf("q(%v) = %v does not survive its own string %s", v, q(v), decimal(q(v)))
 		}
+	}
+}
+
+// A fault with a rate affects that share of the matching requests, the same
+// ones on every run with the same seed, and counts only the ones it affects.
+func TestFaultRate(t *testing.T) {
+	statuses := func(f Fault, n int) []int {
+		s, srv := start(t, Options{}, nil)
+		s.AddFault(f)
+		out := make([]int, n)
+		for i := range out {
+			out[i] = get(t, srv.URL, pingPath).status
+		}
+		return out
+	}
+	const n = 400
+	f := Fault{Kind: FaultStatus, Path: pingPath, Rate: 0.3, Seed: 7}
+	a, b := statuses(f, n), statuses(f, n)
+	if !slices.Equal(a, b) {
+		t.Fatal("the same seed gave different faults")
+	}
+	failed := 0
+	for _, st := range a {
+		if st == 503 {
+			failed++
+		} else if st != 200 {
+			t.Fatalf("status %d", st)
+		}
+	}
+	if failed < n*20/100 || failed > n*40/100 {
+		t.Fatalf("%d of %d requests failed at rate 0.3", failed, n)
+	}
+	if c := statuses(Fault{Kind: FaultStatus, Path: pingPath, Rate: 0.3, Seed: 8}, n); slices.Equal(a, c) {
+		t.Fatal("another seed gave the same faults")
+	}
+	// Count counts affected requests only: three 503s, then none.
+	c := statuses(Fault{Kind: FaultStatus, Path: pingPath, Rate: 0.5, Count: 3}, n)
+	if count503(c) != 3 {
+		t.Fatalf("rate with count 3: %d 503s", count503(c))
+	}
+
+	var back Fault
+	data, _ := json.Marshal(Fault{Kind: FaultTimeout, Rate: 0.1, Seed: 3, Delay: time.Second})
+	if err := json.Unmarshal(data, &back); err != nil || back.Rate != 0.1 || back.Seed != 3 || back.Delay != time.Second {
+		t.Fatalf("round trip of %s: %+v %v", data, back, err)
+	}
+	for _, r := range []float64{-0.1, 1.5} {
+		if err := (Fault{Kind: FaultStatus, Rate: r}).Validate(); err == nil {
+			t.Fatalf("rate %v accepted", r)
+		}
+	}
+}
+
+func count503(ss []int) int {
+	n := 0
+	for _, s := range ss {
+		if s == 503 {
+			n++
+		}
+	}
+	return n
+}
+
+// invalid_open breaks only the still-open last candle: the closed ones
+// validate, and a page without an open candle is served as it is.
+func TestFaultInvalidOpen(t *testing.T) {
+	s, srv := start(t, Options{}, nil)
+	latest := klinesQuery("BTCUSDT", iv4h, "limit", 5) // ends with the open candle
+	older := klinesQuery("BTCUSDT", iv4h, "limit", 5, "endTime", testNow.Add(-48*time.Hour).UnixMilli())
+	realOlder := get(t, srv.URL, older).body
+	s.AddFault(Fault{Kind: FaultInvalidOpen, Path: klinesPath})
+	cs, err := parseKlines(get(t, srv.URL, latest).body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := candles.Validate(iv4h, cs[:len(cs)-1]); err != nil {
+		t.Fatalf("the closed candles are broken too: %v", err)
+	}
+	var ve *candles.ValidationError
+	if err := candles.Validate(iv4h, cs); !errors.As(err, &ve) || ve.Index != len(cs)-1 {
+		t.Fatalf("the open candle passes or the page fails elsewhere: %v", err)
+	}
+	if r := get(t, srv.URL, older); string(r.body) != string(realOlder) {
+		t.Fatalf("a page of closed candles was changed: %s", r.body)
 	}
 }

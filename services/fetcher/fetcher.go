@@ -63,11 +63,14 @@ const (
 	requestMaxDeliver = 10
 	jobAckWait        = time.Minute
 	closeMargin       = time.Second // a candle counts as closed only this long after its close time
-	// extraDeliveries lets a job be delivered more often than MaxDeliver
-	// attempts: a 418 pause, a shutdown or a lost lock takes a delivery but
-	// is not the pair's failure. A job whose deliveries still run out ends
-	// with pair.failed from the max-deliveries advisory.
-	extraDeliveries = 6
+	// jobMaxDeliveries is the server's bound on a job's deliveries, a
+	// backstop only: the fetcher itself gives a pair up after MaxDeliver
+	// attempts in a row without a page published, a count that progress
+	// resets, so a long backfill through a flaky exchange may take many
+	// deliveries (and 418 pauses, shutdowns and lost locks take some too).
+	// A job whose deliveries still run out (say it kills every fetcher that
+	// takes it) ends with pair.failed from the max-deliveries advisory.
+	jobMaxDeliveries = 200
 )
 
 // Options configures a Fetcher.
@@ -248,7 +251,7 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 		Description:   "fetchers share per-pair fetch jobs",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       jobAckWait,
-		MaxDeliver:    f.o.MaxDeliver + extraDeliveries,
+		MaxDeliver:    max(jobMaxDeliveries, f.o.MaxDeliver+1),
 		MaxAckPending: 1024,
 	})
 	if err != nil {

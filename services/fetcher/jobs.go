@@ -20,6 +20,14 @@ import (
 // klinesWeight is the request weight Binance charges for one klines call.
 const klinesWeight = 2
 
+// pageRetries is how many times a page that failed for a reason that
+// passes (a timeout, a 5xx, a dropped connection, a truncated, malformed or
+// invalid body) is asked again in place, after a short backoff, before the
+// job goes back to JetStream: a flaky exchange costs a moment per page, not
+// a redelivery and its longer backoff. 429 and 418 are never retried here;
+// they pause the pacer, and the job waits out Retry-After or the ban.
+const pageRetries = 3
+
 // settleTimeout bounds the acks, checkpoint and lock writes that end a job,
 // which still run when the fetcher is shutting down.
 const settleTimeout = 5 * time.Second
@@ -53,11 +61,15 @@ func decodeJob(data []byte) (candles.Job, error) {
 // the job message:
 //
 //   - every page published: ack;
-//   - a timeout, a 5xx, a bad page, a 429 or a failed publish: the attempt
-//     is counted in the job's checkpoint and the job is redelivered by
-//     JetStream (NakWithDelay) after an exponential backoff with jitter, or
-//     after the 429's Retry-After, resuming at the page that failed; after
-//     MaxDeliver attempts the pair fails;
+//   - a timeout, a 5xx, a bad page, a 429 or a failed publish: (a page that
+//     failed for a passing reason was already asked again pageRetries times
+//     in place) the attempt is counted in the job's checkpoint and the job
+//     is redelivered by JetStream (NakWithDelay) after an exponential
+//     backoff with jitter, or after the 429's Retry-After, resuming at the
+//     page that failed. Attempts count per page: a page published resets
+//     the count, so a long backfill through a flaky exchange finishes, only
+//     slower. The pair fails after MaxDeliver attempts in a row with no
+//     page published in between;
 //   - a 418: every fetcher pauses until the ban ends and the job is
 //     redelivered then, without counting an attempt;
 //   - a 4xx business error (-1121 Invalid symbol, -1120 bad interval) or a
@@ -116,6 +128,7 @@ type jobRun struct {
 
 	pages   int // published in this delivery
 	candles int64
+	retries int // pages asked again in place in this delivery
 	// saved is when the checkpoint was last saved and the lock refreshed.
 	saved time.Time
 	// pending is the page sent whose ack is awaited before the next is sent.
@@ -276,7 +289,7 @@ func (j *jobRun) fetch(ctx context.Context, spans []span) error {
 		// Claim coverage from the first candle only on the main range's first
 		// page (it may start before the listing); a resumed span goes on.
 		first := !sp.repair
-		if si == j.cp.Span && j.cp.From > from {
+		if si == j.cp.Span && j.cp.From != 0 && j.cp.From > from { // 0: the span's start
 			from, first = j.cp.From, false
 		}
 		start := from
@@ -328,6 +341,8 @@ func (j *jobRun) fetch(ctx context.Context, spans []span) error {
 				j.pending = &pendingPage{fut: fut, page: b.Page, what: candles.BatchSubject(b.Interval, b.Symbol), commit: func() {
 					j.pages++
 					j.cp.Page++
+					// Progress: the attempts count starts again at this page.
+					j.cp.Failures, j.cp.LastError = 0, ""
 					j.candles += n
 					j.cp.Candles += n
 					commit()
@@ -436,15 +451,10 @@ func (j *jobRun) page(ctx context.Context, b *candles.Batch, sp span, from int64
 	if settled := min(sp.Until, iv.Align(exchangeNow.Add(-closeMargin).UnixMilli())); from >= settled {
 		return true, from, nil
 	}
-	raw, err := f.klines(ctx, j.log, j.job, from, sp.Until)
+	raw, settled, err := j.fetchPage(ctx, from, sp.Until)
 	if err != nil {
 		return false, 0, err
 	}
-	if exchangeNow, err = f.clock.exchangeNow(ctx, f); err != nil {
-		f.noteLimits(ctx, j.log, j.job, err)
-		return false, 0, err
-	}
-	settled := min(sp.Until, iv.Align(exchangeNow.Add(-closeMargin).UnixMilli()))
 	done = len(raw) < f.o.PageLimit
 	// The page's settled prefix is the batch: no copy, no growing slice.
 	n := 0
@@ -477,13 +487,48 @@ func (j *jobRun) page(ctx context.Context, b *candles.Batch, sp span, from int64
 	return done, max(coverUntil, from), nil
 }
 
-// klines fetches and validates one page in one request. Failures go back to
-// the job's handler, which has JetStream redeliver the job; a 429 or 418
-// pauses the pacer at once, before other jobs send more requests.
-func (f *Fetcher) klines(ctx context.Context, log *slog.Logger, job candles.Job, from, until int64) ([]candles.Candle, error) {
-	if err := f.pacer.wait(ctx, klinesWeight); err != nil {
-		return nil, err
+// fetchPage fetches the page at from (klines), asking again in place up to
+// pageRetries times, after a short backoff, when it failed for a reason
+// that passes (retryInPlace). What is left goes back to the job's handler.
+func (j *jobRun) fetchPage(ctx context.Context, from, until int64) (raw []candles.Candle, settled int64, err error) {
+	for attempt := 1; ; attempt++ {
+		raw, settled, err = j.f.klines(ctx, j.log, j.job, from, until)
+		if err == nil || attempt > pageRetries || !retryInPlace(err) || ctx.Err() != nil {
+			return raw, settled, err
+		}
+		delay := backoff(max(j.f.o.RetryBase/8, 10*time.Millisecond), uint64(attempt))
+		j.retries++
+		j.log.Info("page failed; asking again", "from", from, "attempt", attempt+1, "of", pageRetries+1,
+			"kind", failureKind(err), "reason", err.Error(), "retry_in", delay.Round(time.Millisecond))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, 0, err
+		case <-t.C:
+		}
 	}
+}
+
+// retryInPlace tells whether a failed page is worth asking again at once:
+// the exchange or the path to it stumbled (timeout, 5xx, dropped
+// connection) or the body came back broken. Rate limits, bans and business
+// errors are not.
+func retryInPlace(err error) bool {
+	return errors.Is(err, binance.ErrTemporary) || errors.Is(err, binance.ErrBadPage)
+}
+
+// klines fetches one page in one request and validates what the job may
+// store of it: the candles closed by the exchange's clock (open time before
+// settled, which is at most until). The still-open candle, and any after
+// it, are left out before the check, so a forming candle that breaks a rule
+// does not fail the closed ones; they are never stored anyway. A 429 or 418
+// pauses the pacer at once, before other jobs send more requests.
+func (f *Fetcher) klines(ctx context.Context, log *slog.Logger, job candles.Job, from, until int64) (raw []candles.Candle, settled int64, err error) {
+	if err := f.pacer.wait(ctx, klinesWeight); err != nil {
+		return nil, 0, err
+	}
+	iv := candles.MustInterval(job.Interval)
 	began := time.Now()
 	raw, r, err := f.api.Klines(ctx, job.Symbol, job.Interval, from, until-1, f.o.PageLimit)
 	if err == nil {
@@ -491,10 +536,20 @@ func (f *Fetcher) klines(ctx context.Context, log *slog.Logger, job candles.Job,
 	}
 	f.pacer.observe(r.UsedWeight)
 	if err == nil {
-		err = checkPage(candles.MustInterval(job.Interval), from, raw)
+		var exchangeNow time.Time
+		if exchangeNow, err = f.clock.exchangeNow(ctx, f); err == nil {
+			// Slots from the one still open (or closing within the margin)
+			// on are not settled yet.
+			settled = min(until, iv.Align(exchangeNow.Add(-closeMargin).UnixMilli()))
+			n := 0
+			for n < len(raw) && raw[n].OpenTime < settled {
+				n++
+			}
+			err = checkPage(iv, from, raw[:n])
+		}
 	}
 	if err == nil {
-		return raw, nil
+		return raw, settled, nil
 	}
 	if errors.Is(err, binance.ErrBadPage) {
 		log.Warn("page rejected", "from", from, "err", err)
@@ -502,7 +557,7 @@ func (f *Fetcher) klines(ctx context.Context, log *slog.Logger, job candles.Job,
 			Symbol: job.Symbol, Interval: job.Interval, Reason: err.Error(), Source: "exchange"}, "")
 	}
 	f.noteLimits(ctx, log, job, err)
-	return nil, err
+	return nil, 0, err
 }
 
 // noteLimits acts on a rate-limit answer at once: a 429 holds this
@@ -569,7 +624,13 @@ func (j *jobRun) settle(ctx context.Context, shutdown bool, err error, took time
 			return
 		}
 		j.removeCheckpoint(ctx)
-		log.Info("pair fetched", "pages", j.pages, "candles", j.candles, "took", took.Round(time.Millisecond),
+		if j.cp.Candles == 0 && !j.job.Incremental {
+			// Said plainly: an explicit range that ends before the pair's
+			// listing (or holds only the open candle) is done, not broken.
+			log.Info("nothing to fetch: the exchange has no closed candle of the pair in the range (it may end before the pair's listing)",
+				"from", time.UnixMilli(j.job.From).UTC(), "until", time.UnixMilli(j.job.Until).UTC())
+		}
+		log.Info("pair fetched", "pages", j.pages, "candles", j.candles, "took", took.Round(time.Millisecond), "retried_in_place", j.retries,
 			"resumed_at_page", j.cp.Page-j.pages, "delivery", j.delivery)
 	case errors.Is(err, errDone):
 		_ = j.msg.DoubleAck(ctx)
@@ -619,12 +680,17 @@ func (j *jobRun) settle(ctx context.Context, shutdown bool, err error, took time
 // attempts.
 func (j *jobRun) retry(ctx context.Context, err error, apiErr *binance.Error) {
 	f, log := j.f, j.log
-	failures := j.cp.Failures + 1
-	if j.cpErr != nil {
+	failures := j.cp.Failures + 1 // reset whenever a page was published
+	if j.cpErr != nil && j.pages == 0 {
 		failures = max(failures, j.delivery) // no count to trust: assume every delivery failed
 	}
 	if failures >= f.o.MaxDeliver {
-		j.fail(ctx, fmt.Sprintf("gave up after %d attempts: %v", failures, err))
+		asked := ""
+		if retryInPlace(err) {
+			asked = fmt.Sprintf("%d requests ", failures*(pageRetries+1))
+		}
+		j.fail(ctx, fmt.Sprintf("gave up after %d attempts with no page stored in between (%sfor the page at %s): %v",
+			failures, asked, j.resumeAt(), err))
 		return
 	}
 	delay := backoff(f.o.RetryBase, uint64(failures))
@@ -637,8 +703,22 @@ func (j *jobRun) retry(ctx context.Context, err error, apiErr *binance.Error) {
 		log.Warn("checkpoint not saved; the attempt may not be counted", "err", serr)
 	}
 	log.Warn("pair fetch failed; job retried", "attempt", failures, "of", f.o.MaxDeliver, "kind", failureKind(err),
-		"reason", err.Error(), "retry_in", delay.Round(time.Millisecond), "pages", j.pages, "resume_page", j.cp.Page)
+		"reason", err.Error(), "retry_in", delay.Round(time.Millisecond), "pages", j.pages, "retried_in_place", j.retries,
+		"resume_page", j.cp.Page)
 	_ = j.msg.NakWithDelay(delay)
+}
+
+// resumeAt names the open time where the job resumes, for a reason an
+// operator reads.
+func (j *jobRun) resumeAt() string {
+	from := j.cp.From
+	if from == 0 { // the start of the span: a repair range, then the main one
+		from = j.job.From
+		if j.cp.Span < len(j.job.Repair) {
+			from = j.job.Repair[j.cp.Span].From
+		}
+	}
+	return time.UnixMilli(from).UTC().Format(time.RFC3339)
 }
 
 // fail ends the pair in its run with pair.failed naming reason.

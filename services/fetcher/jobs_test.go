@@ -62,7 +62,7 @@ func checkPages(t *testing.T, bs []candles.Batch, want []candles.Candle) {
 func TestRetriedJobResumesAtThePageThatFailed(t *testing.T) {
 	from, until := klinesRange(h1, testStart, 2500) // pages of 1000, 1000, 500
 
-	t.Run("a 503 on the second page redelivers the job from that page", func(t *testing.T) {
+	t.Run("a 503 on the second page is asked again; the first page is not", func(t *testing.T) {
 		nc, js := natsServer(t)
 		s := sim.New(sim.Options{})
 		var n atomic.Int64

@@ -36,8 +36,10 @@ type checkpoint struct {
 	// Page is the next page number; Candles the candles published so far.
 	Page    int   `json:"page"`
 	Candles int64 `json:"candles"`
-	// Failures counts the failed attempts, each against MaxDeliver; a 418
-	// pause, a shutdown or a lost lock is not the pair's failure.
+	// Failures counts the failed attempts at the current page, each against
+	// MaxDeliver (each attempt itself asked the page up to pageRetries+1
+	// times); a page published resets it, and a 418 pause, a shutdown or a
+	// lost lock is not the pair's failure.
 	Failures  int       `json:"failures"`
 	LastError string    `json:"last_error,omitempty"`
 	Updated   time.Time `json:"updated"`

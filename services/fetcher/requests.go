@@ -24,6 +24,10 @@ func (f *Fetcher) handleSyncAPI(req micro.Request) {
 		_ = req.Error("400", "invalid sync request: "+err.Error(), nil)
 		return
 	}
+	if err := f.checkServable(r); err != nil {
+		_ = req.Error("400", "invalid sync request: "+err.Error(), nil)
+		return
+	}
 	if r.DryRun {
 		ctx, cancel := context.WithTimeout(f.runCtx, time.Minute)
 		defer cancel()
@@ -34,6 +38,21 @@ func (f *Fetcher) handleSyncAPI(req micro.Request) {
 		}
 		_ = req.RespondJSON(plan)
 		return
+	}
+	if sizeChecked(r) {
+		// Answer a plan too big to start unconfirmed here, where the
+		// operator waits for the answer. Planning an explicit range asks
+		// nothing of the writer, so this is cheap; if it fails anyway the
+		// request is queued and the same check refuses it when planned.
+		ctx, cancel := context.WithTimeout(f.runCtx, 10*time.Second)
+		jobs, _, err := f.plan(ctx, "size-check", r)
+		cancel()
+		if err == nil {
+			if err := f.checkSize(r, jobs); err != nil {
+				_ = req.Error("400", "sync request refused: "+err.Error(), nil)
+				return
+			}
+		}
 	}
 	runID := newRunID(f.o.Now())
 	msg := nats.NewMsg(candles.SubjectSyncRequest)
@@ -93,7 +112,23 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.TermWithReason("dry run on the stream")
 		return
 	}
-	jobs, err := f.plan(ctx, runID, req)
+	if err := f.checkServable(req); err != nil {
+		log.Warn("sync request refused", "err", err)
+		f.event(ctx, log, &candles.SyncFailed{EventHeader: candles.NewHeader(candles.KindSyncFailed, runID),
+			Reason: "invalid sync request: " + err.Error()}, "sync.failed:"+runID)
+		_ = msg.TermWithReason("invalid sync request")
+		return
+	}
+	jobs, notes, err := f.plan(ctx, runID, req)
+	if err == nil && sizeChecked(req) {
+		if err := f.checkSize(req, jobs); err != nil {
+			log.Warn("sync request refused", "err", err)
+			f.event(ctx, log, &candles.SyncFailed{EventHeader: candles.NewHeader(candles.KindSyncFailed, runID),
+				Reason: "sync request refused: " + err.Error()}, "sync.failed:"+runID)
+			_ = msg.TermWithReason("plan too big without confirm")
+			return
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			_ = msg.Nak()
@@ -149,7 +184,7 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 		pairs[i] = candles.Pair{Symbol: j.Symbol, Interval: j.Interval}
 	}
 	started := &candles.SyncStarted{EventHeader: candles.NewHeader(candles.KindSyncStarted, runID),
-		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason}
+		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason, Notes: notes}
 	if len(jobs) > 0 {
 		started.Deadline = jobs[0].Deadline
 	}
@@ -168,7 +203,7 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 		}
 	}
 	_ = msg.Ack()
-	log.Info("sync started", "pairs", len(jobs), "reason", req.Reason)
+	log.Info("sync started", "pairs", len(jobs), "reason", req.Reason, "notes", notes)
 }
 
 // coalesce tells whether a request leaves out the pairs a run is already
@@ -227,7 +262,79 @@ func (f *Fetcher) leaveOutBusy(ctx context.Context, runID string, jobs []candles
 
 // listingFloor is where a full-history request starts looking: before
 // Binance's first candles, so the first page begins at each pair's listing.
+// No range starts earlier: a start (or a lookback that reaches) before it
+// is moved to it, with a note in sync.started, and the first page then
+// begins at each pair's listing, which costs no extra request.
 var listingFloor = time.Date(2017, 7, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+
+// Limits of a run that starts without "confirm": a plan past either is
+// refused, the error quoting its dry-run estimate. A million klines
+// requests is two million weight, over five hours of Binance's default
+// 6000 weight a minute; a day outlasts the daily schedule, so the run would
+// overlap the next ones. Plans that big are more often a slip (a start
+// year, a long interval list, 1s candles) than an intent.
+const (
+	maxPlanRequests = 1_000_000
+	maxPlanSeconds  = 24 * 60 * 60
+)
+
+// sizeChecked tells whether a request's plan is checked against the size
+// limits: an explicit range ("start", or "listing") is. A request from the
+// last stored candle is bounded by the configured pair set and lookback,
+// and the schedule and the start-up catch-up must never be refused.
+func sizeChecked(r candles.SyncRequest) bool { return r.Start != "" }
+
+// checkServable refuses what the exchange can never serve: a start in the
+// future (by the exchange's clock as last read; no request is made) or an
+// end before Binance's first candles.
+func (f *Fetcher) checkServable(r candles.SyncRequest) error {
+	start, end, err := r.Range()
+	if err != nil {
+		return err
+	}
+	now := f.o.Now().Add(f.clock.offsetEstimate()).UTC()
+	if start != nil && start.After(now) {
+		return &candles.FieldError{Field: "start", Msg: fmt.Sprintf(
+			"%s is in the future (the exchange's clock says %s): no candle has opened there yet; give a past time, or omit start to sync from the last stored candle",
+			start.Format(time.RFC3339), now.Format(time.RFC3339))}
+	}
+	if end != nil && end.UnixMilli() <= listingFloor {
+		return &candles.FieldError{Field: "end", Msg: fmt.Sprintf(
+			"%s is before Binance's first candles (%s): there is nothing to fetch",
+			end.Format(time.RFC3339), time.UnixMilli(listingFloor).UTC().Format(time.DateOnly))}
+	}
+	return nil
+}
+
+// checkSize refuses a plan past the size limits unless the request says
+// "confirm":true; the error quotes the estimate a dry run gives (each pair
+// from the listing floor for "listing": an upper bound, no lookups).
+func (f *Fetcher) checkSize(r candles.SyncRequest, jobs []candles.Job) error {
+	if r.Confirm {
+		return nil
+	}
+	p := f.estimate(jobs, nil)
+	if p.Requests <= maxPlanRequests && p.EstimatedSecond <= maxPlanSeconds {
+		return nil
+	}
+	return &candles.FieldError{Field: "confirm", Msg: fmt.Sprintf(
+		`the plan is too big to start unconfirmed: %d pairs, "requests":%d, "weight":%d, "estimated_seconds":%.0f (about %s at %d weight per %s); the limit is %d requests or %s. Check it with "dry_run":true, narrow it, or send it again with "confirm":true`,
+		len(p.Pairs), p.Requests, p.Weight, p.EstimatedSecond, roughDuration(p.EstimatedSecond), p.WeightLimit, p.WeightWindow,
+		maxPlanRequests, roughDuration(maxPlanSeconds))}
+}
+
+// roughDuration writes seconds for a person: "3d 4h", "5h 12m", "40s".
+func roughDuration(seconds float64) string {
+	d := time.Duration(seconds) * time.Second
+	switch {
+	case d >= 24*time.Hour:
+		return fmt.Sprintf("%dd %dh", d/(24*time.Hour), d%(24*time.Hour)/time.Hour)
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh %dm", d/time.Hour, d%time.Hour/time.Minute)
+	default:
+		return d.Round(time.Second).String()
+	}
+}
 
 // plan resolves a request into jobs: the configured pairs where it names
 // none, and per pair the range [from, until) to fetch: from Start ("listing":
@@ -235,11 +342,14 @@ var listingFloor = time.Date(2017, 7, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
 // again, so a candle rewritten by the exchange is corrected) with the holes
 // the gap audit found to repair, else Lookback bars back. Until is End or the
 // exchange's now.
-func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncRequest) ([]candles.Job, error) {
+//
+// No range starts before listingFloor: an earlier start or lookback is
+// moved there, and notes say so (for sync.started).
+func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncRequest) (jobs []candles.Job, notes []string, err error) {
 	symbols, intervals := f.pairSet(req)
 	start, end, err := req.Range()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var until int64
 	if end != nil {
@@ -247,7 +357,7 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 	} else {
 		now, err := f.clock.exchangeNow(ctx, f)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		until = now.UnixMilli()
 	}
@@ -265,18 +375,24 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 	var stored map[candles.Pair]candles.PairCoverage
 	if incremental {
 		if stored, err = f.coverage(ctx, pairs, true); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	var deadline time.Time
 	if timeout := f.settings().SyncTimeout; timeout > 0 {
 		deadline = f.o.Now().Add(timeout).UTC()
 	}
-	jobs := make([]candles.Job, 0, len(pairs))
+	jobs = make([]candles.Job, 0, len(pairs))
+	note := func(n string) {
+		if !slices.Contains(notes, n) {
+			notes = append(notes, n)
+		}
+	}
+	floorDay := time.UnixMilli(listingFloor).UTC().Format(time.DateOnly)
 	for _, p := range pairs {
 		iv, err := candles.ParseInterval(p.Interval)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		j := candles.Job{V: candles.Version, RunID: runID, Symbol: p.Symbol, Interval: p.Interval, Until: until, Deadline: deadline}
 		c, ok := stored[p]
@@ -300,9 +416,23 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 		default:
 			j.From, j.Incremental = iv.Add(iv.Align(until-1), -lookback), true
 		}
+		if floor := iv.Align(listingFloor); j.From < floor {
+			// Nothing is listed earlier; a range from before 1970 would not
+			// even have a place in the writer's coverage. The first page
+			// begins at the pair's listing.
+			j.From = floor
+			switch {
+			case start != nil:
+				note(fmt.Sprintf("start %s is before Binance's first candles: each pair is fetched from its listing (none before %s)",
+					start.Format(time.RFC3339), floorDay))
+			case !req.Listing():
+				note(fmt.Sprintf("lookback of %d %s bars reaches before Binance's first candles: those pairs are fetched from their listing",
+					lookback, p.Interval))
+			}
+		}
 		jobs = append(jobs, j)
 	}
-	return jobs, nil
+	return jobs, notes, nil
 }
 
 // mergeHoles joins holes (sorted, disjoint) into repair spans priced by
@@ -347,22 +477,36 @@ func pagesFor(iv candles.Interval, r candles.Range, pageLimit int) int {
 // the time the run takes. For "listing" the first candle of each pair is
 // looked up (one small request per pair).
 func (f *Fetcher) dryRun(ctx context.Context, req candles.SyncRequest) (candles.SyncPlan, error) {
-	jobs, err := f.plan(ctx, "dry-run", req)
+	jobs, notes, err := f.plan(ctx, "dry-run", req)
 	if err != nil {
 		return candles.SyncPlan{}, err
 	}
+	var firsts []int64
+	if req.Listing() {
+		firsts = make([]int64, len(jobs))
+		for i, j := range jobs {
+			if firsts[i], err = f.firstCandle(ctx, j.Symbol, j.Interval); err != nil {
+				return candles.SyncPlan{}, err
+			}
+		}
+	}
+	plan := f.estimate(jobs, firsts)
+	plan.Notes = notes
+	return plan, nil
+}
+
+// estimate prices planned jobs as a dry run shows them; firsts, when given,
+// are the pairs' first candles (a job starts at the later of its From and
+// its listing).
+func (f *Fetcher) estimate(jobs []candles.Job, firsts []int64) candles.SyncPlan {
 	limit, window := f.pacer.budget()
 	plan := candles.SyncPlan{DryRun: true, WeightLimit: limit, WeightWindow: window.String()}
 	perPair := make([]int, 0, len(jobs))
-	for _, j := range jobs {
+	for i, j := range jobs {
 		iv := candles.MustInterval(j.Interval)
 		from := j.From
-		if req.Listing() {
-			first, err := f.firstCandle(ctx, j.Symbol, j.Interval)
-			if err != nil {
-				return candles.SyncPlan{}, err
-			}
-			from = max(from, first)
+		if firsts != nil {
+			from = max(from, firsts[i])
 		}
 		pp := candles.PairPlan{Symbol: j.Symbol, Interval: j.Interval, From: from, Until: j.Until, Repair: j.Repair}
 		for _, r := range append(append([]candles.Range{}, j.Repair...), candles.Range{From: from, Until: j.Until}) {
@@ -378,7 +522,7 @@ func (f *Fetcher) dryRun(ctx context.Context, req candles.SyncRequest) (candles.
 	plan.Weight = plan.Requests * klinesWeight
 	plan.RequestSeconds = f.latency.estimate().Seconds()
 	plan.EstimatedSecond = estimateSeconds(perPair, plan.RequestSeconds, f.o.Concurrency, plan.Weight, limit, window)
-	return plan, nil
+	return plan
 }
 
 // estimateSeconds models how long a run takes, as the slowest of three
