@@ -55,13 +55,7 @@ type board struct {
 }
 
 func openBoard(ctx context.Context, js jetstream.JetStream, replicas int, p *pacer, log *slog.Logger, now func() time.Time) (*board, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      FetchersBucket,
-		Description: "candlekeep: state shared by every fetcher: the exchange's ban (key ban), the weight budget (key weight) and what each pair's last run fetched",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(replicas, 1),
-	})
+	kv, err := js.CreateOrUpdateKeyValue(ctx, boardConfig(replicas))
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", FetchersBucket, err)
 	}
@@ -71,6 +65,17 @@ func openBoard(ctx context.Context, js jetstream.JetStream, replicas int, p *pac
 		b.apply(e)
 	}
 	return b, nil
+}
+
+// boardConfig is the configuration of FetchersBucket.
+func boardConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      FetchersBucket,
+		Description: "candlekeep: state shared by every fetcher: the exchange's ban (key ban), the weight budget (key weight) and what each pair's last run fetched",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
 }
 
 // banSlack: a 418 during a ban whose end is within this of the recorded one
