@@ -21,6 +21,9 @@ import (
 // server was down.
 const healEvery = 2 * time.Second
 
+// afterDeletion is how long a pass waits after a deletion was announced.
+const afterDeletion = 500 * time.Millisecond
+
 // errUnavailable marks a problem the fetcher cannot fix by itself: the
 // sync endpoint refuses requests (503) while it lasts.
 var errUnavailable = errors.New("fetcher unavailable")
@@ -81,7 +84,14 @@ func (h *healer) passLocked(ctx context.Context) error {
 		if !missing(err) {
 			return fmt.Errorf("%w: cannot check the %s: %v", errUnavailable, r.name, err)
 		}
-		if cerr := r.create(ctx); cerr != nil {
+		cerr := r.create(ctx)
+		for try := 1; cerr != nil && try < 3 && ctx.Err() == nil; try++ {
+			// Just after a deletion the server may still be removing the
+			// old store ("error creating store for stream").
+			sleepCtx(ctx, 100*time.Millisecond)
+			cerr = r.create(ctx)
+		}
+		if cerr != nil {
 			h.log.Error("a resource the fetcher needs is missing and cannot be recreated; retrying",
 				"resource", r.name, "err", cerr, "retry_in", healEvery)
 			return fmt.Errorf("%w: the %s is missing and cannot be recreated: %v", errUnavailable, r.name, cerr)
@@ -115,6 +125,10 @@ func (h *healer) run(ctx context.Context, nc *nats.Conn) error {
 			return nil
 		case <-t.C:
 		case <-h.kick:
+			// The server announces a deletion before it has removed the
+			// deleted stream's files; a stream created again at once
+			// would lose its new files to that removal.
+			sleepCtx(ctx, afterDeletion)
 		}
 		err := h.pass(ctx)
 		if ctx.Err() != nil {
