@@ -73,7 +73,10 @@ func (h *healer) pass(ctx context.Context) error {
 func (h *healer) passLocked(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := h.js.AccountInfo(ctx); err != nil {
+	actx, acancel := context.WithTimeout(ctx, 3*time.Second)
+	_, err := h.js.AccountInfo(actx)
+	acancel()
+	if err != nil {
 		return fmt.Errorf("%w: JetStream is unavailable: %v", errUnavailable, err)
 	}
 	for _, r := range h.resources {
