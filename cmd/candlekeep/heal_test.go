@@ -137,6 +137,24 @@ func TestResourcesHealThemselves(t *testing.T) {
 		return nil
 	})
 
+	// The recreated board is watched: a ban written there pauses the
+	// fetcher, and deleting it lifts the pause.
+	banUntil := time.Now().Add(time.Minute).UTC().Format(time.RFC3339)
+	cli("kv", "put", fetcher.FetchersBucket, fetcher.BanKey, fmt.Sprintf(`{"v":1,"until":%q,"since":%q,"reason":"test"}`, banUntil, banUntil))
+	checkfor.Check(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if !strings.Contains(upProc.out.String(), `"msg":"exchange ban: no requests until it ends"`) {
+			return errors.New("the fetcher did not see the ban written to the recreated board")
+		}
+		return nil
+	})
+	cli("kv", "del", "-f", fetcher.FetchersBucket, fetcher.BanKey)
+	checkfor.Check(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if !strings.Contains(upProc.out.String(), `"msg":"ban lifted on the board; requests resume"`) {
+			return errors.New("the fetcher did not see the ban lifted on the recreated board")
+		}
+		return nil
+	})
+
 	// JOBS missing and impossible to make: a stream of the operator's holds
 	// its subjects. The fetcher recreates JOBS as soon as it is removed, so
 	// remove it until the blocker is in place and JOBS stays away.

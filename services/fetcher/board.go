@@ -52,6 +52,9 @@ type board struct {
 	pacer *pacer
 	log   *slog.Logger
 	now   func() time.Time
+	// rewatch restarts the ban's watch: a watch on a bucket that was deleted
+	// and created again (heal.go) may not see the new bucket's entries.
+	rewatch chan struct{}
 }
 
 func openBoard(ctx context.Context, js jetstream.JetStream, replicas int, p *pacer, log *slog.Logger, now func() time.Time) (*board, error) {
@@ -59,7 +62,7 @@ func openBoard(ctx context.Context, js jetstream.JetStream, replicas int, p *pac
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", FetchersBucket, err)
 	}
-	b := &board{kv: kv, pacer: p, log: log, now: now}
+	b := &board{kv: kv, pacer: p, log: log, now: now, rewatch: make(chan struct{}, 1)}
 	// Apply a ban in force before the first request; the watch keeps it current.
 	if e, err := kv.Get(ctx, BanKey); err == nil {
 		b.apply(e)
@@ -139,14 +142,38 @@ func (b *board) watchBan(ctx context.Context) error {
 			}
 			continue
 		}
-		for e := range w.Updates() {
+		b.follow(ctx, w)
+		_ = w.Stop()
+	}
+	return nil
+}
+
+// follow applies the watch's entries until it ends, ctx ends or the bucket
+// was created again.
+func (b *board) follow(ctx context.Context, w jetstream.KeyWatcher) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.rewatch:
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
 			if e != nil {
 				b.apply(e)
 			}
 		}
-		_ = w.Stop()
 	}
-	return nil
+}
+
+// restartWatch has watchBan watch the bucket afresh.
+func restartWatch(rewatch chan struct{}) {
+	select {
+	case rewatch <- struct{}{}:
+	default:
+	}
 }
 
 // apply hands a ban entry to the pacer.

@@ -188,6 +188,9 @@ type Fetcher struct {
 	runCtx   context.Context
 	// heal keeps the streams, consumers and buckets above in place.
 	heal *healer
+	// banRewatch restarts the board's watch of the ban after the healer
+	// created FetchersBucket again.
+	banRewatch chan struct{}
 }
 
 // New checks o and builds a Fetcher; Run starts it.
@@ -207,11 +210,12 @@ func New(o Options) (*Fetcher, error) {
 		hc = &http.Client{Timeout: o.RequestTimeout}
 	}
 	f := &Fetcher{
-		o:     o,
-		log:   o.Logger,
-		js:    js,
-		api:   binance.New(o.BinanceURL, hc),
-		pacer: newPacer(o.WeightLimit, time.Minute, klinesWeight*o.Concurrency, o.Now),
+		o:          o,
+		log:        o.Logger,
+		js:         js,
+		api:        binance.New(o.BinanceURL, hc),
+		pacer:      newPacer(o.WeightLimit, time.Minute, klinesWeight*o.Concurrency, o.Now),
+		banRewatch: make(chan struct{}, 1),
 	}
 	f.clock.now = o.Now
 	f.pacer.offset = f.clock.offsetEstimate // weight windows follow the exchange's clock

@@ -200,7 +200,12 @@ func (f *Fetcher) newHealer() *healer {
 	}
 	replicas := f.o.Streams.Replicas
 	for _, cfg := range []jetstream.KeyValueConfig{boardConfig(replicas), lockConfig(lockTTL, replicas), progressConfig(replicas)} {
+		var after func(context.Context)
+		if cfg.Bucket == FetchersBucket {
+			after = func(context.Context) { restartWatch(f.banRewatch) }
+		}
 		h.resources = append(h.resources, resource{
+			after: after,
 			name:  "kv " + cfg.Bucket,
 			check: func(ctx context.Context) error { _, err := f.js.KeyValue(ctx, cfg.Bucket); return err },
 			create: func(ctx context.Context) error {
