@@ -323,12 +323,16 @@ func TestDiskFullIsAState(t *testing.T) {
 		}
 		return n
 	}
-	fulls, recs := perService(candles.KindDiskFull), perService(candles.KindDiskRecovered)
-	for svc, n := range fulls {
-		if n != 1 || recs[svc] != 1 {
-			t.Fatalf("service %s: %d disk.full and %d disk.recovered, want one each (all: full %v, recovered %v)", svc, n, recs[svc], fulls, recs)
+	var fulls, recs map[string]int
+	checkfor.Check(t, 30*time.Second, 50*time.Millisecond, func() error {
+		fulls, recs = perService(candles.KindDiskFull), perService(candles.KindDiskRecovered)
+		for svc, n := range fulls {
+			if n != 1 || recs[svc] != 1 {
+				return fmt.Errorf("service %s: %d disk.full and %d disk.recovered, want one each (all: full %v, recovered %v)", svc, n, recs[svc], fulls, recs)
+			}
 		}
-	}
+		return nil
+	})
 	t.Logf("disk events: full %v, recovered %v", fulls, recs)
 }
 

@@ -30,8 +30,9 @@ type StoreWatchOptions struct {
 	StoreDir string
 	// Every is how often the store is checked (default 1s).
 	Every time.Duration
-	// MinFree is the free space at which a full store is brought back
-	// (default 1 MiB).
+	// MinFree is how much more space than when its write failed the
+	// filesystem must have before a full store is brought back (default
+	// 1 MiB).
 	MinFree uint64
 	// Report receives every change of state; it must not block long.
 	Report func(StoreState)
@@ -76,7 +77,10 @@ func WatchStore(ctx context.Context, ns *server.Server, o StoreWatchOptions) {
 			o.Report(*full)
 			continue
 		}
-		if free < o.MinFree {
+		// Space has returned when there is MinFree more than when the
+		// write failed: a store that fails with room to spare (a large
+		// allocation) is not restarted into the same failure every second.
+		if free < full.FreeBytes+o.MinFree {
 			continue
 		}
 		if err := restartJetStream(ns, o.StoreDir); err != nil {
