@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,8 +16,8 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/cluster"
-	"github.com/candlekeep/candlekeep/pkg/diskspace"
 	"github.com/candlekeep/candlekeep/pkg/sim"
+	"github.com/candlekeep/candlekeep/pkg/smalldisk"
 	"github.com/candlekeep/candlekeep/services/fetcher"
 )
 
@@ -199,63 +197,6 @@ func TestResourcesHealThemselves(t *testing.T) {
 		truth(sim.New(sim.Options{}), []string{"BTCUSDT", "ETHUSDT"}, "1h", from, until))
 }
 
-// smallDisk gives the test a directory on a filesystem of size bytes that
-// it can fill and free: a tmpfs mount, else an ext4 loop device. Both need
-// root (the test machines and CI run as root).
-func smallDisk(t *testing.T, size int64) string {
-	t.Helper()
-	dir := t.TempDir()
-	var tried []string
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput()
-	if err == nil {
-		t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-		return dir
-	}
-	tried = append(tried, fmt.Sprintf("mount -t tmpfs: %v %s", err, strings.TrimSpace(string(out))))
-	img := filepath.Join(t.TempDir(), "disk.img")
-	f, err := os.Create(img)
-	if err == nil {
-		err = f.Truncate(size)
-		f.Close()
-	}
-	if err == nil {
-		if out, err = exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err == nil {
-			if out, err = exec.Command("mount", "-o", "loop", img, dir).CombinedOutput(); err == nil {
-				t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-				return dir
-			}
-		}
-	}
-	tried = append(tried, fmt.Sprintf("loop device: %v %s", err, strings.TrimSpace(string(out))))
-	t.Skipf("this test needs a small filesystem it can fill, and this machine allows none (needs root): %s", strings.Join(tried, "; "))
-	return ""
-}
-
-// fillDisk writes path until only leave bytes are free on its filesystem
-// (0: until a write fails).
-func fillDisk(t *testing.T, path string, leave uint64) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 256<<10)
-	for {
-		free := diskspace.Free(filepath.Dir(path))
-		if free <= leave {
-			return
-		}
-		n := min(uint64(len(buf)), free-leave)
-		if _, err := f.Write(buf[:n]); err != nil {
-			if errors.Is(err, syscall.ENOSPC) {
-				return
-			}
-			t.Fatal(err)
-		}
-	}
-}
-
 // The data directory of `candlekeep up` on a small filesystem that runs full
 // during a backfill: the writer and the NATS store report disk.full once
 // each, nothing jams, and when space is freed in the middle of the run both
@@ -264,7 +205,7 @@ func TestDiskFullIsAState(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end with processes; runs without -short")
 	}
-	dataDir := smallDisk(t, 96<<20)
+	dataDir := smalldisk.Mount(t, 96<<20)
 	simAddr, natsAddr := freeAddr(t), freeAddr(t)
 	simProc := start(t, nil, "sim", "--listen", simAddr, "--log-format", "json")
 	waitHTTP(t, "http://"+simAddr+"/api/v3/ping", simProc)
@@ -281,7 +222,7 @@ func TestDiskFullIsAState(t *testing.T) {
 	// About 30 MB of batches and 15 MB of database; 6 MB free when it starts.
 	from, until := time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2024, 3, 29, 0, 0, 0, 0, time.UTC)
 	ballast := filepath.Join(dataDir, "ballast")
-	fillDisk(t, ballast, 6<<20)
+	smalldisk.Fill(t, ballast, 6<<20)
 	acc := requestSync(t, nc, fmt.Sprintf(`{"start":%q,"end":%q,"reason":"disk full"}`, from.Format(time.RFC3339), until.Format(time.RFC3339)))
 
 	// The NATS store runs full (the fetcher keeps publishing whatever the

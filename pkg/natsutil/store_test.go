@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -16,48 +15,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
+	"github.com/candlekeep/candlekeep/pkg/smalldisk"
 )
-
-// smallDisk mounts a tmpfs of size bytes on a fresh directory, unmounted
-// when the test ends.
-func smallDisk(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("this test needs a small filesystem: mount -t tmpfs failed (run as root): %v %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-// fill writes a file until the filesystem has no room left.
-func fill(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			break
-		}
-	}
-	// A last byte-sized squeeze, so not even a small record fits.
-	for {
-		if _, err := f.Write(buf[:512]); err != nil {
-			return
-		}
-	}
-}
 
 // A stream that failed to write for lack of space refuses every later
 // message until JetStream is restarted; WatchStore reports the full store,
 // restarts JetStream once space returns and reports it recovered, and the
 // stream keeps what it had stored.
 func TestWatchStoreRecoversFromAFullDisk(t *testing.T) {
-	dir := smallDisk(t, "16m")
+	dir := smalldisk.Mount(t, 16<<20)
 	ns, err := RunServer(ServerOptions{Listen: "127.0.0.1:-1", StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +61,7 @@ func TestWatchStoreRecoversFromAFullDisk(t *testing.T) {
 		}
 	}
 	ballast := filepath.Join(dir, "ballast")
-	fill(t, ballast)
+	smalldisk.Fill(t, ballast, 0)
 	// Publish until the store fails to write.
 	checkfor.Check(t, 30*time.Second, 10*time.Millisecond, func() error {
 		if err := publish(); err == nil {
