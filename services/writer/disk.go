@@ -19,7 +19,7 @@ type diskState struct {
 	since time.Time // zero while writes succeed
 }
 
-// observe records the outcome of a database write.
+// observeDisk records the outcome of a database write.
 func (w *Writer) observeDisk(ctx context.Context, err error) {
 	full := diskspace.IsFull(err)
 	w.disk.mu.Lock()
