@@ -150,6 +150,7 @@ func serveLeasedWriter(ctx context.Context, natsURL, dbPath string, o writer.Opt
 			log.Info("database open", "path", dbPath)
 			wo := o
 			wo.Conn, wo.Store, wo.Logger, wo.Active = nc, st, log, tk.Event()
+			wo.DatabasePath = abs
 			w, err := writer.New(wo)
 			if err != nil {
 				return err

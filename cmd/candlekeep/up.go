@@ -9,9 +9,12 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/pkg/lockfile"
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
@@ -136,10 +139,39 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveLeasedWriter(gctx, url, dbPath, cfg.Writer, m, log, false) })
 	g.Go(func() error { return serveFetcher(gctx, url, cfg.Fetcher, m, log) })
+	g.Go(func() error { return watchStore(gctx, ns, url, filepath.Join(cfg.DataDir, "nats"), log) })
 	if cfg.Ready != nil {
 		cfg.Ready(url)
 	}
 	return g.Wait()
+}
+
+// watchStore keeps the embedded server's JetStream working through a full
+// disk (natsutil.WatchStore) and reports it as disk.full and disk.recovered.
+// disk.full reaches the subscribers of candles.events.disk.full at once;
+// EVENTS stores it only if its own store can still write.
+func watchStore(ctx context.Context, ns *server.Server, url, storeDir string, log *slog.Logger) error {
+	log = log.With("service", "nats-server")
+	return withConn(ctx, url, "candlekeep-up", log, func(nc *nats.Conn) error {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("jetstream: %w", err)
+		}
+		natsutil.WatchStore(ctx, ns, natsutil.StoreWatchOptions{StoreDir: storeDir, Logger: log, Report: func(s natsutil.StoreState) {
+			var ev candles.Event = &candles.DiskRecovered{EventHeader: candles.NewHeader(candles.KindDiskRecovered, ""),
+				Path: s.Path, FreeBytes: s.FreeBytes, Service: "nats-server", Since: s.Since}
+			if s.Full {
+				ev = &candles.DiskFull{EventHeader: candles.NewHeader(candles.KindDiskFull, ""),
+					Path: s.Path, FreeBytes: s.FreeBytes, Service: "nats-server", Reason: s.Reason}
+			}
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			if err := candles.PublishEvent(pctx, js, ev, "", time.Now()); err != nil {
+				log.Debug("disk event not stored in EVENTS (its subscribers had it)", "kind", ev.Head().Kind, "err", err)
+			}
+		}})
+		return nil
+	})
 }
 
 // checkSource binds the database at dbPath to source (see writer.BindSource).

@@ -24,6 +24,13 @@ const (
 	KindBatchRejected   = "batch.rejected"
 	KindWriterActive    = "writer.active"
 	KindIntegrityFailed = "integrity.failed"
+	// KindResourceRecreated: a stream, consumer or KV bucket a service
+	// owns had disappeared and the service created it again.
+	KindResourceRecreated = "resource.recreated"
+	// KindDiskFull and KindDiskRecovered bracket a time when a store
+	// (the database or the NATS store) could not write for lack of space.
+	KindDiskFull      = "disk.full"
+	KindDiskRecovered = "disk.recovered"
 )
 
 // EventHeader starts every event.
@@ -183,6 +190,38 @@ type RateLimitBanned struct {
 	EventHeader
 	Until      time.Time `json:"until"`
 	RetryAfter float64   `json:"retry_after_seconds"`
+}
+
+// ResourceRecreated: Resource ("stream JOBS", "consumer SYNC > fetcher-requests",
+// "kv candlekeep_fetchers") was missing, so Service, its owner, created it
+// again; Reason says how it was found missing.
+type ResourceRecreated struct {
+	EventHeader
+	Resource string `json:"resource"`
+	Service  string `json:"service"`
+	Reason   string `json:"reason"`
+}
+
+// DiskFull: a write to Path failed for lack of space (FreeBytes left on its
+// filesystem); Service keeps retrying until space returns (disk.recovered).
+// While the NATS store is full, EVENTS may not store this event: it reaches
+// the subscribers of candles.events.disk.full all the same.
+type DiskFull struct {
+	EventHeader
+	Path      string `json:"path"`
+	FreeBytes uint64 `json:"free_bytes"`
+	Service   string `json:"service"`
+	Reason    string `json:"reason"`
+}
+
+// DiskRecovered: writes to Path succeed again; Since is when disk.full was
+// reported.
+type DiskRecovered struct {
+	EventHeader
+	Path      string    `json:"path"`
+	FreeBytes uint64    `json:"free_bytes"`
+	Service   string    `json:"service"`
+	Since     time.Time `json:"since"`
 }
 
 // NewHeader returns a header for an event of kind in run runID.

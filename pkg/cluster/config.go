@@ -96,13 +96,7 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jets
 	if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, fmt.Errorf("kv bucket %s: %w", ConfigBucket, err)
 	}
-	kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      ConfigBucket,
-		Description: "candlekeep: cluster-wide settings, one key per flag (candlekeep config get|set)",
-		History:     configHistory,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(replicas, 1),
-	})
+	kv, err = js.CreateKeyValue(ctx, bucketConfig(replicas))
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		return js.KeyValue(ctx, ConfigBucket)
 	}
@@ -110,6 +104,17 @@ func OpenBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jets
 		return nil, fmt.Errorf("create kv bucket %s: %w", ConfigBucket, err)
 	}
 	return kv, nil
+}
+
+// bucketConfig is the configuration of ConfigBucket.
+func bucketConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      ConfigBucket,
+		Description: "candlekeep: cluster-wide settings, one key per flag (candlekeep config get|set)",
+		History:     configHistory,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
 }
 
 // Join opens the configuration, seeds missing keys, applies or reports the
@@ -212,7 +217,9 @@ func (c *Config) OnChange(fn func(key string, s Settings)) {
 }
 
 // Run watches the bucket and applies every change until ctx ends. An
-// invalid value is refused (config.invalid), the last good one stays.
+// invalid value is refused (config.invalid), the last good one stays. A
+// bucket that disappears (deleted, or the NATS store lost) is created again
+// and seeded with the settings in force here (resource.recreated).
 func (c *Config) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		// Not UpdatesOnly: the current values come first, so a change made
@@ -221,22 +228,88 @@ func (c *Config) Run(ctx context.Context) error {
 		w, err := c.kv.WatchAll(ctx)
 		if err != nil {
 			c.log.Warn("cannot watch the cluster configuration; retrying", "bucket", ConfigBucket, "err", err)
+			c.restore(ctx, err)
 			if !sleep(ctx, time.Second) {
 				return nil
 			}
 			continue
 		}
-		for e := range w.Updates() {
-			if e != nil {
-				c.apply(ctx, e)
-			}
-		}
+		c.follow(ctx, w)
 		_ = w.Stop()
+		c.restore(ctx, nil)
 		if !sleep(ctx, time.Second) {
 			return nil
 		}
 	}
 	return nil
+}
+
+// bucketCheckEvery is how often a running watch checks that the bucket is
+// still there: a watch on a deleted bucket neither ends nor errs.
+const bucketCheckEvery = 2 * time.Second
+
+// follow applies the watch's entries until it ends, ctx ends or the bucket
+// is gone.
+func (c *Config) follow(ctx context.Context, w jetstream.KeyWatcher) {
+	t := time.NewTicker(bucketCheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e != nil {
+				c.apply(ctx, e)
+			}
+		case <-t.C:
+			if _, err := c.js.KeyValue(ctx, ConfigBucket); errors.Is(err, jetstream.ErrBucketNotFound) {
+				return
+			}
+		}
+	}
+}
+
+// restore creates the bucket again if it is gone, seeded with every setting
+// in force in this process; keys another process wrote first are kept.
+func (c *Config) restore(ctx context.Context, cause error) {
+	if _, err := c.js.KeyValue(ctx, ConfigBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return
+	}
+	kv, err := c.js.CreateKeyValue(ctx, bucketConfig(c.Current().StreamReplicas))
+	created := err == nil
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = c.js.KeyValue(ctx, ConfigBucket)
+	}
+	if err != nil {
+		c.log.Error("the cluster configuration bucket is missing and cannot be recreated; retrying", "bucket", ConfigBucket, "err", err)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.kv = kv
+	for _, k := range Keys() {
+		if rev, err := kv.Create(ctx, k.Name, []byte(k.Get(&c.cur))); err == nil {
+			c.revs[k.Name] = rev
+		} else if e, gerr := kv.Get(ctx, k.Name); gerr == nil {
+			c.revs[k.Name] = e.Revision() - 1 // the watch applies the other process's value
+		}
+	}
+	if !created {
+		return
+	}
+	reason := "bucket not found"
+	if cause != nil {
+		reason = cause.Error()
+	}
+	c.log.Warn("cluster configuration bucket was missing; recreated with the settings in force", "bucket", ConfigBucket)
+	ev := &candles.ResourceRecreated{EventHeader: candles.NewHeader(candles.KindResourceRecreated, ""),
+		Resource: "kv " + ConfigBucket, Service: "config", Reason: reason}
+	if err := candles.PublishEvent(ctx, c.js, ev, "", c.now()); err != nil {
+		c.log.Debug("resource.recreated not published", "err", err)
+	}
 }
 
 // apply takes one watched entry.

@@ -52,25 +52,33 @@ type board struct {
 	pacer *pacer
 	log   *slog.Logger
 	now   func() time.Time
+	// rewatch restarts the ban's watch: a watch on a bucket that was deleted
+	// and created again (heal.go) may not see the new bucket's entries.
+	rewatch chan struct{}
 }
 
 func openBoard(ctx context.Context, js jetstream.JetStream, replicas int, p *pacer, log *slog.Logger, now func() time.Time) (*board, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      FetchersBucket,
-		Description: "candlekeep: state shared by every fetcher: the exchange's ban (key ban), the weight budget (key weight) and what each pair's last run fetched",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(replicas, 1),
-	})
+	kv, err := js.CreateOrUpdateKeyValue(ctx, boardConfig(replicas))
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", FetchersBucket, err)
 	}
-	b := &board{kv: kv, pacer: p, log: log, now: now}
+	b := &board{kv: kv, pacer: p, log: log, now: now, rewatch: make(chan struct{}, 1)}
 	// Apply a ban in force before the first request; the watch keeps it current.
 	if e, err := kv.Get(ctx, BanKey); err == nil {
 		b.apply(e)
 	}
 	return b, nil
+}
+
+// boardConfig is the configuration of FetchersBucket.
+func boardConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      FetchersBucket,
+		Description: "candlekeep: state shared by every fetcher: the exchange's ban (key ban), the weight budget (key weight) and what each pair's last run fetched",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
 }
 
 // banSlack: a 418 during a ban whose end is within this of the recorded one
@@ -134,14 +142,38 @@ func (b *board) watchBan(ctx context.Context) error {
 			}
 			continue
 		}
-		for e := range w.Updates() {
+		b.follow(ctx, w)
+		_ = w.Stop()
+	}
+	return nil
+}
+
+// follow applies the watch's entries until it ends, ctx ends or the bucket
+// was created again.
+func (b *board) follow(ctx context.Context, w jetstream.KeyWatcher) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.rewatch:
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
 			if e != nil {
 				b.apply(e)
 			}
 		}
-		_ = w.Stop()
 	}
-	return nil
+}
+
+// restartWatch has watchBan watch the bucket afresh.
+func restartWatch(rewatch chan struct{}) {
+	select {
+	case rewatch <- struct{}{}:
+	default:
+	}
 }
 
 // apply hands a ban entry to the pacer.

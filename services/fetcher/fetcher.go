@@ -189,6 +189,11 @@ type Fetcher struct {
 	locks    *pairLocks
 	progress *progressStore
 	runCtx   context.Context
+	// heal keeps the streams, consumers and buckets above in place.
+	heal *healer
+	// banRewatch restarts the board's watch of the ban after the healer
+	// created FetchersBucket again.
+	banRewatch chan struct{}
 }
 
 // New checks o and builds a Fetcher; Run starts it.
@@ -208,11 +213,12 @@ func New(o Options) (*Fetcher, error) {
 		hc = &http.Client{Timeout: o.RequestTimeout}
 	}
 	f := &Fetcher{
-		o:     o,
-		log:   o.Logger,
-		js:    js,
-		api:   binance.New(o.BinanceURL, hc),
-		pacer: newPacer(o.WeightLimit, time.Minute, klinesWeight*o.Concurrency, o.Now),
+		o:          o,
+		log:        o.Logger,
+		js:         js,
+		api:        binance.New(o.BinanceURL, hc),
+		pacer:      newPacer(o.WeightLimit, time.Minute, klinesWeight*o.Concurrency, o.Now),
+		banRewatch: make(chan struct{}, 1),
 	}
 	f.clock.now = o.Now
 	f.pacer.offset = f.clock.offsetEstimate // weight windows follow the exchange's clock
@@ -234,29 +240,14 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 	if err := f.startSchedule(ctx); err != nil {
 		return err
 	}
-	reqCons, err := f.js.CreateOrUpdateConsumer(ctx, candles.StreamSync, jetstream.ConsumerConfig{
-		Durable:       RequestConsumer,
-		Description:   "fetchers take sync requests",
-		FilterSubject: candles.SubjectSyncRequest,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		MaxDeliver:    requestMaxDeliver,
-		MaxAckPending: 64,
-	})
-	if err != nil {
+	reqCfg, jobCfg := f.requestConsumerConfig(), f.jobConsumerConfig()
+	if _, err := f.js.CreateOrUpdateConsumer(ctx, candles.StreamSync, reqCfg); err != nil {
 		return fmt.Errorf("consumer %s: %w", RequestConsumer, err)
 	}
-	jobCons, err := f.js.CreateOrUpdateConsumer(ctx, candles.StreamJobs, jetstream.ConsumerConfig{
-		Durable:       JobConsumer,
-		Description:   "fetchers share per-pair fetch jobs",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       jobAckWait,
-		MaxDeliver:    max(jobMaxDeliveries, f.o.MaxDeliver+1),
-		MaxAckPending: 1024,
-	})
-	if err != nil {
+	if _, err := f.js.CreateOrUpdateConsumer(ctx, candles.StreamJobs, jobCfg); err != nil {
 		return fmt.Errorf("consumer %s: %w", JobConsumer, err)
 	}
+	f.heal = f.newHealer()
 	svc, err := micro.AddService(f.o.Conn, micro.Config{
 		Name:        ServiceName,
 		Version:     ServiceVersion,
@@ -280,8 +271,9 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 		"intervals", cfg.Intervals, "concurrency", f.o.Concurrency)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return f.consume(gctx, reqCons, 1, f.handleRequest) })
-	g.Go(func() error { return f.consume(gctx, jobCons, f.o.Concurrency, f.handleJob) })
+	g.Go(func() error { return f.consume(gctx, candles.StreamSync, RequestConsumer, 1, f.handleRequest) })
+	g.Go(func() error { return f.consume(gctx, candles.StreamJobs, JobConsumer, f.o.Concurrency, f.handleJob) })
+	g.Go(func() error { return f.heal.run(gctx, f.o.Conn) })
 	g.Go(func() error { return f.board.watchBan(gctx) })
 	g.Go(func() error { return f.watchMaxDeliveries(gctx) })
 	if f.o.CatchUp {
@@ -293,6 +285,31 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 		return nil
 	}
 	return err
+}
+
+// requestConsumerConfig is the durable consumer of sync requests on SYNC.
+func (f *Fetcher) requestConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       RequestConsumer,
+		Description:   "fetchers take sync requests",
+		FilterSubject: candles.SubjectSyncRequest,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    requestMaxDeliver,
+		MaxAckPending: 64,
+	}
+}
+
+// jobConsumerConfig is the durable consumer of jobs on JOBS.
+func (f *Fetcher) jobConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       JobConsumer,
+		Description:   "fetchers share per-pair fetch jobs",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       jobAckWait,
+		MaxDeliver:    max(jobMaxDeliveries, f.o.MaxDeliver+1),
+		MaxAckPending: 1024,
+	}
 }
 
 // readWeightLimit asks the exchange for its weight limit; the default stands
@@ -316,8 +333,11 @@ func (f *Fetcher) readWeightLimit(ctx context.Context) {
 	f.log.Info("exchange weight limit", "limit", limit, "window", window)
 }
 
-// consume hands each message of cons to handle, at most workers at a time,
-// until ctx ends; then it waits for the handlers in flight.
+// consume hands each message of the durable consumer name on stream to
+// handle, at most workers at a time, until ctx ends; then it waits for the
+// handlers in flight. When the consumer disappears (deleted, or its stream
+// with it) the healer is asked to create it again and consuming resumes on
+// the new one.
 //
 // At shutdown no message is left to wait out the consumer's AckWait: the
 // iterator is drained (its buffered messages stay readable) and every
@@ -328,56 +348,72 @@ func (f *Fetcher) readWeightLimit(ctx context.Context) {
 // server has dropped this process's pull subscription: before that, the
 // server would redeliver the message straight into the closing
 // subscription, where it would sit out the AckWait after all.
-func (f *Fetcher) consume(ctx context.Context, cons jetstream.Consumer, workers int, handle func(context.Context, jetstream.Msg)) error {
-	name := cons.CachedInfo().Name
-	it, err := cons.Messages(jetstream.PullMaxMessages(workers))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", name, err)
-	}
-	stop := context.AfterFunc(ctx, it.Drain)
-	defer stop()
-	defer it.Stop()
+func (f *Fetcher) consume(ctx context.Context, stream, name string, workers int, handle func(context.Context, jetstream.Msg)) error {
 	gone := make(chan struct{}) // closed once the server has no pull request of ours
 	var leftover []jetstream.Msg
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, workers)
-	for {
-		msg, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			break
-		}
+	for ctx.Err() == nil {
+		cons, err := f.js.Consumer(ctx, stream, name)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
-			f.log.Warn("consumer interrupted; retrying", "consumer", name, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(200 * time.Millisecond):
-			}
+			f.log.Warn("consumer not available; waiting for it", "consumer", name, "err", err)
+			f.heal.poke()
+			sleepCtx(ctx, time.Second)
 			continue
 		}
-		acquired := false
+		it, err := cons.Messages(jetstream.PullMaxMessages(workers))
+		if err != nil {
+			return fmt.Errorf("consume %s: %w", name, err)
+		}
+		stop := context.AfterFunc(ctx, it.Drain)
+		for {
+			msg, err := it.Next()
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				if errors.Is(err, jetstream.ErrConsumerDeleted) || missing(err) {
+					f.log.Warn("consumer deleted; recreating it", "consumer", name, "err", err)
+					f.heal.poke()
+					break
+				}
+				f.log.Warn("consumer interrupted; retrying", "consumer", name, "err", err)
+				sleepCtx(ctx, 200*time.Millisecond)
+				continue
+			}
+			acquired := false
+			if ctx.Err() == nil {
+				select {
+				case sem <- struct{}{}:
+					acquired = true
+				case <-ctx.Done():
+				}
+			}
+			if ctx.Err() != nil {
+				if acquired {
+					<-sem
+				}
+				leftover = append(leftover, msg)
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				handle(ctx, heldMsg{Msg: msg, stopping: ctx, gone: gone})
+			}()
+		}
+		stop()
+		it.Stop()
 		if ctx.Err() == nil {
-			select {
-			case sem <- struct{}{}:
-				acquired = true
-			case <-ctx.Done():
-			}
+			sleepCtx(ctx, 200*time.Millisecond) // the healer recreates the consumer meanwhile
 		}
-		if ctx.Err() != nil {
-			if acquired {
-				<-sem
-			}
-			leftover = append(leftover, msg)
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			handle(ctx, heldMsg{Msg: msg, stopping: ctx, gone: gone})
-		}()
 	}
 	// The drained iterator has unsubscribed; a flush makes sure the server
 	// has seen that before any Nak.
@@ -394,6 +430,16 @@ func (f *Fetcher) consume(ctx context.Context, cons jetstream.Consumer, workers 
 		f.log.Debug("message handed back at shutdown", "consumer", name, "subject", msg.Subject())
 	}
 	return nil
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 // heldMsg is a message handed to a handler. Its Nak at shutdown waits until

@@ -333,12 +333,12 @@ func (j *jobRun) fetch(ctx context.Context, spans []span) error {
 				}
 			}
 			if len(b.Candles) > 0 || b.Final || b.From != 0 {
-				fut, err := f.publishAsync(b, from)
+				fut, resend, err := f.publishAsync(b, from)
 				if err != nil {
 					return err
 				}
 				n := int64(len(b.Candles))
-				j.pending = &pendingPage{fut: fut, page: b.Page, what: candles.BatchSubject(b.Interval, b.Symbol), commit: func() {
+				j.pending = &pendingPage{fut: fut, resend: resend, page: b.Page, what: candles.BatchSubject(b.Interval, b.Symbol), commit: func() {
 					j.pages++
 					j.cp.Page++
 					// Progress: the attempts count starts again at this page.
@@ -372,7 +372,9 @@ func (j *jobRun) fetch(ctx context.Context, spans []span) error {
 // pendingPage is a page sent to CANDLES whose ack has not been seen; commit
 // records it in the job's progress once it has.
 type pendingPage struct {
-	fut    jetstream.PubAckFuture
+	fut jetstream.PubAckFuture
+	// resend publishes the page again, with the same message id.
+	resend func() (jetstream.PubAckFuture, error)
 	page   int
 	what   string
 	commit func()
@@ -389,23 +391,80 @@ func (j *jobRun) inflightPages() int {
 // It waits even when ctx has ended (shutdown, deadline, lost lock), bounded
 // by publishAckTimeout: the ack is normally a moment away, and a page whose
 // ack is seen is one the checkpoint saved at shutdown need not repeat.
-func (j *jobRun) await(_ context.Context) error {
+//
+// A page the stream does not store (no ack: the server's disk is full, its
+// JetStream is being restarted, CANDLES is being recreated) is not the
+// pair's failure: the job holds on to it and publishes it again, with the
+// same message id, until the stream takes it or ctx ends. The heartbeat
+// keeps the job and its lock alive meanwhile.
+func (j *jobRun) await(ctx context.Context) error {
 	p := j.pending
 	if p == nil {
 		return nil
 	}
 	j.pending = nil
+	var since time.Time
+	wait := time.Second
+	for {
+		err := p.wait()
+		if err == nil {
+			if !since.IsZero() {
+				j.log.Info("the stream stores pages again; the job goes on", "page", p.page,
+					"held_for", time.Since(since).Round(time.Millisecond))
+			}
+			p.commit()
+			return nil
+		}
+		if ctx.Err() != nil || p.resend == nil {
+			return err
+		}
+		if since.IsZero() {
+			since = time.Now()
+			j.log.Warn("the stream does not store pages; holding the job and publishing the page again until it does",
+				"page", p.page, "err", err)
+		} else {
+			j.log.Debug("page still not stored; publishing it again", "page", p.page, "err", err)
+		}
+		sleepCtx(ctx, wait)
+		wait = min(2*wait, 10*time.Second)
+		if ctx.Err() != nil {
+			return err
+		}
+		fut, rerr := p.resend()
+		if rerr != nil {
+			p.fut = failedFuture{err: rerr}
+			continue
+		}
+		p.fut = fut
+	}
+}
+
+// wait waits for the stream's answer to the page, up to publishAckTimeout.
+func (p *pendingPage) wait() error {
 	timer := time.NewTimer(publishAckTimeout)
 	defer timer.Stop()
 	select {
 	case <-p.fut.Ok():
-		p.commit()
 		return nil
 	case err := <-p.fut.Err():
 		return fmt.Errorf("publish %s page %d: %w", p.what, p.page, err)
 	case <-timer.C:
 		return fmt.Errorf("publish %s page %d: no ack from the stream within %v", p.what, p.page, publishAckTimeout)
 	}
+}
+
+// failedFuture is a publish that could not even be sent.
+type failedFuture struct {
+	jetstream.PubAckFuture
+	err error
+}
+
+func (f failedFuture) Ok() <-chan *jetstream.PubAck { return nil }
+
+func (f failedFuture) Err() <-chan error {
+	ch := make(chan error, 1)
+	ch <- f.err
+	return ch
 }
 
 // publishAckTimeout bounds the wait for the stream's ack of a page.
@@ -782,20 +841,28 @@ func checkPage(iv candles.Interval, from int64, raw []candles.Candle) error {
 // (jobRun.await) while it fetches the next page. The Nats-Msg-Id is fixed by
 // run, pair and page start, so a retried job's pages are dropped as
 // duplicates.
-func (f *Fetcher) publishAsync(b candles.Batch, from int64) (jetstream.PubAckFuture, error) {
+func (f *Fetcher) publishAsync(b candles.Batch, from int64) (fut jetstream.PubAckFuture, resend func() (jetstream.PubAckFuture, error), err error) {
 	data, err := b.Encode()
 	if err != nil {
-		return nil, fmt.Errorf("encode batch: %w", err)
+		return nil, nil, fmt.Errorf("encode batch: %w", err)
 	}
 	id := b.RunID + ":" + b.Symbol + ":" + b.Interval + ":" + strconv.FormatInt(from, 10)
 	if b.Final {
 		id += ":final"
 	}
-	fut, err := f.js.PublishAsync(candles.BatchSubject(b.Interval, b.Symbol), data, jetstream.WithMsgID(id))
-	if err != nil {
-		return nil, fmt.Errorf("publish %s page %d: %w", candles.BatchSubject(b.Interval, b.Symbol), b.Page, err)
+	subject := candles.BatchSubject(b.Interval, b.Symbol)
+	resend = func() (jetstream.PubAckFuture, error) {
+		fut, err := f.js.PublishAsync(subject, data, jetstream.WithMsgID(id))
+		if err != nil {
+			return nil, fmt.Errorf("publish %s page %d: %w", subject, b.Page, err)
+		}
+		return fut, nil
 	}
-	return fut, nil
+	fut, err = resend()
+	if err != nil {
+		return nil, nil, err
+	}
+	return fut, resend, nil
 }
 
 // event publishes an event; a failure is logged, never fatal to the work.

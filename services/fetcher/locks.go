@@ -44,18 +44,23 @@ type pairLocks struct {
 
 // openPairLocks creates or updates the lock bucket with a TTL.
 func openPairLocks(ctx context.Context, js jetstream.JetStream, ttl time.Duration, replicas int) (*pairLocks, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := js.CreateOrUpdateKeyValue(ctx, lockConfig(ttl, replicas))
+	if err != nil {
+		return nil, fmt.Errorf("kv bucket %s: %w", LockBucket, err)
+	}
+	return &pairLocks{kv: kv, poll: lockPoll}, nil
+}
+
+// lockConfig is the configuration of LockBucket.
+func lockConfig(ttl time.Duration, replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
 		Bucket:      LockBucket,
 		Description: "candlekeep: one sync per pair at a time; key <interval>.<SYMBOL>, value the holding run_id",
 		TTL:         ttl,
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kv bucket %s: %w", LockBucket, err)
 	}
-	return &pairLocks{kv: kv, poll: lockPoll}, nil
 }
 
 // lockKey is the key of a pair's lock.

@@ -51,18 +51,23 @@ type progressStore struct {
 }
 
 func openProgress(ctx context.Context, js jetstream.JetStream, replicas int) (*progressStore, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := js.CreateOrUpdateKeyValue(ctx, progressConfig(replicas))
+	if err != nil {
+		return nil, fmt.Errorf("kv bucket %s: %w", ProgressBucket, err)
+	}
+	return &progressStore{kv: kv}, nil
+}
+
+// progressConfig is the configuration of ProgressBucket.
+func progressConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
 		Bucket:      ProgressBucket,
 		Description: "candlekeep: checkpoints of fetch jobs in flight; key <run_id>.<interval>.<SYMBOL>",
 		TTL:         progressTTL,
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kv bucket %s: %w", ProgressBucket, err)
 	}
-	return &progressStore{kv: kv}, nil
 }
 
 // progressKey is the key of a job's checkpoint.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -26,6 +27,17 @@ func (f *Fetcher) handleSyncAPI(req micro.Request) {
 	}
 	if err := f.checkServable(r); err != nil {
 		_ = req.Error("400", "invalid sync request: "+err.Error(), nil)
+		return
+	}
+	// A request is accepted only for a run that can start: every stream,
+	// consumer and bucket is in place (or was just recreated).
+	rctx, rcancel := context.WithTimeout(f.runCtx, 10*time.Second)
+	err = f.heal.ready(rctx)
+	rcancel()
+	if err != nil {
+		msg := strings.TrimPrefix(err.Error(), errUnavailable.Error()+": ")
+		f.log.Warn("sync request refused: the fetcher cannot work", "err", msg)
+		_ = req.Error("503", msg, nil)
 		return
 	}
 	if r.DryRun {

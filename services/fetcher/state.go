@@ -26,6 +26,7 @@ func (f *Fetcher) openState(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	b.rewatch = f.banRewatch
 	f.board, f.locks, f.progress = b, locks, progress
 	// Every request's weight is reserved on the board from now on.
 	f.pacer.share(&sharedBudget{kv: b.kv, id: fetcherID()}, f.log)

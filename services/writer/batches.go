@@ -276,6 +276,7 @@ func (w *Writer) retry(ctx context.Context, msg jetstream.Msg, what string, attr
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.o.AckWait)
 		err := write(actx)
 		cancel()
+		w.observeDisk(ctx, err)
 		if err == nil {
 			return true
 		}

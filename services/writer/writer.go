@@ -91,6 +91,8 @@ type Options struct {
 	// RebindSource binds a database filled from another URL to Source
 	// instead of refusing it (--rebind-source).
 	RebindSource bool
+	// DatabasePath names the database file in disk.full and disk.recovered.
+	DatabasePath string
 	// Active, if set, is published once the streams exist: the writer.active
 	// event of a writer that took the lease (see RunLeased).
 	Active *candles.WriterActive
@@ -162,6 +164,8 @@ type Writer struct {
 	p pauser
 	// dmg is set once the database is found damaged (integrity.go).
 	dmg damage
+	// disk reports the database's disk running full (disk.go).
+	disk diskState
 }
 
 // New checks o and returns a Writer.
