@@ -23,6 +23,12 @@ const (
 	KindRateLimitBanned = "ratelimit.banned"
 	KindBatchRejected   = "batch.rejected"
 	KindWriterActive    = "writer.active"
+	// KindStreamReplaced: a stream the database keeps a watermark for was
+	// created again; see StreamReplaced.
+	KindStreamReplaced = "stream.replaced"
+	// KindResourceRecreated: a stream or consumer disappeared while a
+	// service ran and the service created it again.
+	KindResourceRecreated = "resource.recreated"
 )
 
 // EventHeader starts every event.
@@ -146,6 +152,29 @@ type WriterActive struct {
 	Database string    `json:"database"`
 	Since    time.Time `json:"since"`
 	Previous string    `json:"previous,omitempty"`
+}
+
+// StreamReplaced: the writer found that a stream is not the one its
+// watermark counted in (deleted and created again, or a wiped server
+// store). It reset the watermark to 0, reads the stream from its start and
+// marked a full gap audit due, since messages of the old stream it never
+// applied are gone. Identities are the streams' creation times.
+type StreamReplaced struct {
+	EventHeader
+	Stream       string `json:"stream"`
+	OldIdentity  string `json:"old_identity"`
+	NewIdentity  string `json:"new_identity"`
+	OldWatermark uint64 `json:"old_watermark"`
+}
+
+// ResourceRecreated: a stream or consumer disappeared while Service ran,
+// and it created it again with the settings it runs with.
+type ResourceRecreated struct {
+	EventHeader
+	Resource string `json:"resource"` // "stream" or "consumer"
+	Name     string `json:"name"`
+	Stream   string `json:"stream,omitempty"` // the stream of a consumer
+	Service  string `json:"service"`
 }
 
 // RateLimitHit: the exchange answered 429.

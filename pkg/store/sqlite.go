@@ -350,7 +350,32 @@ func (s *Store) upsert(ctx context.Context, tx *sql.Tx, b candles.Batch, a *Appl
 			return err
 		}
 	}
+	if err := recordExpectedFrom(ctx, tx, b); err != nil {
+		return err
+	}
 	return s.bookGaps(ctx, tx, b, a)
+}
+
+// recordExpectedFrom lowers the pair's expected start to where b begins:
+// the start of the span the exchange answered for (a request's start, or
+// for a page asked from before the listing, the first candle), else its
+// first candle. Every batch answers a range some request asked for, so the
+// lowest of them is the earliest start any request asked for.
+func recordExpectedFrom(ctx context.Context, tx *sql.Tx, b candles.Batch) error {
+	from := b.From
+	if len(b.Candles) > 0 && (from == 0 || b.Candles[0].OpenTime < from) {
+		from = b.Candles[0].OpenTime
+	}
+	if from <= 0 {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO pair_range (symbol, interval, expected_from) VALUES (?, ?, ?)
+ON CONFLICT (symbol, interval) DO UPDATE SET expected_from = MIN(expected_from, excluded.expected_from)`,
+		b.Symbol, b.Interval, from)
+	if err != nil {
+		return fmt.Errorf("record the expected start of %s/%s: %w", b.Symbol, b.Interval, err)
+	}
+	return nil
 }
 
 func (s *Store) upsertCandles(ctx context.Context, tx *sql.Tx, b candles.Batch, a *Applied) error {

@@ -233,7 +233,9 @@ var listingFloor = time.Date(2017, 7, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
 // none, and per pair the range [from, until) to fetch: from Start ("listing":
 // from the pair's first candle), else from the last stored candle (fetched
 // again, so a candle rewritten by the exchange is corrected) with the holes
-// the gap audit found to repair, else Lookback bars back. Until is End or the
+// the gap audit found to repair (measured from where the pair's history
+// should start, PairCoverage.ExpectedFrom, so missing early history is
+// repaired too), else Lookback bars back. Until is End or the
 // exchange's now.
 func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncRequest) ([]candles.Job, error) {
 	symbols, intervals := f.pairSet(req)
@@ -297,6 +299,10 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 				}
 			}
 			j.Repair = mergeHoles(iv, holes, f.o.PageLimit)
+		case ok && c.ExpectedFrom > 0:
+			// Nothing stored, yet a request asked for history from
+			// ExpectedFrom: fetch it all, not only Lookback bars.
+			j.From, j.Incremental = c.ExpectedFrom, true
 		default:
 			j.From, j.Incremental = iv.Add(iv.Align(until-1), -lookback), true
 		}

@@ -44,6 +44,14 @@ type BatchStore interface {
 	// ResetWatermark sets the watermark of stream to seq, also backwards.
 	// Only for a stream whose sequence space was reset.
 	ResetWatermark(ctx context.Context, stream string, seq uint64) error
+	// BindStream ties the watermark of stream to the stream's identity;
+	// when the recorded identity differs, it resets the watermark to 0 and
+	// marks a full audit due in the same transaction (store.BindStream).
+	BindStream(ctx context.Context, stream, identity string) (store.StreamBinding, error)
+	// FullAuditDue reports since when a full gap audit is due (zero: none).
+	FullAuditDue(ctx context.Context) (time.Time, error)
+	// ClearFullAudit clears the full audit flag set before startedAt.
+	ClearFullAudit(ctx context.Context, startedAt time.Time) (bool, error)
 }
 
 // RunStore tracks which pairs of each sync run are done. A pair is pending

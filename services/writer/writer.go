@@ -149,6 +149,9 @@ type Writer struct {
 	runCtx context.Context
 	// p holds the database in use and lets Pause swap it (pause.go).
 	p pauser
+	// consumers are the durable consumers this writer has had, so one
+	// that disappears is reported as recreated (resource.recreated).
+	consumers consumerSet
 }
 
 // New checks o and returns a Writer.

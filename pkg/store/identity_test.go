@@ -1,0 +1,148 @@
+package store_test
+
+import (
+	"context"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/store"
+)
+
+// The watermark belongs to one stream: the first identity seen is adopted
+// with the watermark as it is, the same identity changes nothing (also
+// after reopening), and another identity (the stream created again) resets
+// the watermark to 0 and marks a full audit due in the same transaction.
+// The flag stays until a run that started after it was set completes.
+func TestStreamIdentity(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	path := tempDB(t)
+	s := openStore(t, path, store.WithNow(clk.Now))
+	if _, err := s.ApplyBatch(ctx, "CANDLES", 278, spanned(0, 2, at4h(0, 1))); err != nil {
+		t.Fatal(err)
+	}
+	const first, second = "2026-12-04T10:00:00.123Z", "2026-12-04T11:00:00.456Z"
+
+	steps := []struct {
+		name     string
+		identity string
+		want     store.StreamBinding
+		wm       uint64
+		reopen   bool
+	}{
+		{"a database without an identity adopts the stream's", first,
+			store.StreamBinding{Adopted: true, OldWatermark: 278}, 278, false},
+		{"the same stream changes nothing", first,
+			store.StreamBinding{Previous: first, OldWatermark: 278}, 278, true},
+		{"a stream created again resets the watermark", second,
+			store.StreamBinding{Replaced: true, Previous: first, OldWatermark: 278}, 0, false},
+		{"and is then the stream", second,
+			store.StreamBinding{Previous: second}, 0, true},
+	}
+	for _, st := range steps {
+		if st.reopen {
+			s.Close()
+			s = openStore(t, path, store.WithNow(clk.Now))
+		}
+		got, err := s.BindStream(ctx, "CANDLES", st.identity)
+		if err != nil || got != st.want {
+			t.Fatalf("%s: BindStream = %+v, %v; want %+v", st.name, got, err, st.want)
+		}
+		if wm, err := s.Watermark(ctx, "CANDLES"); err != nil || wm != st.wm {
+			t.Fatalf("%s: watermark %d, %v; want %d", st.name, wm, err, st.wm)
+		}
+		if id, err := s.StreamIdentity(ctx, "CANDLES"); err != nil || id != st.identity {
+			t.Fatalf("%s: identity %q, %v; want %q", st.name, id, err, st.identity)
+		}
+	}
+	// EVENTS has its own identity and watermark.
+	if b, err := s.BindStream(ctx, "EVENTS", first); err != nil || !b.Adopted {
+		t.Fatalf("EVENTS: %+v, %v", b, err)
+	}
+
+	due, err := s.FullAuditDue(ctx)
+	if err != nil || !due.Equal(epoch) {
+		t.Fatalf("FullAuditDue = %v, %v; want %v", due, err, epoch)
+	}
+	if cleared, err := s.ClearFullAudit(ctx, epoch.Add(-time.Minute)); err != nil || cleared {
+		t.Fatalf("a run started before the replacement cleared the flag: %v, %v", cleared, err)
+	}
+	if cleared, err := s.ClearFullAudit(ctx, epoch.Add(time.Minute)); err != nil || !cleared {
+		t.Fatalf("a run started after the replacement did not clear the flag: %v, %v", cleared, err)
+	}
+	if due, err := s.FullAuditDue(ctx); err != nil || !due.IsZero() {
+		t.Fatalf("FullAuditDue after the audit = %v, %v", due, err)
+	}
+}
+
+// Coverage measures a pair from where its history should start: the
+// earliest span a batch answered for (a request's start, or for "listing"
+// the first candle the exchange returned), not the first stored candle. A
+// pair whose early history is missing is then incomplete, and its Missing
+// names the early slots for the gap audit to re-fetch.
+func TestCoverageFromExpectedStart(t *testing.T) {
+	ctx := context.Background()
+	btc := candles.Pair{Symbol: "BTCUSDT", Interval: "4h"}
+	tests := []struct {
+		name    string
+		batches []candles.Batch
+		// lost are rows that never reached the database.
+		lost []int
+		want candles.PairCoverage
+	}{{
+		name:    "history from its first candle: complete",
+		batches: []candles.Batch{spanned(0, 10, at4h(slots(0, 10)...))},
+		want:    candles.PairCoverage{Symbol: "BTCUSDT", Interval: "4h", First: slot(0), Last: slot(9), Count: 10, Expected: 10},
+	}, {
+		name: "early history lost, later pages stored: the early slots are missing",
+		batches: []candles.Batch{
+			spanned(0, 5, at4h(slots(0, 5)...)),
+			spanned(5, 10, at4h(slots(5, 10)...)),
+		},
+		lost: slots(0, 5),
+		want: candles.PairCoverage{Symbol: "BTCUSDT", Interval: "4h", First: slot(5), Last: slot(9), ExpectedFrom: slot(0),
+			Count: 5, Expected: 10, Missing: []candles.Range{r4h(0, 5)}},
+	}, {
+		name: "a later request from an earlier start widens the range",
+		batches: []candles.Batch{
+			spanned(3, 10, at4h(slots(3, 10)...)),
+			spanned(1, 3, at4h(1, 2)),
+		},
+		lost: []int{1, 2},
+		want: candles.PairCoverage{Symbol: "BTCUSDT", Interval: "4h", First: slot(3), Last: slot(9), ExpectedFrom: slot(1),
+			Count: 7, Expected: 9, Missing: []candles.Range{r4h(1, 3)}},
+	}, {
+		name: "known gaps before the first stored candle are not missing",
+		batches: []candles.Batch{
+			spanned(0, 6, at4h(0, 3, 4, 5)),
+		},
+		lost: []int{0},
+		want: candles.PairCoverage{Symbol: "BTCUSDT", Interval: "4h", First: slot(3), Last: slot(5), ExpectedFrom: slot(0),
+			Count: 3, Expected: 6, KnownGaps: []candles.Range{r4h(1, 3)}, Missing: []candles.Range{r4h(0, 1)}},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := tempDB(t)
+			s := openStore(t, path)
+			for i, b := range tt.batches {
+				if _, err := s.ApplyBatch(ctx, "CANDLES", uint64(i+1), b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, i := range tt.lost {
+				if _, err := rawDB(t, path).Exec(`DELETE FROM candles WHERE open_time = ?`, slot(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := s.Coverage(ctx, candles.CoverageRequest{Pairs: []candles.Pair{btc}, Gaps: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, []candles.PairCoverage{tt.want}) {
+				t.Errorf("Coverage:\n got %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
