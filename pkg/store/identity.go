@@ -99,12 +99,16 @@ func (s *Store) FullAuditDue(ctx context.Context) (time.Time, error) {
 	return parseTime(v)
 }
 
-// ClearFullAudit clears the full audit flag if it was set before the run
-// that audited every pair started (startedAt), and reports whether it did;
-// a flag set while that run was going stays.
-func (s *Store) ClearFullAudit(ctx context.Context, startedAt time.Time) (bool, error) {
+// ClearFullAudit clears the full audit flag once run runID has done the
+// audit, and reports whether it did: the run started after the flag was set
+// (a run planned before the replacement measured the old state) and every
+// pair the database has applied a batch for is an ok pair of the run (each
+// was measured against its full expected range and synced to the present).
+// Otherwise the flag stays for a later run.
+func (s *Store) ClearFullAudit(ctx context.Context, runID string) (bool, error) {
 	var cleared bool
 	err := s.inTx(ctx, "clear full audit flag", func(tx *sql.Tx) error {
+		cleared = false
 		var v string
 		err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, metaFullAudit).Scan(&v)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -117,7 +121,28 @@ func (s *Store) ClearFullAudit(ctx context.Context, startedAt time.Time) (bool, 
 		if err != nil {
 			return err
 		}
+		var started string
+		err = tx.QueryRowContext(ctx, `SELECT started_at FROM runs WHERE run_id = ?`, runID).Scan(&started)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read run %s: %w", runID, err)
+		}
+		startedAt, err := parseTime(started)
+		if err != nil {
+			return err
+		}
 		if !since.Before(startedAt) {
+			return nil
+		}
+		var left int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM pair_range r WHERE NOT EXISTS (
+  SELECT 1 FROM run_pairs p WHERE p.run_id = ? AND p.symbol = r.symbol AND p.interval = r.interval AND p.status = 'ok')`,
+			runID).Scan(&left); err != nil {
+			return fmt.Errorf("pairs not audited by run %s: %w", runID, err)
+		}
+		if left > 0 {
 			return nil
 		}
 		_, err = tx.ExecContext(ctx, `DELETE FROM meta WHERE key = ?`, metaFullAudit)

@@ -66,11 +66,37 @@ func TestStreamIdentity(t *testing.T) {
 	if err != nil || !due.Equal(epoch) {
 		t.Fatalf("FullAuditDue = %v, %v; want %v", due, err, epoch)
 	}
-	if cleared, err := s.ClearFullAudit(ctx, epoch.Add(-time.Minute)); err != nil || cleared {
-		t.Fatalf("a run started before the replacement cleared the flag: %v, %v", cleared, err)
+	// The flag is cleared only by a run that started after it was set
+	// and completed every pair the database holds.
+	btc, eth := candles.Pair{Symbol: "BTCUSDT", Interval: "4h"}, candles.Pair{Symbol: "ETHUSDT", Interval: "4h"}
+	ethBatch := spanned(0, 1, at4h(0))
+	ethBatch.Symbol = "ETHUSDT"
+	if _, err := s.ApplyBatch(ctx, "CANDLES", 1, ethBatch); err != nil {
+		t.Fatal(err)
 	}
-	if cleared, err := s.ClearFullAudit(ctx, epoch.Add(time.Minute)); err != nil || !cleared {
-		t.Fatalf("a run started after the replacement did not clear the flag: %v, %v", cleared, err)
+	runs := []struct {
+		id      string
+		started time.Time
+		pairs   []candles.Pair
+		clears  bool
+	}{
+		{"planned-before", epoch.Add(-time.Minute), []candles.Pair{btc, eth}, false},
+		{"one-pair", epoch.Add(time.Minute), []candles.Pair{btc}, false},
+		{"audit", epoch.Add(2 * time.Minute), []candles.Pair{btc, eth}, true},
+	}
+	for i, r := range runs {
+		if _, err := s.RegisterRun(ctx, r.id, r.pairs, r.started, "", time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		for j, p := range r.pairs {
+			b := batch(r.id, p.Symbol, true, nil)
+			if _, err := s.ApplyBatch(ctx, "CANDLES", uint64(10+10*i+j), b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if cleared, err := s.ClearFullAudit(ctx, r.id); err != nil || cleared != r.clears {
+			t.Fatalf("run %s: ClearFullAudit = %v, %v; want %v", r.id, cleared, err, r.clears)
+		}
 	}
 	if due, err := s.FullAuditDue(ctx); err != nil || !due.IsZero() {
 		t.Fatalf("FullAuditDue after the audit = %v, %v", due, err)

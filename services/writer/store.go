@@ -50,8 +50,9 @@ type BatchStore interface {
 	BindStream(ctx context.Context, stream, identity string) (store.StreamBinding, error)
 	// FullAuditDue reports since when a full gap audit is due (zero: none).
 	FullAuditDue(ctx context.Context) (time.Time, error)
-	// ClearFullAudit clears the full audit flag set before startedAt.
-	ClearFullAudit(ctx context.Context, startedAt time.Time) (bool, error)
+	// ClearFullAudit clears the full audit flag when run runID, started
+	// after it was set, completed every stored pair ok.
+	ClearFullAudit(ctx context.Context, runID string) (bool, error)
 }
 
 // RunStore tracks which pairs of each sync run are done. A pair is pending

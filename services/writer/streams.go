@@ -103,13 +103,14 @@ func (w *Writer) bindStream(ctx context.Context, s jetstream.Stream) error {
 }
 
 // auditDone clears the full audit flag once a run that started after it
-// was set completes with every pair ok: that run's plan measured every pair
-// it synced against its full expected range and repaired what was missing.
+// was set completes with every pair the database holds ok: that run's plan
+// measured each against its full expected range, repaired what was missing
+// and synced it to the present.
 func (w *Writer) auditDone(ctx context.Context, ev *candles.SyncCompleted) {
 	if ev.PairsFailed > 0 || ev.PairsOK == 0 {
 		return
 	}
-	cleared, err := w.store().ClearFullAudit(ctx, ev.StartedAt)
+	cleared, err := w.store().ClearFullAudit(ctx, ev.RunID)
 	if err != nil {
 		w.log.Error("clear the full audit flag", "run_id", ev.RunID, "err", err)
 		return
