@@ -26,8 +26,8 @@ const (
 	// KindStreamReplaced: a stream the database keeps a watermark for was
 	// created again; see StreamReplaced.
 	KindStreamReplaced = "stream.replaced"
-	// KindResourceRecreated: a stream or consumer disappeared while a
-	// service ran and the service created it again.
+	// KindResourceRecreated: a stream, consumer or KV bucket disappeared
+	// while a service ran and the service created it again.
 	KindResourceRecreated = "resource.recreated"
 )
 
@@ -167,11 +167,11 @@ type StreamReplaced struct {
 	OldWatermark uint64 `json:"old_watermark"`
 }
 
-// ResourceRecreated: a stream or consumer disappeared while Service ran,
-// and it created it again with the settings it runs with.
+// ResourceRecreated: a stream, consumer or KV bucket disappeared while
+// Service ran, and it created it again with the settings it runs with.
 type ResourceRecreated struct {
 	EventHeader
-	Resource string `json:"resource"` // "stream" or "consumer"
+	Resource string `json:"resource"` // "stream", "consumer" or "kv"
 	Name     string `json:"name"`
 	Stream   string `json:"stream,omitempty"` // the stream of a consumer
 	Service  string `json:"service"`
