@@ -171,6 +171,9 @@ func pairStatus(p candles.PairCoverage, now time.Time, maxStale time.Duration) (
 	if p.Count == 0 {
 		return "empty", false
 	}
+	if p.ListingPending {
+		return "history from its listing not stored", false
+	}
 	if m := missingCandles(p); m > 0 {
 		return fmt.Sprintf("%d missing", m), false
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -35,9 +36,9 @@ type splitMode struct {
 	symbols    []string
 }
 
-func startSplitMode(t *testing.T, symbols []string, interval string) *splitMode {
+func startSplitMode(t *testing.T, symbols []string, interval string, so sim.Options) *splitMode {
 	t.Helper()
-	s, simURL := startSim(t, sim.Options{})
+	s, simURL := startSim(t, so)
 	ns := natstest.RunServer(t)
 	dataDir := t.TempDir()
 	fo := testFetcherOptions(simURL)
@@ -89,13 +90,19 @@ func (m *splitMode) coverage(t *testing.T, symbols []string, interval string) (s
 	return string(out), 0
 }
 
-// assertExact compares the database with the simulator over every pair's
-// whole history (listing to the last closed candle).
+// assertExact compares the database's pairs of symbols with the simulator
+// over their whole history (listing to the last closed candle).
 func (m *splitMode) assertExact(t *testing.T, symbols []string, interval string) {
 	t.Helper()
 	iv := candles.MustInterval(interval)
 	until := time.UnixMilli(iv.Align(time.Now().UnixMilli()))
-	assertSame(t, readDB(t, m.dbPath), truth(m.s, symbols, interval, time.Unix(0, 0), until))
+	got := readDB(t, m.dbPath)
+	for p := range got {
+		if !slices.Contains(symbols, p.Symbol) {
+			delete(got, p)
+		}
+	}
+	assertSame(t, got, truth(m.s, symbols, interval, time.Unix(0, 0), until))
 }
 
 func (m *splitMode) candlesLastSeq(t *testing.T) uint64 {
@@ -107,36 +114,49 @@ func (m *splitMode) candlesLastSeq(t *testing.T) uint64 {
 	return s.CachedInfo().State.LastSeq
 }
 
-// The issue as seen: the writer is down, CANDLES is deleted and created
-// again, and a new run refills it past the database's old watermark. The
-// restarted writer must notice that its watermark counted in another
-// stream (stream.replaced), read the new one from its start and say that a
-// full audit is due; coverage is honest meanwhile (exit 1), and after the
-// follow-up incremental sync the database is exact over every pair's whole
-// history and coverage exits 0. Then rows of early history lost from the
-// database make coverage exit 1 (measured from the listing, not from the
-// first stored candle) until the next sync re-fetches them.
+// The issue as seen, and worse: the writer is down while a backfill from
+// the listing runs; CANDLES is deleted in the middle of it (its first pages
+// are gone; the rest go to the new stream) and a new run refills the new
+// stream past the database's old watermark. The restarted writer must see
+// that its watermark counted in another stream (stream.replaced), read the
+// new one from its start and mark a full audit due. Coverage is honest in
+// between: the pair whose first pages were lost is not complete although
+// its stored candles have no hole (exit 1). The follow-up incremental sync
+// fetches that pair from its listing again, audits the rest, and leaves the
+// database exact over every pair's whole history, with coverage exit 0.
+// Then rows of early history lost from the database make coverage exit 1
+// (measured from the listing, not from the first stored candle) until the
+// next sync re-fetches exactly them.
 func TestStreamReplacedWhileWriterDown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end with processes; runs without -short")
 	}
 	symbols := []string{"BTCUSDT", "ETHUSDT"}
-	m := startSplitMode(t, symbols, "1d")
+	// Slow pages, so the stream can be deleted in the middle of a backfill.
+	m := startSplitMode(t, symbols, "1h", sim.Options{Latency: 40 * time.Millisecond})
 	w := m.startWriter(t)
 
 	m.sync(t, `{"symbols":["BTCUSDT"],"start":"listing"}`, 1)
-	m.assertExact(t, symbols[:1], "1d")
+	m.assertExact(t, symbols[:1], "1h")
 	oldSeq := m.candlesLastSeq(t)
-	if out, code := m.coverage(t, symbols[:1], "1d"); code != 0 {
+	if out, code := m.coverage(t, symbols[:1], "1h"); code != 0 {
 		t.Fatalf("coverage after the backfill: exit %d\n%s", code, out)
 	}
 
-	// The writer stops; the stream goes and comes back empty, as after a
-	// wiped server store (a restarted fetcher creates it again).
+	// The writer stops; ETHUSDT's backfill starts; the stream goes after
+	// its first pages and comes back empty, as after a wiped server store
+	// (a restarted fetcher creates it again).
 	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	<-w.done
+	lost := requestSync(t, connect(t, m.natsURL), `{"symbols":["ETHUSDT"],"start":"listing"}`)
+	checkfor.Check(t, time.Minute, 5*time.Millisecond, func() error {
+		if seq := m.candlesLastSeq(t); seq < oldSeq+3 {
+			return fmt.Errorf("CANDLES holds %d batches, want ETHUSDT's first pages after %d", seq, oldSeq)
+		}
+		return nil
+	})
 	if out, err := natsCmd(t, m.natsURL, "stream", "rm", candles.StreamCandles, "-f"); err != nil {
 		t.Fatalf("nats stream rm: %v\n%s", err, out)
 	}
@@ -146,7 +166,7 @@ func TestStreamReplacedWhileWriterDown(t *testing.T) {
 	// A run while the writer is down refills the new stream past the old
 	// watermark: a writer trusting the watermark would skip the first
 	// oldSeq batches of the new stream.
-	acc := requestSync(t, connect(t, m.natsURL), `{"start":"listing"}`)
+	refill := requestSync(t, connect(t, m.natsURL), `{"symbols":["BTCUSDT"],"start":"listing"}`)
 	checkfor.Check(t, 2*time.Minute, 20*time.Millisecond, func() error {
 		if seq := m.candlesLastSeq(t); seq <= oldSeq+1 {
 			return fmt.Errorf("CANDLES holds %d batches, want more than the old watermark %d", seq, oldSeq)
@@ -163,21 +183,24 @@ func TestStreamReplacedWhileWriterDown(t *testing.T) {
 	if n := len(m.ev.of(candles.KindStreamReplaced, "")); n != 1 {
 		t.Fatalf("%d stream.replaced events, want 1 (EVENTS was not replaced)", n)
 	}
-	// The run that refilled the stream began before the replacement was
-	// seen, so it does not count as the audit: coverage still says so.
 	var done candles.SyncCompleted
-	m.ev.wait(t, candles.KindSyncCompleted, acc.RunID, 3*time.Minute, &done)
-	if done.PairsOK != 2 {
-		t.Fatalf("refill: %+v", done)
+	m.ev.wait(t, candles.KindSyncCompleted, refill.RunID, 3*time.Minute, &done)
+	m.ev.wait(t, candles.KindSyncCompleted, lost.RunID, 3*time.Minute, &done)
+	m.assertExact(t, symbols[:1], "1h")
+	if eth := readDB(t, m.dbPath)[candles.Pair{Symbol: "ETHUSDT", Interval: "1h"}]; len(eth) == 0 {
+		t.Fatal("none of ETHUSDT's pages after the deletion was stored; the test proves less than it says")
 	}
-	m.assertExact(t, symbols, "1d")
-	if out, code := m.coverage(t, symbols, "1d"); code != 1 || !strings.Contains(out, "full gap audit is due") {
-		t.Fatalf("coverage before the audit: exit %d\n%s; want 1 saying a full audit is due", code, out)
+	// ETHUSDT's stored candles have no hole, yet its first pages are gone;
+	// and the runs planned before the replacement do not count as the audit.
+	out, code := m.coverage(t, symbols, "1h")
+	if code != 1 || !strings.Contains(out, "ETHUSDT/1h") || !strings.Contains(out, "history from its listing not stored") ||
+		!strings.Contains(out, "full gap audit is due") {
+		t.Fatalf("coverage before the audit: exit %d\n%s; want 1, ETHUSDT's history not stored and a full audit due", code, out)
 	}
 
 	m.sync(t, `{}`, 2)
-	m.assertExact(t, symbols, "1d")
-	if out, code := m.coverage(t, symbols, "1d"); code != 0 {
+	m.assertExact(t, symbols, "1h")
+	if out, code := m.coverage(t, symbols, "1h"); code != 0 {
 		t.Fatalf("coverage after the audit: exit %d\n%s", code, out)
 	}
 
@@ -189,16 +212,18 @@ func TestStreamReplacedWhileWriterDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	first := readDB(t, m.dbPath)[candles.Pair{Symbol: "ETHUSDT", Interval: "1d"}][0].OpenTime
-	if _, err := db.Exec(`DELETE FROM candles WHERE symbol = 'ETHUSDT' AND open_time < ?`, first+100*24*3600*1000); err != nil {
+	first := readDB(t, m.dbPath)[candles.Pair{Symbol: "ETHUSDT", Interval: "1h"}][0].OpenTime
+	res, err := db.Exec(`DELETE FROM candles WHERE symbol = 'ETHUSDT' AND open_time < ?`, first+100*24*3600*1000)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if out, code := m.coverage(t, symbols, "1d"); code != 1 || !strings.Contains(out, "100 missing") {
-		t.Fatalf("coverage without ETHUSDT's first 100 days: exit %d\n%s; want 1 and 100 missing", code, out)
+	removed, _ := res.RowsAffected()
+	if out, code := m.coverage(t, symbols, "1h"); code != 1 || !strings.Contains(out, fmt.Sprintf("%d missing", removed)) {
+		t.Fatalf("coverage without ETHUSDT's first 100 days: exit %d\n%s; want 1 and %d missing", code, out, removed)
 	}
 	m.sync(t, `{}`, 2)
-	m.assertExact(t, symbols, "1d")
-	if out, code := m.coverage(t, symbols, "1d"); code != 0 {
+	m.assertExact(t, symbols, "1h")
+	if out, code := m.coverage(t, symbols, "1h"); code != 0 {
 		t.Fatalf("coverage after the repair: exit %d\n%s", code, out)
 	}
 }
@@ -212,7 +237,7 @@ func TestStreamDeletedWhileWriterRuns(t *testing.T) {
 		t.Skip("end-to-end with processes; runs without -short")
 	}
 	symbols := []string{"BTCUSDT", "ETHUSDT"}
-	m := startSplitMode(t, symbols, "1d")
+	m := startSplitMode(t, symbols, "1d", sim.Options{})
 	w := m.startWriter(t)
 	m.sync(t, `{"symbols":["BTCUSDT"],"start":"listing"}`, 1)
 

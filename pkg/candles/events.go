@@ -53,6 +53,12 @@ type SyncStarted struct {
 	PairsTotal int       `json:"pairs_total"`
 	Reason     string    `json:"reason,omitempty"`
 	Deadline   time.Time `json:"deadline,omitzero"`
+	// Listing lists the pairs of Pairs whose jobs fetch from the pair's
+	// listing (a request with "start":"listing", or a pair whose history
+	// from its listing never reached the database): the writer then
+	// expects their history to start at the first candle the run's first
+	// page brings, even if that page is lost.
+	Listing []Pair `json:"listing,omitempty"`
 }
 
 // SyncCompleted: every pair of the run is written or failed.

@@ -206,16 +206,21 @@ type CoverageRequest struct {
 // and Missing then count from it, so a pair missing its early history is
 // not complete.
 type PairCoverage struct {
-	Symbol       string    `json:"symbol"`
-	Interval     string    `json:"interval"`
-	First        int64     `json:"first_open_time"`
-	Last         int64     `json:"last_open_time"`
-	ExpectedFrom int64     `json:"expected_from,omitempty"`
-	Count        int64     `json:"count"`
-	Expected     int64     `json:"expected"`
-	KnownGaps    []Range   `json:"known_gaps,omitempty"`
-	Missing      []Range   `json:"missing,omitempty"`
-	LastSync     time.Time `json:"last_sync,omitzero"`
+	Symbol       string `json:"symbol"`
+	Interval     string `json:"interval"`
+	First        int64  `json:"first_open_time"`
+	Last         int64  `json:"last_open_time"`
+	ExpectedFrom int64  `json:"expected_from,omitempty"`
+	// ListingPending: a run fetching the pair from its listing has not
+	// had its first page applied (it may be in flight, or lost with a
+	// replaced stream), so where the history starts is not known and
+	// the pair is not complete; the next sync fetches it from the listing.
+	ListingPending bool      `json:"listing_pending,omitempty"`
+	Count          int64     `json:"count"`
+	Expected       int64     `json:"expected"`
+	KnownGaps      []Range   `json:"known_gaps,omitempty"`
+	Missing        []Range   `json:"missing,omitempty"`
+	LastSync       time.Time `json:"last_sync,omitzero"`
 }
 
 // ReplayRequest asks the writer to re-apply CANDLES to the database from a

@@ -41,7 +41,8 @@ func (s *Store) Coverage(ctx context.Context, r candles.CoverageRequest) ([]cand
   COALESCE((SELECT open_time FROM candles WHERE symbol = ?1 AND interval = ?2 ORDER BY open_time DESC LIMIT 1), 0),
   (SELECT COUNT(*) FROM candles WHERE symbol = ?1 AND interval = ?2),
   (SELECT last_sync FROM pair_state WHERE symbol = ?1 AND interval = ?2),
-  COALESCE((SELECT expected_from FROM pair_range WHERE symbol = ?1 AND interval = ?2), 0)`)
+  COALESCE((SELECT expected_from FROM pair_range WHERE symbol = ?1 AND interval = ?2), 0),
+  EXISTS (SELECT 1 FROM pair_range WHERE symbol = ?1 AND interval = ?2 AND listing_run IS NOT NULL)`)
 	if err != nil {
 		return nil, fmt.Errorf("coverage: %w", err)
 	}
@@ -51,7 +52,7 @@ func (s *Store) Coverage(ctx context.Context, r candles.CoverageRequest) ([]cand
 		c := candles.PairCoverage{Symbol: p.Symbol, Interval: p.Interval}
 		var lastSync sql.NullString
 		var expectedFrom int64
-		if err := stmt.QueryRowContext(ctx, p.Symbol, p.Interval).Scan(&c.First, &c.Last, &c.Count, &lastSync, &expectedFrom); err != nil {
+		if err := stmt.QueryRowContext(ctx, p.Symbol, p.Interval).Scan(&c.First, &c.Last, &c.Count, &lastSync, &expectedFrom, &c.ListingPending); err != nil {
 			return nil, fmt.Errorf("coverage of %s: %w", p, err)
 		}
 		if lastSync.Valid {

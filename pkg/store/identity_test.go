@@ -172,3 +172,56 @@ func TestCoverageFromExpectedStart(t *testing.T) {
 		})
 	}
 }
+
+// A run fetching a pair from its listing leaves the pair "listing pending"
+// until the run's first page of it is applied; if that page is lost (a
+// replaced stream), later pages or other runs do not make the pair look
+// complete from a later candle. A first page applied before the run's
+// sync.started was handled has done its part already.
+func TestListingPending(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, tempDB(t))
+	btc, eth := candles.Pair{Symbol: "BTCUSDT", Interval: "4h"}, candles.Pair{Symbol: "ETHUSDT", Interval: "4h"}
+	pending := func(p candles.Pair) bool {
+		t.Helper()
+		cov, err := s.Coverage(ctx, candles.CoverageRequest{Pairs: []candles.Pair{p}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cov[0].ListingPending
+	}
+	page := func(seq uint64, runID, symbol string, n int, from, to int) {
+		t.Helper()
+		b := spanned(from, to, at4h(slots(from, to)...))
+		b.RunID, b.Symbol, b.Page = runID, symbol, n
+		if _, err := s.ApplyBatch(ctx, "CANDLES", seq, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.RegisterRun(ctx, "lost", []candles.Pair{btc, eth}, epoch, "", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	// ETH's first page is applied before the run's sync.started is handled.
+	page(1, "lost", "ETHUSDT", 0, 0, 5)
+	if err := s.ExpectListing(ctx, "lost", []candles.Pair{btc, eth}); err != nil {
+		t.Fatal(err)
+	}
+	if !pending(btc) || pending(eth) {
+		t.Fatalf("after sync.started: pending BTC %v ETH %v; want BTC only", pending(btc), pending(eth))
+	}
+	// BTC's first page is lost; its second page and an incremental run's
+	// page arrive: still pending.
+	page(2, "lost", "BTCUSDT", 1, 5, 10)
+	page(3, "incremental", "BTCUSDT", 0, 10, 12)
+	if !pending(btc) {
+		t.Fatal("BTC not pending after its first page was lost")
+	}
+	// The next run from the listing brings its first page.
+	if err := s.ExpectListing(ctx, "again", []candles.Pair{btc}); err != nil {
+		t.Fatal(err)
+	}
+	page(4, "again", "BTCUSDT", 0, 0, 5)
+	if pending(btc) {
+		t.Fatal("BTC still pending after the first page of a listing run")
+	}
+}

@@ -108,7 +108,8 @@ ALTER TABLE run_pairs ADD COLUMN timed_out INTEGER NOT NULL DEFAULT 0; -- pendin
 
 CREATE TABLE pair_range (
   symbol TEXT NOT NULL, interval TEXT NOT NULL,
-  expected_from INTEGER NOT NULL,  -- ms: the open time the pair's history should start at
+  expected_from INTEGER,  -- ms: the open time the pair's history should start at (NULL: not known yet)
+  listing_run TEXT,       -- a run fetching the pair from its listing whose first page is not applied yet
   PRIMARY KEY (symbol, interval)
 ) WITHOUT ROWID;`,
 }

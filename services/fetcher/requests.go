@@ -145,11 +145,15 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 		}
 	}
 	pairs := make([]candles.Pair, len(jobs))
+	var listing []candles.Pair
 	for i, j := range jobs {
 		pairs[i] = candles.Pair{Symbol: j.Symbol, Interval: j.Interval}
+		if j.From == candles.MustInterval(j.Interval).Align(listingFloor) && len(j.Repair) == 0 {
+			listing = append(listing, pairs[i])
+		}
 	}
 	started := &candles.SyncStarted{EventHeader: candles.NewHeader(candles.KindSyncStarted, runID),
-		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason}
+		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason, Listing: listing}
 	if len(jobs) > 0 {
 		started.Deadline = jobs[0].Deadline
 	}
@@ -290,6 +294,11 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 			if j.From < start.UnixMilli() {
 				j.From = iv.Next(j.From)
 			}
+		case ok && c.ListingPending:
+			// A run asked for the pair from its listing and its first page
+			// never reached the database (lost with a replaced stream):
+			// fetch from the listing again, which also covers every hole.
+			j.From = iv.Align(listingFloor)
 		case ok && c.Count > 0:
 			j.From, j.Incremental = c.Last, true
 			var holes []candles.Range

@@ -154,7 +154,10 @@ func (w *Writer) handleRunEvent(ctx context.Context, msg jetstream.Msg, seq uint
 		write = func(ctx context.Context) error {
 			var err error
 			complete, err = w.store().RegisterRun(ctx, ev.RunID, ev.Pairs, started, ev.Reason, ev.Deadline)
-			return err
+			if err != nil {
+				return err
+			}
+			return w.store().ExpectListing(ctx, ev.RunID, ev.Listing)
 		}
 		what = "run registered"
 	case candles.EventSubject(candles.KindPairFailed):

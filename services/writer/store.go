@@ -66,6 +66,10 @@ type RunStore interface {
 	// RegisterRun records a run, its pairs and its deadline (zero: none);
 	// registering again changes nothing.
 	RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string, deadline time.Time) (complete bool, err error)
+	// ExpectListing records that runID fetches pairs from their listing,
+	// so the pairs count as incomplete until its first page of each is
+	// applied (store.ExpectListing).
+	ExpectListing(ctx context.Context, runID string, pairs []candles.Pair) error
 	// FailPair marks a pending pair of a run failed (creating it if the run
 	// or pair is not known yet); an ok or failed pair stays as it is.
 	FailPair(ctx context.Context, runID, symbol, interval, reason string) (complete bool, err error)
