@@ -20,9 +20,12 @@ import (
 
 // runCoverage answers "is my data complete?": per pair the first and last
 // stored candle, stored vs expected candles, holes, known exchange gaps, the
-// last successful sync and whether the newest candle is fresh. Exit 0 only
-// when every pair asked about is complete and fresh, 1 otherwise (an empty
-// pair, a pair never synced, missing candles or stale data), 2 for bad flags.
+// last successful sync and whether the newest candle is fresh. Missing counts
+// from where the pair's history should start (the earliest start a request
+// asked for), not from the first stored candle. Exit 0 only when every pair
+// asked about is complete and fresh and no full audit is due, 1 otherwise
+// (an empty pair, a pair never synced, missing candles, stale data, a
+// replaced stream not audited yet), 2 for bad flags.
 func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) int {
 	fs := flagSet("coverage", "candlekeep coverage [flags]",
 		"Asks the writer (candles.api.coverage) what the database holds, per pair: first\n"+
@@ -32,7 +35,8 @@ func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, g
 			"Exit status: 0 when every pair is complete and fresh; 1 when any pair is\n"+
 			"empty, never synced, missing candles (known gaps do not count: the exchange\n"+
 			"has no data there) or stale (its newest candle closed longer ago than\n"+
-			"--max-staleness, or one interval plus 2h for intervals longer than that);\n"+
+			"--max-staleness, or one interval plus 2h for intervals longer than that),\n"+
+			"or when a full gap audit is due (a stream was replaced: stream.replaced);\n"+
 			"2 for bad flags.", stderr)
 	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
 	var symbols, intervals config.List
@@ -118,6 +122,16 @@ func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	}
 	if problems > 0 {
 		fmt.Fprintf(stderr, "candlekeep coverage: %d of %d pairs not complete and fresh\n", problems, len(cr.Pairs))
+	}
+	if !cr.FullAuditDue.IsZero() {
+		// Batches the database never applied went with a replaced stream;
+		// what they held is unknown until a sync audits every pair.
+		fmt.Fprintf(stderr, "candlekeep coverage: a full gap audit is due since %s (a stream was replaced; "+
+			"see stream.replaced in docs/operations.md): run a sync, e.g. nats pub candles.sync.request '{}'\n",
+			cr.FullAuditDue.UTC().Format(time.RFC3339))
+		return 1
+	}
+	if problems > 0 {
 		return 1
 	}
 	return 0
@@ -156,6 +170,9 @@ func pairStatus(p candles.PairCoverage, now time.Time, maxStale time.Duration) (
 	}
 	if p.Count == 0 {
 		return "empty", false
+	}
+	if p.ListingPending {
+		return "history from its listing not stored", false
 	}
 	if m := missingCandles(p); m > 0 {
 		return fmt.Sprintf("%d missing", m), false

@@ -31,6 +31,9 @@ const (
 	// (the database or the NATS store) could not write for lack of space.
 	KindDiskFull      = "disk.full"
 	KindDiskRecovered = "disk.recovered"
+	// KindStreamReplaced: a stream the database keeps a watermark for was
+	// created again; see StreamReplaced.
+	KindStreamReplaced = "stream.replaced"
 )
 
 // EventHeader starts every event.
@@ -58,6 +61,12 @@ type SyncStarted struct {
 	// Notes say where the run's plan differs from the request, e.g. a start
 	// before the exchange's first candles moved to the listing.
 	Notes []string `json:"notes,omitempty"`
+	// Listing lists the pairs of Pairs whose jobs fetch from the pair's
+	// listing (a request with "start":"listing", or a pair whose history
+	// from its listing never reached the database): the writer then
+	// expects their history to start at the first candle the run's first
+	// page brings, even if that page is lost.
+	Listing []Pair `json:"listing,omitempty"`
 }
 
 // SyncCompleted: every pair of the run is written or failed.
@@ -174,6 +183,19 @@ type IntegrityFailed struct {
 	DetectedAt time.Time `json:"detected_at"`
 	// Hint says how to recover by hand.
 	Hint string `json:"hint"`
+}
+
+// StreamReplaced: the writer found that a stream is not the one its
+// watermark counted in (deleted and created again, or a wiped server
+// store). It reset the watermark to 0, reads the stream from its start and
+// marked a full gap audit due, since messages of the old stream it never
+// applied are gone. Identities are the streams' creation times.
+type StreamReplaced struct {
+	EventHeader
+	Stream       string `json:"stream"`
+	OldIdentity  string `json:"old_identity"`
+	NewIdentity  string `json:"new_identity"`
+	OldWatermark uint64 `json:"old_watermark"`
 }
 
 // RateLimitHit: the exchange answered 429.

@@ -196,20 +196,31 @@ type CoverageRequest struct {
 
 // PairCoverage is what the database holds for one pair. First and Last are
 // open times in ms; both are zero when the pair has no candles. Expected is
-// the number of candles in [First, Last]; Expected - Count - the slots of
+// the number of candles in [First, Last] (see ExpectedFrom); Expected - Count - the slots of
 // KnownGaps is the number of candles missing. Missing lists the holes (only
 // when the request asked for Gaps); KnownGaps the spans the exchange does not
-// serve. LastSync is when a run last completed the pair.
+// serve. LastSync is when a run last completed the pair. ExpectedFrom, set
+// only when it is before First (or the pair has no candles), is where the
+// pair's history should start: the earliest start a request asked for, a
+// request from "listing" resolved to the exchange's first candle; Expected
+// and Missing then count from it, so a pair missing its early history is
+// not complete.
 type PairCoverage struct {
-	Symbol    string    `json:"symbol"`
-	Interval  string    `json:"interval"`
-	First     int64     `json:"first_open_time"`
-	Last      int64     `json:"last_open_time"`
-	Count     int64     `json:"count"`
-	Expected  int64     `json:"expected"`
-	KnownGaps []Range   `json:"known_gaps,omitempty"`
-	Missing   []Range   `json:"missing,omitempty"`
-	LastSync  time.Time `json:"last_sync,omitzero"`
+	Symbol       string `json:"symbol"`
+	Interval     string `json:"interval"`
+	First        int64  `json:"first_open_time"`
+	Last         int64  `json:"last_open_time"`
+	ExpectedFrom int64  `json:"expected_from,omitempty"`
+	// ListingPending: a run fetching the pair from its listing has not
+	// had its first page applied (it may be in flight, or lost with a
+	// replaced stream), so where the history starts is not known and
+	// the pair is not complete; the next sync fetches it from the listing.
+	ListingPending bool      `json:"listing_pending,omitempty"`
+	Count          int64     `json:"count"`
+	Expected       int64     `json:"expected"`
+	KnownGaps      []Range   `json:"known_gaps,omitempty"`
+	Missing        []Range   `json:"missing,omitempty"`
+	LastSync       time.Time `json:"last_sync,omitzero"`
 }
 
 // ReplayRequest asks the writer to re-apply CANDLES to the database from a
@@ -263,6 +274,11 @@ type SyncPlan struct {
 // CoverageResponse is the reply of candles.api.coverage.
 type CoverageResponse struct {
 	Pairs []PairCoverage `json:"pairs"`
+	// FullAuditDue, when set, is since when a gap audit over the full
+	// range of every pair is due: a stream was replaced and batches the
+	// database never applied may be gone. The next run that completes
+	// with every pair ok clears it.
+	FullAuditDue time.Time `json:"full_audit_due,omitzero"`
 }
 
 // Headers candlekeep sets on messages.

@@ -11,9 +11,11 @@ import (
 )
 
 // Coverage reports, for each pair of r in the order asked, the first and
-// last open time, the candle count, the expected count over [First, Last],
+// last open time, the candle count, the expected count from the pair's
+// expected start (ExpectedFrom: the earliest start a request asked for,
+// when that is before First) or else First, to Last,
 // every known gap of the pair, its last sync and, when r.Gaps, the missing
-// ranges: the slots inside [First, Last] neither stored nor known gaps. A
+// ranges: the slots from that start to Last neither stored nor known gaps. A
 // pair with no candles has zeros but still shows its known gaps and last
 // sync. With no pairs it reports every pair that has candles, known gaps or
 // a last sync, ordered by symbol and interval.
@@ -38,7 +40,9 @@ func (s *Store) Coverage(ctx context.Context, r candles.CoverageRequest) ([]cand
   COALESCE((SELECT open_time FROM candles WHERE symbol = ?1 AND interval = ?2 ORDER BY open_time ASC LIMIT 1), 0),
   COALESCE((SELECT open_time FROM candles WHERE symbol = ?1 AND interval = ?2 ORDER BY open_time DESC LIMIT 1), 0),
   (SELECT COUNT(*) FROM candles WHERE symbol = ?1 AND interval = ?2),
-  (SELECT last_sync FROM pair_state WHERE symbol = ?1 AND interval = ?2)`)
+  (SELECT last_sync FROM pair_state WHERE symbol = ?1 AND interval = ?2),
+  COALESCE((SELECT expected_from FROM pair_range WHERE symbol = ?1 AND interval = ?2), 0),
+  EXISTS (SELECT 1 FROM pair_range WHERE symbol = ?1 AND interval = ?2 AND listing_run IS NOT NULL)`)
 	if err != nil {
 		return nil, fmt.Errorf("coverage: %w", err)
 	}
@@ -47,7 +51,8 @@ func (s *Store) Coverage(ctx context.Context, r candles.CoverageRequest) ([]cand
 	for _, p := range pairs {
 		c := candles.PairCoverage{Symbol: p.Symbol, Interval: p.Interval}
 		var lastSync sql.NullString
-		if err := stmt.QueryRowContext(ctx, p.Symbol, p.Interval).Scan(&c.First, &c.Last, &c.Count, &lastSync); err != nil {
+		var expectedFrom int64
+		if err := stmt.QueryRowContext(ctx, p.Symbol, p.Interval).Scan(&c.First, &c.Last, &c.Count, &lastSync, &expectedFrom, &c.ListingPending); err != nil {
 			return nil, fmt.Errorf("coverage of %s: %w", p, err)
 		}
 		if lastSync.Valid {
@@ -57,6 +62,9 @@ func (s *Store) Coverage(ctx context.Context, r candles.CoverageRequest) ([]cand
 		}
 		if c.KnownGaps, err = knownGaps(ctx, tx, p); err != nil {
 			return nil, fmt.Errorf("coverage: %w", err)
+		}
+		if expectedFrom > 0 && (c.Count == 0 || expectedFrom < c.First) {
+			c.ExpectedFrom = expectedFrom
 		}
 		if c.Count > 0 {
 			if err := fillExpected(ctx, tx, &c, r.Gaps); err != nil {
@@ -78,23 +86,38 @@ func fillExpected(ctx context.Context, tx *sql.Tx, c *candles.PairCoverage, with
 		c.Expected = c.Count
 		return nil
 	}
-	c.Expected = iv.Count(c.First, c.Last)
+	// The pair's history should start at ExpectedFrom when a request asked
+	// for more than is stored: the slots before the first stored candle
+	// are then missing too, not out of range.
+	from := c.First
+	if c.ExpectedFrom > 0 && c.ExpectedFrom < from {
+		from = iv.Align(c.ExpectedFrom)
+		if from < c.ExpectedFrom {
+			from = iv.Next(from)
+		}
+		from = min(from, c.First)
+	}
+	c.Expected = iv.Count(from, c.Last)
 	if !withMissing {
 		return nil
 	}
 	known := int64(0)
 	end := iv.Next(c.Last)
 	for _, g := range c.KnownGaps {
-		known += slotsIn(iv, max(g.From, c.First), min(g.Until, end))
+		known += slotsIn(iv, max(g.From, from), min(g.Until, end))
 	}
 	if c.Count+known >= c.Expected {
 		return nil // every slot is stored or a known gap
 	}
-	holes, err := holesBetween(ctx, tx, iv, c.Symbol, c.Interval)
+	var holes []candles.Range
+	if from < c.First {
+		holes = append(holes, candles.Range{From: from, Until: c.First})
+	}
+	between, err := holesBetween(ctx, tx, iv, c.Symbol, c.Interval)
 	if err != nil {
 		return err
 	}
-	c.Missing = subtract(holes, c.KnownGaps)
+	c.Missing = subtract(append(holes, between...), c.KnownGaps)
 	return nil
 }
 
@@ -160,7 +183,7 @@ func coveredPairs(ctx context.Context, tx *sql.Tx) ([]candles.Pair, error) {
 		return nil, err
 	}
 	rows, err := tx.QueryContext(ctx, `SELECT symbol, interval FROM known_gaps
-UNION SELECT symbol, interval FROM pair_state`)
+UNION SELECT symbol, interval FROM pair_state UNION SELECT symbol, interval FROM pair_range`)
 	if err != nil {
 		return nil, fmt.Errorf("list pairs: %w", err)
 	}

@@ -254,7 +254,8 @@ func TestCoverageLedger(t *testing.T) {
 		KnownGaps: []candles.Range{r4h(15, 17)}, LastSync: syncedAt}
 	withMissing := ledger
 	withMissing.Missing = []candles.Range{r4h(5, 7), r4h(12, 13)}
-	ethLedger := candles.PairCoverage{Symbol: "ETHUSDT", Interval: "4h", KnownGaps: []candles.Range{r4h(2, 3)}}
+	// Its expected start stays: the batch answered from slot 0.
+	ethLedger := candles.PairCoverage{Symbol: "ETHUSDT", Interval: "4h", ExpectedFrom: slot(0), KnownGaps: []candles.Range{r4h(2, 3)}}
 	tests := []struct {
 		name string
 		req  candles.CoverageRequest

@@ -40,7 +40,7 @@ func TestMigrationFromVersion1(t *testing.T) {
 			versions = append(versions, v)
 		}
 		rs.Close()
-		if want := []int{1, 2, 3, 4}; !reflect.DeepEqual(versions, want) || store.SchemaVersion() != 4 {
+		if want := []int{1, 2, 3, 4, 5}; !reflect.DeepEqual(versions, want) || store.SchemaVersion() != 5 {
 			t.Fatalf("open %d: schema versions %v, want %v", open, versions, want)
 		}
 		if w, err := s.Watermark(ctx, "CANDLES"); err != nil || w != uint64(41+open) {

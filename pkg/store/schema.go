@@ -97,6 +97,21 @@ ALTER TABLE run_pairs ADD COLUMN timed_out INTEGER NOT NULL DEFAULT 0; -- pendin
 	// 4: per run pair, the candles that were new to the database (inserted),
 	// so sync.completed tells new candles from re-fetched ones.
 	`ALTER TABLE run_pairs ADD COLUMN inserted INTEGER NOT NULL DEFAULT 0;`,
+
+	// 5: the identity of the stream each watermark counts in (its creation
+	// time), so a stream deleted and created again is noticed even when its
+	// new sequence numbers have passed the old watermark; and per pair the
+	// earliest open time a request asked for (a request from "listing"
+	// resolved to the exchange's first candle), which coverage and the gap
+	// audit measure from instead of the first stored candle.
+	`ALTER TABLE stream_state ADD COLUMN identity TEXT NOT NULL DEFAULT '';
+
+CREATE TABLE pair_range (
+  symbol TEXT NOT NULL, interval TEXT NOT NULL,
+  expected_from INTEGER,  -- ms: the open time the pair's history should start at (NULL: not known yet)
+  listing_run TEXT,       -- a run fetching the pair from its listing whose first page is not applied yet
+  PRIMARY KEY (symbol, interval)
+) WITHOUT ROWID;`,
 }
 
 // SchemaVersion is the schema version this code migrates databases to.

@@ -352,7 +352,68 @@ func (s *Store) upsert(ctx context.Context, tx *sql.Tx, b candles.Batch, a *Appl
 			return err
 		}
 	}
+	if err := recordExpectedFrom(ctx, tx, b); err != nil {
+		return err
+	}
 	return s.bookGaps(ctx, tx, b, a)
+}
+
+// recordExpectedFrom lowers the pair's expected start to where b begins:
+// the start of the span the exchange answered for (a request's start, or
+// for a page asked from before the listing, the first candle), else its
+// first candle. Every batch answers a range some request asked for, so the
+// lowest of them is the earliest start any request asked for.
+func recordExpectedFrom(ctx context.Context, tx *sql.Tx, b candles.Batch) error {
+	from := b.From
+	if len(b.Candles) > 0 && (from == 0 || b.Candles[0].OpenTime < from) {
+		from = b.Candles[0].OpenTime
+	}
+	// The first page of a run expecting the pair from its listing starts
+	// at the first candle the exchange has: the expected start is known.
+	first := b.Page == 0 && b.RunID != "" && !b.Repair
+	if from <= 0 {
+		if !first {
+			return nil
+		}
+		// An empty first page: the exchange has nothing for the pair.
+		_, err := tx.ExecContext(ctx, `UPDATE pair_range SET listing_run = NULL WHERE symbol = ? AND interval = ? AND listing_run = ?`,
+			b.Symbol, b.Interval, b.RunID)
+		return err
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO pair_range (symbol, interval, expected_from) VALUES (?1, ?2, ?3)
+ON CONFLICT (symbol, interval) DO UPDATE SET
+  expected_from = MIN(COALESCE(expected_from, excluded.expected_from), excluded.expected_from),
+  listing_run = CASE WHEN ?4 AND listing_run = ?5 THEN NULL ELSE listing_run END`,
+		b.Symbol, b.Interval, from, first, b.RunID)
+	if err != nil {
+		return fmt.Errorf("record the expected start of %s/%s: %w", b.Symbol, b.Interval, err)
+	}
+	return nil
+}
+
+// ExpectListing records that run runID fetches pairs from their listing:
+// until the run's first page of a pair is applied (recordExpectedFrom),
+// coverage reports the pair's history from its listing as not stored
+// (PairCoverage.ListingPending), so losing that page (a replaced stream)
+// leaves the pair incomplete instead of measured from a later candle, and
+// the next sync fetches it from the listing again.
+func (s *Store) ExpectListing(ctx context.Context, runID string, pairs []candles.Pair) error {
+	if len(pairs) == 0 {
+		return nil
+	}
+	return s.inTx(ctx, "expect listing of run "+runID, func(tx *sql.Tx) error {
+		for _, p := range pairs {
+			// The run's batches and its sync.started come through two
+			// consumers: a first page applied already has done its part.
+			if _, err := tx.ExecContext(ctx, `INSERT INTO pair_range (symbol, interval, listing_run)
+SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM run_pairs
+  WHERE run_id = ?3 AND symbol = ?1 AND interval = ?2 AND (candles > 0 OR status = 'ok'))
+ON CONFLICT (symbol, interval) DO UPDATE SET listing_run = excluded.listing_run`, p.Symbol, p.Interval, runID); err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+		}
+		return nil
+	})
 }
 
 func (s *Store) upsertCandles(ctx context.Context, tx *sql.Tx, b candles.Batch, a *Applied) error {

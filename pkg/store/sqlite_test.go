@@ -169,7 +169,7 @@ func TestSchemaMatchesDesign(t *testing.T) {
 		tables = append(tables, n)
 	}
 	rs.Close()
-	if want := []string{"candles", "known_gaps", "meta", "pair_state", "run_pairs", "runs", "schema_migrations", "stream_state"}; !reflect.DeepEqual(tables, want) {
+	if want := []string{"candles", "known_gaps", "meta", "pair_range", "pair_state", "run_pairs", "runs", "schema_migrations", "stream_state"}; !reflect.DeepEqual(tables, want) {
 		t.Errorf("tables = %v, want %v", tables, want)
 	}
 	var mode string

@@ -192,11 +192,15 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 		}
 	}
 	pairs := make([]candles.Pair, len(jobs))
+	var listing []candles.Pair
 	for i, j := range jobs {
 		pairs[i] = candles.Pair{Symbol: j.Symbol, Interval: j.Interval}
+		if j.From == candles.MustInterval(j.Interval).Align(listingFloor) && len(j.Repair) == 0 {
+			listing = append(listing, pairs[i])
+		}
 	}
 	started := &candles.SyncStarted{EventHeader: candles.NewHeader(candles.KindSyncStarted, runID),
-		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason, Notes: notes}
+		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason, Notes: notes, Listing: listing}
 	if len(jobs) > 0 {
 		started.Deadline = jobs[0].Deadline
 	}
@@ -352,7 +356,9 @@ func roughDuration(seconds float64) string {
 // none, and per pair the range [from, until) to fetch: from Start ("listing":
 // from the pair's first candle), else from the last stored candle (fetched
 // again, so a candle rewritten by the exchange is corrected) with the holes
-// the gap audit found to repair, else Lookback bars back. Until is End or the
+// the gap audit found to repair (measured from where the pair's history
+// should start, PairCoverage.ExpectedFrom, so missing early history is
+// repaired too), else Lookback bars back. Until is End or the
 // exchange's now.
 //
 // No range starts before listingFloor: an earlier start or lookback is
@@ -416,6 +422,11 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 			if j.From < start.UnixMilli() {
 				j.From = iv.Next(j.From)
 			}
+		case ok && c.ListingPending:
+			// A run asked for the pair from its listing and its first page
+			// never reached the database (lost with a replaced stream):
+			// fetch from the listing again, which also covers every hole.
+			j.From = iv.Align(listingFloor)
 		case ok && c.Count > 0:
 			j.From, j.Incremental = c.Last, true
 			var holes []candles.Range
@@ -425,6 +436,10 @@ func (f *Fetcher) plan(ctx context.Context, runID string, req candles.SyncReques
 				}
 			}
 			j.Repair = mergeHoles(iv, holes, f.o.PageLimit)
+		case ok && c.ExpectedFrom > 0:
+			// Nothing stored, yet a request asked for history from
+			// ExpectedFrom: fetch it all, not only Lookback bars.
+			j.From, j.Incremental = c.ExpectedFrom, true
 		default:
 			j.From, j.Incremental = iv.Add(iv.Align(until-1), -lookback), true
 		}

@@ -64,9 +64,9 @@ func (w *Writer) batchesOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	stream, err := w.js.Stream(ctx, candles.StreamCandles)
+	stream, err := w.stream(ctx, candles.StreamCandles)
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", candles.StreamCandles, err)
+		return err
 	}
 	cons, err := w.ensureConsumer(ctx, candles.StreamCandles, jetstream.ConsumerConfig{
 		Durable:       ConsumerBatches,

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -37,16 +39,19 @@ func consumerConfig(base jetstream.ConsumerConfig, w uint64) jetstream.ConsumerC
 // instead of after AckWait).
 func (w *Writer) ensureConsumer(ctx context.Context, stream string, base jetstream.ConsumerConfig, wm uint64) (jetstream.Consumer, error) {
 	cfg := consumerConfig(base, wm)
+	lost := false
 	cons, err := w.js.Consumer(ctx, stream, cfg.Durable)
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		w.log.Info("creating consumer", "stream", stream, "consumer", cfg.Durable, "start_seq", wm+1)
+		lost = w.consumers.had(stream, cfg.Durable)
+		w.log.Info("creating consumer", "stream", stream, "consumer", cfg.Durable, "start_seq", wm+1, "lost", lost)
 	case err != nil:
 		return nil, fmt.Errorf("look up consumer %s on %s: %w", cfg.Durable, stream, err)
 	default:
 		info := cons.CachedInfo()
 		why := consumerMismatch(info, cfg, wm)
 		if why == "" {
+			w.consumers.add(stream, cfg.Durable)
 			return cons, nil
 		}
 		w.log.Info("recreating consumer at the database watermark", "stream", stream, "consumer", cfg.Durable,
@@ -59,7 +64,34 @@ func (w *Writer) ensureConsumer(ctx context.Context, stream string, base jetstre
 	if err != nil {
 		return nil, fmt.Errorf("create consumer %s on %s at %d: %w", cfg.Durable, stream, wm+1, err)
 	}
+	w.consumers.add(stream, cfg.Durable)
+	if lost {
+		w.recreated(ctx, "consumer", cfg.Durable, stream, cons.CachedInfo().Created.UTC().Format(time.RFC3339Nano))
+	}
 	return cons, nil
+}
+
+// consumerSet remembers which consumers this writer has created or used,
+// so one that is gone later was lost (deleted by hand, or with its
+// stream), not merely never made.
+type consumerSet struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (c *consumerSet) add(stream, name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen == nil {
+		c.seen = map[string]bool{}
+	}
+	c.seen[stream+"/"+name] = true
+}
+
+func (c *consumerSet) had(stream, name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seen[stream+"/"+name]
 }
 
 // consumerMismatch says why an existing consumer cannot be trusted to

@@ -35,6 +35,10 @@ func (w *Writer) handleCoverage(ctx context.Context, req micro.Request) {
 		return
 	}
 	cov, err := st.Coverage(ctx, r)
+	var due time.Time
+	if err == nil {
+		due, err = st.FullAuditDue(ctx)
+	}
 	release()
 	if w.noteErr(err) {
 		w.respondError(req, "500", w.damagedErr().Error())
@@ -48,7 +52,7 @@ func (w *Writer) handleCoverage(ctx context.Context, req micro.Request) {
 	if cov == nil {
 		cov = []candles.PairCoverage{}
 	}
-	if err := req.RespondJSON(candles.CoverageResponse{Pairs: cov}); err != nil {
+	if err := req.RespondJSON(candles.CoverageResponse{Pairs: cov, FullAuditDue: due}); err != nil {
 		w.log.Warn("respond to coverage request", "err", err)
 	}
 }

@@ -136,7 +136,7 @@ func RunLeased(ctx context.Context, o LeaseOptions, serve func(context.Context, 
 		}
 		return err
 	}
-	l := &lease{kv: kv, o: o, log: o.Logger}
+	l := &lease{kv: kv, js: js, o: o, log: o.Logger}
 	for {
 		t, data, rev, sent, err := l.acquire(ctx)
 		if err != nil {
@@ -184,6 +184,7 @@ func ensureLeaseBucket(ctx context.Context, js jetstream.JetStream, o LeaseOptio
 
 type lease struct {
 	kv  jetstream.KeyValue
+	js  jetstream.JetStream
 	o   LeaseOptions
 	log *slog.Logger
 	// last is the holder ID this process last wrote into the key.
@@ -231,6 +232,12 @@ func (l *lease) acquire(ctx context.Context) (t Takeover, data []byte, rev uint6
 			}
 		case ctx.Err() != nil:
 			return Takeover{}, nil, 0, time.Time{}, ctx.Err()
+		case l.bucketGone(ctx):
+			if err := l.recreateBucket(ctx); err != nil {
+				l.log.Warn("writer lease: the bucket is gone and cannot be created again; retrying", "err", err)
+			} else {
+				continue // take the lease in the new bucket at once
+			}
 		default:
 			l.log.Warn("writer lease: cannot reach the bucket; retrying", "err", err)
 		}
@@ -291,11 +298,50 @@ func (l *lease) hold(ctx context.Context, lost context.CancelCauseFunc, data []b
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound):
 			lost(fmt.Errorf("%w: %s holds it now: %w", ErrLeaseLost, l.describeCurrent(), err))
 			return rev
+		case l.bucketGone(ctx):
+			// The key went with the bucket: another writer may create
+			// both again and take it, so stop serving now; acquire puts
+			// the bucket back.
+			lost(fmt.Errorf("%w: the bucket %s was deleted", ErrLeaseLost, LeaseBucket))
+			return rev
 		default:
 			// The deadline timer decides when this becomes a loss.
 			l.log.Warn("writer lease: refresh failed; retrying", "err", err)
 		}
 	}
+}
+
+// bucketGone reports whether the lease bucket no longer exists (deleted by
+// hand, or a server that lost its store), as opposed to being unreachable.
+func (l *lease) bucketGone(ctx context.Context) bool {
+	rctx, cancel := context.WithTimeout(ctx, l.o.Refresh)
+	defer cancel()
+	_, err := l.js.KeyValue(rctx, LeaseBucket)
+	return errors.Is(err, jetstream.ErrBucketNotFound)
+}
+
+// recreateBucket creates the lost lease bucket again with this writer's
+// settings and says so with resource.recreated, so a deleted bucket costs a
+// moment instead of a writer that retries forever.
+func (l *lease) recreateBucket(ctx context.Context) error {
+	kv, err := ensureLeaseBucket(ctx, l.js, l.o)
+	if err != nil {
+		return err
+	}
+	l.kv = kv
+	instance := ""
+	if s, err := l.js.Stream(ctx, "KV_"+LeaseBucket); err == nil {
+		instance = s.CachedInfo().Created.UTC().Format(time.RFC3339Nano)
+	}
+	l.log.Warn("writer lease: the bucket was gone; created it again", "bucket", LeaseBucket)
+	ev := &candles.ResourceRecreated{EventHeader: candles.NewHeader(candles.KindResourceRecreated, ""),
+		Resource: "kv " + LeaseBucket, Service: ServiceName, Reason: "bucket not found while the writer ran"}
+	pctx, cancel := context.WithTimeout(ctx, sideEffectTimeout)
+	defer cancel()
+	if err := candles.PublishEvent(pctx, l.js, ev, "resource.recreated:kv::"+LeaseBucket+":"+instance, l.o.Now()); err != nil {
+		l.log.Warn("publish resource.recreated", "bucket", LeaseBucket, "err", err)
+	}
+	return nil
 }
 
 func (l *lease) describeCurrent() string {

@@ -262,3 +262,46 @@ func TestLeaseHolderCutOffFencesItself(t *testing.T) {
 		t.Fatalf("the cut-off holder went on serving; logs:\n%s", a.logs)
 	}
 }
+
+// The lease bucket deleted under an active writer: it stops serving (its
+// key is gone, so another writer could take the lease), creates the bucket
+// again, says so with resource.recreated and takes the lease back.
+func TestLeaseBucketDeletedIsRecreated(t *testing.T) {
+	o, _ := fastLease(t)
+	js, err := jetstream.New(o.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := candles.EnsureStreams(context.Background(), js, candles.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a := runLeased(t, o, "/data/a/candles.db")
+	a.takeover(t, "first take")
+	if err := js.DeleteKeyValue(context.Background(), writer.LeaseBucket); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case cause := <-a.ended:
+		if !errors.Is(cause, writer.ErrLeaseLost) {
+			t.Fatalf("serve ended with %v, want ErrLeaseLost", cause)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the writer kept serving without its lease bucket; logs:\n%s", a.logs)
+	}
+	a.takeover(t, "taken again in the new bucket")
+	if _, err := js.KeyValue(context.Background(), writer.LeaseBucket); err != nil {
+		t.Fatalf("lease bucket: %v", err)
+	}
+	s, err := js.Stream(context.Background(), candles.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetLastMsgForSubject(context.Background(), candles.EventSubject(candles.KindResourceRecreated))
+	if err != nil {
+		t.Fatalf("no resource.recreated event: %v", err)
+	}
+	var ev candles.ResourceRecreated
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Resource != "kv "+writer.LeaseBucket || ev.Service != writer.ServiceName {
+		t.Fatalf("resource.recreated = %+v, %v", ev, err)
+	}
+}

@@ -89,17 +89,21 @@ func (w *Writer) runsOnce(ctx context.Context) error {
 	return nil
 }
 
-// watermark reads the watermark of stream and rebases it when the stream's
-// sequence numbers started over (a new JetStream store): its messages are
-// then new to this database, and keeping the watermark would skip them all.
+// watermark reads the watermark of stream, after checking that it counts
+// in this very stream (bindStream), and rebases it when the stream's
+// sequence numbers started over: its messages are then new to this
+// database, and keeping the watermark would skip them all.
 func (w *Writer) watermark(ctx context.Context, stream string) (uint64, error) {
-	wm, err := w.store().Watermark(ctx, stream)
+	s, err := w.stream(ctx, stream)
 	if err != nil {
 		return 0, err
 	}
-	s, err := w.js.Stream(ctx, stream)
+	if err := w.bindStream(ctx, s); err != nil {
+		return 0, err
+	}
+	wm, err := w.store().Watermark(ctx, stream)
 	if err != nil {
-		return 0, fmt.Errorf("stream %s: %w", stream, err)
+		return 0, err
 	}
 	st := s.CachedInfo().State
 	if wm > st.LastSeq {
@@ -150,7 +154,10 @@ func (w *Writer) handleRunEvent(ctx context.Context, msg jetstream.Msg, seq uint
 		write = func(ctx context.Context) error {
 			var err error
 			complete, err = w.store().RegisterRun(ctx, ev.RunID, ev.Pairs, started, ev.Reason, ev.Deadline)
-			return err
+			if err != nil {
+				return err
+			}
+			return w.store().ExpectListing(ctx, ev.RunID, ev.Listing)
 		}
 		what = "run registered"
 	case candles.EventSubject(candles.KindPairFailed):
@@ -271,6 +278,7 @@ func (w *Writer) announce(ctx context.Context) {
 			w.log.Error("mark sync.completed published", "run_id", ev.RunID, "err", err)
 			return
 		}
+		w.auditDone(ctx, ev)
 		w.log.Info("sync completed", "run_id", ev.RunID, "pairs_total", ev.PairsTotal, "pairs_ok", ev.PairsOK,
 			"pairs_failed", ev.PairsFailed, "candles", ev.Candles, "candles_new", ev.CandlesNew,
 			"candles_refetched", ev.CandlesRefetched, "repaired", ev.Repaired, "gaps_recorded", ev.GapsRecorded,

@@ -44,6 +44,15 @@ type BatchStore interface {
 	// ResetWatermark sets the watermark of stream to seq, also backwards.
 	// Only for a stream whose sequence space was reset.
 	ResetWatermark(ctx context.Context, stream string, seq uint64) error
+	// BindStream ties the watermark of stream to the stream's identity;
+	// when the recorded identity differs, it resets the watermark to 0 and
+	// marks a full audit due in the same transaction (store.BindStream).
+	BindStream(ctx context.Context, stream, identity string) (store.StreamBinding, error)
+	// FullAuditDue reports since when a full gap audit is due (zero: none).
+	FullAuditDue(ctx context.Context) (time.Time, error)
+	// ClearFullAudit clears the full audit flag when run runID, started
+	// after it was set, completed every stored pair ok.
+	ClearFullAudit(ctx context.Context, runID string) (bool, error)
 }
 
 // RunStore tracks which pairs of each sync run are done. A pair is pending
@@ -57,6 +66,10 @@ type RunStore interface {
 	// RegisterRun records a run, its pairs and its deadline (zero: none);
 	// registering again changes nothing.
 	RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string, deadline time.Time) (complete bool, err error)
+	// ExpectListing records that runID fetches pairs from their listing,
+	// so the pairs count as incomplete until its first page of each is
+	// applied (store.ExpectListing).
+	ExpectListing(ctx context.Context, runID string, pairs []candles.Pair) error
 	// FailPair marks a pending pair of a run failed (creating it if the run
 	// or pair is not known yet); an ok or failed pair stays as it is.
 	FailPair(ctx context.Context, runID, symbol, interval, reason string) (complete bool, err error)

@@ -166,6 +166,9 @@ type Writer struct {
 	dmg damage
 	// disk reports the database's disk running full (disk.go).
 	disk diskState
+	// consumers are the durable consumers this writer has had, so one
+	// that disappears is reported as recreated (resource.recreated).
+	consumers consumerSet
 }
 
 // New checks o and returns a Writer.
