@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,6 +61,14 @@ func testOptions(nc *nats.Conn, binanceURL string) Options {
 // runFetcher runs a fetcher until the test ends, and checks it stops cleanly.
 func runFetcher(t testing.TB, o Options) *Fetcher {
 	t.Helper()
+	f, _ := startFetcher(t, o)
+	return f
+}
+
+// startFetcher runs a fetcher until the test ends or stop is called (stop
+// waits for Run to return and checks it stopped cleanly), once it answers.
+func startFetcher(t testing.TB, o Options) (f *Fetcher, stop func()) {
+	t.Helper()
 	f, err := New(o)
 	if err != nil {
 		t.Fatal(err)
@@ -67,23 +76,27 @@ func runFetcher(t testing.TB, o Options) *Fetcher {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("fetcher stopped with %v", err)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("fetcher stopped with %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Error("fetcher did not stop within 15s")
 			}
-		case <-time.After(15 * time.Second):
-			t.Error("fetcher did not stop within 15s")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	// Run registers the micro service once its state and consumers are set up.
 	waitFor(t, 10*time.Second, "the fetcher to start", func() bool {
 		_, err := o.Conn.Request("$SRV.PING."+ServiceName, nil, time.Second)
 		return err == nil
 	})
-	return f
+	return f, stop
 }
 
 // natsServer starts an embedded server and returns a connection and its JetStream.

@@ -108,32 +108,7 @@ func eventsFor[E any](t testing.TB, js jetstream.JetStream, kind, runID string) 
 // Run to return).
 func startStoppable(t testing.TB, o Options) (stop func()) {
 	t.Helper()
-	f, err := New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	waitFor(t, 10*time.Second, "the fetcher to start", func() bool {
-		_, err := o.Conn.Request("$SRV.PING."+ServiceName, nil, time.Second)
-		return err == nil
-	})
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("fetcher stopped with %v", err)
-				}
-			case <-time.After(15 * time.Second):
-				t.Error("fetcher did not stop within 15s")
-			}
-		})
-	}
-	t.Cleanup(stop)
+	_, stop = startFetcher(t, o)
 	return stop
 }
 

@@ -373,3 +373,18 @@ func series(start int64, n int, v float64) []candles.Candle {
 func batch(runID, symbol string, page int, final bool, cs []candles.Candle) candles.Batch {
 	return candles.Batch{V: candles.Version, RunID: runID, Symbol: symbol, Interval: "4h", Page: page, Final: final, Candles: cs}
 }
+
+// onlyCompleted returns the one sync.completed event published, failing the
+// test if there is not exactly one.
+func (h *harness) onlyCompleted() candles.SyncCompleted {
+	h.t.Helper()
+	evs := h.events(candles.KindSyncCompleted)
+	if len(evs) != 1 {
+		h.t.Fatalf("%d sync.completed events, want 1", len(evs))
+	}
+	var done candles.SyncCompleted
+	if err := json.Unmarshal(evs[0], &done); err != nil {
+		h.t.Fatal(err)
+	}
+	return done
+}

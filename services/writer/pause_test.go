@@ -2,7 +2,6 @@ package writer_test
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -100,14 +99,7 @@ func TestPauseSwapResume(t *testing.T) {
 	if got := h.runCandles("run-restore"); got != 65 {
 		t.Errorf("run counted %d candles, want 65 (each of 7 batches once)", got)
 	}
-	evs := h.events(candles.KindSyncCompleted)
-	if len(evs) != 1 {
-		t.Fatalf("%d sync.completed events, want 1", len(evs))
-	}
-	var done candles.SyncCompleted
-	if err := json.Unmarshal(evs[0], &done); err != nil {
-		t.Fatal(err)
-	}
+	done := h.onlyCompleted()
 	if done.Candles != 65 || done.PairsOK != 2 {
 		t.Errorf("sync.completed = %+v, want 65 candles, 2 pairs ok", done)
 	}

@@ -137,14 +137,7 @@ func TestDuplicatesAndRedeliveryWriteNothingTwice(t *testing.T) {
 	if !strings.Contains(h.logs.String(), "ack floor behind the database") {
 		t.Error("the writer did not rebuild its consumer after the unacked commit")
 	}
-	evs := h.events(candles.KindSyncCompleted)
-	if len(evs) != 1 {
-		t.Fatalf("%d sync.completed events, want 1", len(evs))
-	}
-	var done candles.SyncCompleted
-	if err := json.Unmarshal(evs[0], &done); err != nil {
-		t.Fatal(err)
-	}
+	done := h.onlyCompleted()
 	if done.Candles != 25 || done.PairsOK != 1 {
 		t.Errorf("sync.completed = %+v, want 25 candles, 1 pair ok", done)
 	}
@@ -283,14 +276,7 @@ func TestRunCompletesOnce(t *testing.T) {
 	lastEvent := h.lastSeq(candles.EventSubject(candles.KindSyncStarted))
 	eventually(t, "the run events handled", func() bool { return h.watermark(candles.StreamEvents) >= lastEvent })
 
-	evs := h.events(candles.KindSyncCompleted)
-	if len(evs) != 1 {
-		t.Fatalf("%d sync.completed events, want 1", len(evs))
-	}
-	var got candles.SyncCompleted
-	if err := json.Unmarshal(evs[0], &got); err != nil {
-		t.Fatal(err)
-	}
+	got := h.onlyCompleted()
 	if got.RunID != "run-1" || got.PairsTotal != 3 || got.PairsOK != 2 || got.PairsFailed != 1 || got.Candles != 9 ||
 		!got.StartedAt.Equal(startedAt) || got.FinishedAt.Before(got.StartedAt) || got.V != candles.Version {
 		t.Errorf("sync.completed = %+v", got)
