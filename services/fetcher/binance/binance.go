@@ -10,6 +10,7 @@
 package binance
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +22,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	gobinance "github.com/adshao/go-binance/v2"
@@ -89,6 +91,10 @@ type Client struct {
 	// hc and baseURL serve Klines, which reads its body itself (klines.go).
 	hc      *http.Client
 	baseURL string
+	// bodies recycles the buffers Klines reads pages into (*bytes.Buffer):
+	// a page is some 200 KB, parseKlines keeps nothing of it, and reading
+	// each into a fresh, doubling slice made most of the fetcher's garbage.
+	bodies sync.Pool
 }
 
 // New returns a client for baseURL. hc's transport is wrapped to capture
@@ -260,7 +266,16 @@ func (c *Client) Klines(ctx context.Context, symbol, interval string, start, end
 	q.Set("startTime", strconv.FormatInt(start, 10))
 	q.Set("endTime", strconv.FormatInt(end, 10))
 	return do(ctx, func(ctx context.Context) ([]candles.Candle, error) {
-		body, err := c.get(ctx, "/api/v3/klines", q)
+		buf, _ := c.bodies.Get().(*bytes.Buffer)
+		if buf == nil {
+			buf = new(bytes.Buffer)
+		}
+		defer func() {
+			if buf.Cap() <= maxPooledBody {
+				c.bodies.Put(buf)
+			}
+		}()
+		body, err := c.get(ctx, "/api/v3/klines", q, buf)
 		if err != nil {
 			return nil, err
 		}
@@ -268,10 +283,15 @@ func (c *Client) Klines(ctx context.Context, symbol, interval string, start, end
 	})
 }
 
+// maxPooledBody bounds the buffers kept for reuse: a page of 1000 klines
+// is about 200 KB; an odd larger body is left to the collector.
+const maxPooledBody = 1 << 20
+
 // get is go-binance's callAPI for an unsigned GET: the body of a 2xx or
-// 3xx, or the *common.APIError of a 4xx/5xx, so classify treats both
+// 3xx, read into buf (the result is buf's bytes, valid until buf is
+// reused), or the *common.APIError of a 4xx/5xx, so classify treats both
 // clients' answers alike.
-func (c *Client) get(ctx context.Context, endpoint string, q url.Values) ([]byte, error) {
+func (c *Client) get(ctx context.Context, endpoint string, q url.Values, buf *bytes.Buffer) ([]byte, error) {
 	u := c.baseURL + endpoint
 	if qs := strings.ReplaceAll(q.Encode(), "%40", "@"); qs != "" {
 		u += "?" + qs
@@ -285,11 +305,13 @@ func (c *Client) get(ctx context.Context, endpoint string, q url.Values) ([]byte
 		return nil, err
 	}
 	defer res.Body.Close()
-	data, err := io.ReadAll(res.Body)
-	if err != nil {
+	buf.Reset()
+	if _, err := buf.ReadFrom(res.Body); err != nil {
 		return nil, err
 	}
+	data := buf.Bytes()
 	if res.StatusCode >= http.StatusBadRequest {
+		data = bytes.Clone(data) // the error outlives buf
 		apiErr := new(common.APIError)
 		_ = json.Unmarshal(data, apiErr) // a body that is not Binance's error shape is kept below
 		if !apiErr.IsValid() {

@@ -175,11 +175,13 @@ func (p *klineParser) decimal(name string) (float64, error) {
 	if p.i >= len(p.b) || p.b[p.i] != '"' {
 		return 0, fmt.Errorf("%s is not a decimal string: %w", name, p.unexpected("'\"'"))
 	}
-	s := string(p.b[start:p.i])
+	end := p.i
 	p.i++
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || s == "" {
-		return 0, fmt.Errorf("%s %q is not a decimal string", name, s)
+	// ParseFloat(string(b)) does not allocate as long as the string is
+	// used nowhere else; the error path makes its own copy.
+	v, err := strconv.ParseFloat(string(p.b[start:end]), 64)
+	if err != nil || end == start {
+		return 0, fmt.Errorf("%s %q is not a decimal string", name, p.b[start:end])
 	}
 	return v, nil
 }
