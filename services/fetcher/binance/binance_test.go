@@ -5,9 +5,11 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 )
 
@@ -95,6 +97,80 @@ func TestBannedUntil(t *testing.T) {
 		got := bannedUntil(msg)
 		if (want == 0 && !got.IsZero()) || (want != 0 && got.UnixMilli() != want) {
 			t.Errorf("bannedUntil(%q) = %v, want %d", msg, got, want)
+		}
+	}
+}
+
+// Klines reads its body itself (klines.go): what it returns must be exactly
+// the simulator's candles, and every body that is not a well-formed page
+// must be a bad page, never a zero in a candle.
+func TestKlinesParsesTheExchangesPagesExactly(t *testing.T) {
+	s := sim.New(sim.Options{})
+	srv := httptest.NewServer(s)
+	t.Cleanup(func() { s.Close(); srv.Close() })
+	c := New(srv.URL, nil)
+	start := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	end := start + 999*60_000
+	got, r, err := c.Klines(context.Background(), "ETHUSDT", "1m", start, end, 1000)
+	if err != nil || r.Status != 200 {
+		t.Fatalf("status %d: %v", r.Status, err)
+	}
+	want := s.Klines("ETHUSDT", candles.MustInterval("1m"), start, end+60_000)
+	if len(got) != 1000 || !slices.Equal(got, want) {
+		t.Fatalf("%d candles differ from the simulator's %d", len(got), len(want))
+	}
+
+	for _, f := range []sim.Fault{
+		{Kind: sim.FaultMalformed, Count: 2}, // a price as a number, then a time as a string
+		{Kind: sim.FaultTruncate, Count: 1},
+	} {
+		f.Path = "/api/v3/klines"
+		s.AddFault(f)
+		for range f.Count {
+			_, _, err := c.Klines(context.Background(), "ETHUSDT", "1m", start, end, 1000)
+			if !errors.Is(err, ErrBadPage) {
+				t.Fatalf("%s: err %v, want a bad page", f.Kind, err)
+			}
+		}
+	}
+}
+
+func TestParseKlines(t *testing.T) {
+	const row = `[1499040000000,"0.0163","0.8","0.0157","0.0157","148976.1",1499040059999,"2434.1",308,"1756.8","28.4","0"]`
+	want := candles.Candle{OpenTime: 1499040000000, Open: 0.0163, High: 0.8, Low: 0.0157, Close: 0.0157, Volume: 148976.1,
+		CloseTime: 1499040059999, QuoteVolume: 2434.1, Trades: 308, TakerBuyBaseVolume: 1756.8, TakerBuyQuoteVolume: 28.4}
+	for body, n := range map[string]int{
+		"[" + row + "]":                   1,
+		" [ " + row + " , " + row + "]\n": 2,
+		"[]":                              0,
+		"{}":                              0, // valid JSON that is not an array: empty, as go-binance reads it
+		`[[1499040000000,"0.0163","0.8","0.0157","0.0157","148976.1",1499040059999,"2434.1",308,"1756.8","28.4","0",{"x":[1,"]"]},null]]`: 1,
+	} {
+		got, err := parseKlines([]byte(body))
+		if err != nil || len(got) != n {
+			t.Fatalf("%s: %d candles, %v; want %d", body, len(got), err, n)
+		}
+		for _, c := range got {
+			if c != want {
+				t.Fatalf("%s: %+v, want %+v", body, c, want)
+			}
+		}
+	}
+	for _, body := range []string{
+		"",
+		"[" + row,
+		"[" + row + "]x",
+		"[" + row[:len(row)/2],
+		`[[1499040000000,"0.0163","0.8","0.0157","0.0157","148976.1",1499040059999,"2434.1",308,"1756.8"]]`,      // 10 fields
+		`[[1499040000000,"0.0163","0.8","0.0157","0.0157","148976.1",1499040059999,"2434.1",308,"1756.8",28.4]]`, // a number for a decimal string
+		`[["1499040000000","0.0163","0.8","0.0157","0.0157","148976.1",1499040059999,"2434.1",308,"1756.8","28.4"]]`,
+		`[[1499040000000.5,"0.0163","0.8","0.0157","0.0157","148976.1",1499040059999,"2434.1",308,"1756.8","28.4"]]`,
+		`[[1499040000000,"","0.8","0.0157","0.0157","148976.1",1499040059999,"2434.1",308,"1756.8","28.4"]]`,
+		`[[1499040000000,"0.0163","0.8","0.0157","0.0157","148976.1",0,"2434.1",308,"1756.8","28.4"]]`,
+		`[[1499040000000,"0.0163","0.8","0.0157","0.0157","148976.1",1499040059999,"2434.1",308,"1756.8","28.4",tru]]`,
+	} {
+		if cs, err := parseKlines([]byte(body)); err == nil {
+			t.Fatalf("%s: %d candles, want an error", body, len(cs))
 		}
 	}
 }
