@@ -455,7 +455,7 @@ func BenchmarkServiceMemory(b *testing.B) {
 // every pair (1000 candles each, the default lookback) from the simulator.
 // 60 pairs is the default set (60 symbols x 4h); 960 is the 60 shipped
 // symbols x all 16 intervals, the nearest the shipped symbols allow to
-// 1,000. The target is DESIGN.md's 100 MB per service whatever the pairs.
+// 1,000. The target is 100 MB per service whatever the pairs.
 func BenchmarkPairsMemory(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		for _, tc := range []struct {

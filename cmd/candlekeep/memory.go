@@ -9,7 +9,7 @@ import (
 )
 
 // defaultMemoryLimit is the Go runtime's soft memory limit for a service
-// process. It is one part of keeping a service under DESIGN.md's 100 MB:
+// process. It is one part of keeping a service under the 100 MB target:
 // the embedded nats-server holds recently used file-store blocks (up to
 // 8 MB each) through references the garbage collector may drop, and with
 // the default GOGC the heap doubles before anyone asks it to. The limit
