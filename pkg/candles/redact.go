@@ -2,12 +2,15 @@ package candles
 
 import (
 	"net/url"
+	"strings"
 )
 
 // RedactURL returns u fit for logs, events and errors: user info becomes
-// "redacted" and the values of query parameters are hidden (an exchange or
-// webhook URL may carry an API key or a token there). A string that does not
-// parse as a URL is replaced whole, since it cannot be checked.
+// "redacted", and so do the values of query parameters whose names look
+// like a credential (key, secret, token, signature, password, auth): an
+// exchange or webhook URL may carry one there. Other parameters (symbol,
+// interval) stay readable. A string that does not parse as a URL is
+// replaced whole, since it cannot be checked.
 func RedactURL(u string) string {
 	p, err := url.Parse(u)
 	if err != nil {
@@ -19,9 +22,22 @@ func RedactURL(u string) string {
 	if p.RawQuery != "" {
 		q := p.Query()
 		for k := range q {
-			q[k] = []string{"redacted"}
+			if secretParam(k) {
+				q[k] = []string{"redacted"}
+			}
 		}
 		p.RawQuery = q.Encode()
 	}
 	return p.String()
+}
+
+// secretParam reports whether a query parameter's name looks like a credential.
+func secretParam(name string) bool {
+	n := strings.ToLower(name)
+	for _, w := range []string{"key", "secret", "token", "sig", "pass", "auth", "credential"} {
+		if strings.Contains(n, w) {
+			return true
+		}
+	}
+	return false
 }
