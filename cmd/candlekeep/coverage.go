@@ -44,7 +44,7 @@ func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	fs.Var(&intervals, "intervals", "only these intervals (comma-separated; default: the configured intervals)")
 	asJSON := fs.Bool("json", false, "print the writer's JSON reply instead of a table")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the writer")
-	maxStale := fs.Duration("max-staleness", defaultMaxStaleness, "a pair whose newest candle closed longer ago than this is stale")
+	maxStale := fs.Duration("max-staleness", candles.DefaultMaxStaleness, "a pair whose newest candle closed longer ago than this is stale")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
@@ -116,7 +116,7 @@ func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	}
 	problems := 0
 	for _, p := range cr.Pairs {
-		if _, ok := pairStatus(p, now, *maxStale); !ok {
+		if _, ok := p.Status(now, *maxStale); !ok {
 			problems++
 		}
 	}
@@ -136,9 +136,6 @@ func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	}
 	return 0
 }
-
-// defaultMaxStaleness is the old setup's freshness SLA.
-const defaultMaxStaleness = 26 * time.Hour
 
 // configuredPairs reads the pair set from the cluster configuration.
 func configuredPairs(ctx context.Context, nc *nats.Conn) (cluster.Settings, error) {
@@ -160,49 +157,6 @@ func configuredPairs(ctx context.Context, nc *nats.Conn) (cluster.Settings, erro
 		}
 	}
 	return s, nil
-}
-
-// pairStatus says what state a pair is in and whether that is healthy.
-func pairStatus(p candles.PairCoverage, now time.Time, maxStale time.Duration) (string, bool) {
-	iv, err := candles.ParseInterval(p.Interval)
-	if err != nil {
-		return "unknown interval", false
-	}
-	if p.Count == 0 {
-		return "empty", false
-	}
-	if p.ListingPending {
-		return "history from its listing not stored", false
-	}
-	if m := missingCandles(p); m > 0 {
-		return fmt.Sprintf("%d missing", m), false
-	}
-	limit := maxStale
-	if d := iv.Duration() + 2*time.Hour; d > limit {
-		limit = d
-	}
-	if age := now.Sub(time.UnixMilli(iv.Next(p.Last))); age > limit {
-		return fmt.Sprintf("stale: newest candle closed %s ago (limit %s)", age.Round(time.Minute), limit), false
-	}
-	if p.LastSync.IsZero() {
-		return "never synced", false
-	}
-	if len(p.KnownGaps) > 0 {
-		return "complete except known gaps", true
-	}
-	return "complete", true
-}
-
-func missingCandles(p candles.PairCoverage) int64 {
-	iv, err := candles.ParseInterval(p.Interval)
-	if err != nil {
-		return 0
-	}
-	var n int64
-	for _, m := range p.Missing {
-		n += iv.Count(iv.Align(m.From), iv.Align(m.Until-1))
-	}
-	return n
 }
 
 func printCoverage(w io.Writer, pairs []candles.PairCoverage, now time.Time, maxStale time.Duration) {
@@ -229,7 +183,7 @@ func printCoverage(w io.Writer, pairs []candles.PairCoverage, now time.Time, max
 		if !p.LastSync.IsZero() {
 			last = p.LastSync.UTC().Format(time.RFC3339)
 		}
-		status, _ := pairStatus(p, now, maxStale)
+		status, _ := p.Status(now, maxStale)
 		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", p.Symbol, p.Interval, ts(p.First), ts(p.Last),
 			p.Count, p.Expected, spans(p.Missing), spans(p.KnownGaps), last, status)
 	}
