@@ -45,6 +45,10 @@ type group struct {
 	ActiveSince time.Time `json:"active_since,omitzero"`
 	FiringSince time.Time `json:"firing_since,omitzero"`
 	Firing      []string  `json:"firing,omitempty"`
+	// Fired names every member that fired during the current (or last)
+	// firing, so the resolution names what the firing and its repeats
+	// announced even when some members stopped before the others.
+	Fired []string `json:"fired,omitempty"`
 	// Summary, Value and Threshold describe the first firing member.
 	// They are refreshed at every evaluation but written only with a
 	// change of state or members: a resolved message after a restart may
@@ -93,6 +97,7 @@ func (g *group) clone() *group {
 	c := *g
 	c.Members = slices.Clone(g.Members)
 	c.Firing = slices.Clone(g.Firing)
+	c.Fired = slices.Clone(g.Fired)
 	c.Outbox = slices.Clone(g.Outbox)
 	if g.LastSent != nil {
 		s := *g.LastSent
@@ -172,12 +177,18 @@ func (a *Alerter) step(r rules.Rule, prev *group, active []rules.Alert, q rules.
 				activeSince = al.ActiveAt
 			}
 		}
-		next.State, next.FiringSince, next.ActiveSince, next.Firing, next.Repeats = stateFiring, since, activeSince, names, 0
+		next.State, next.FiringSince, next.ActiveSince, next.Firing, next.Fired, next.Repeats = stateFiring, since, activeSince, names, names, 0
 		a.queue(r, next, notify.Firing, now)
 	case len(firing) > 0:
 		// New members join without a message of their own; the
 		// repeat and the resolution name them.
 		next.Firing = names
+		for _, n := range names {
+			if !slices.Contains(next.Fired, n) {
+				next.Fired = append(next.Fired, n)
+			}
+		}
+		slices.Sort(next.Fired)
 		if r.Severity == severityCritical && next.LastSent != nil && now.Sub(next.LastSent.At) >= a.o.RepeatInterval {
 			next.Repeats++
 			a.queue(r, next, notify.Repeat, now)
@@ -225,8 +236,9 @@ func (a *Alerter) queue(r rules.Rule, g *group, kind notify.Kind, now time.Time)
 		d.Event, d.EventID = &ev, fmt.Sprintf("%s:%s:%d", candles.KindAlertFiring, r.Name, since)
 	case notify.Resolved:
 		d.Notification.ResolvedAt = now
+		d.Notification.Members = slices.Clone(g.Fired)
 		ev := a.event(r, g, candles.KindAlertResolved, now)
-		ev.ResolvedAt = now
+		ev.ResolvedAt, ev.Members = now, slices.Clone(g.Fired)
 		d.Event, d.EventID = &ev, fmt.Sprintf("%s:%s:%d", candles.KindAlertResolved, r.Name, since)
 	}
 	g.LastSent = &sent{Kind: kind, At: now}
@@ -263,7 +275,7 @@ func (a *Alerter) deliver(ctx context.Context, now time.Time) error {
 			continue
 		}
 		next := g.clone()
-		done := 0
+		done, progress := 0, false
 		for i := range next.Outbox {
 			d := &next.Outbox[i]
 			if !d.Published && d.Event != nil {
@@ -272,19 +284,19 @@ func (a *Alerter) deliver(ctx context.Context, now time.Time) error {
 					errs = append(errs, fmt.Errorf("alerts: %s: %w", d.Notification.ID, err))
 					break
 				}
-				d.Published = true
+				d.Published, progress = true, true
 			}
 			if !d.Sent {
 				if err := a.o.Sender.Send(ctx, d.Notification); err != nil {
 					errs = append(errs, fmt.Errorf("alerts: send %s: %w", d.Notification.ID, err))
 					break
 				}
-				d.Sent = true
+				d.Sent, progress = true, true
 				a.log.Debug("alert notification handed over", "alert", r.Name, "notification_id", d.Notification.ID)
 			}
 			done++
 		}
-		changed := done > 0 || g.dirty
+		changed := progress || done > 0 || g.dirty
 		next.Outbox = slices.Delete(next.Outbox, 0, done)
 		if !changed {
 			continue
