@@ -75,6 +75,12 @@ type Options struct {
 	TimeScale float64
 }
 
+// DefaultOptions are the options' defaults; the caller adds JS, Rules,
+// Sender and the rest.
+func DefaultOptions() Options {
+	return Options{RepeatInterval: DefaultRepeatInterval, Replicas: 1, TimeScale: 1}
+}
+
 // Validate checks the options, with the zero values meaning the defaults.
 func (o Options) Validate() error {
 	var errs []error
@@ -139,7 +145,6 @@ type Alerter struct {
 	// groups are the rules' groups as last persisted (plus the latest
 	// values, which are not worth a write of their own), by rule name.
 	groups map[string]*group
-	rules  map[string]rules.Rule
 
 	// mu guards snapshot, what Firing returns.
 	mu       sync.RWMutex
@@ -181,7 +186,6 @@ func New(ctx context.Context, o Options) (*Alerter, error) {
 		eval:   o.Evaluator,
 		log:    o.Logger,
 		groups: map[string]*group{},
-		rules:  map[string]rules.Rule{},
 		firing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "candlekeep_alerts_firing",
 			Help: "1 while the rule's alert group fires (in-process evaluation), 0 otherwise.",
@@ -189,7 +193,17 @@ func New(ctx context.Context, o Options) (*Alerter, error) {
 	}
 	if o.Registerer != nil {
 		if err := o.Registerer.Register(a.firing); err != nil {
-			return nil, fmt.Errorf("alerts: register metrics: %w", err)
+			// An Alerter started again in the same process (its monitor
+			// restarted in place) takes over its predecessor's gauge.
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return nil, fmt.Errorf("alerts: register metrics: %w", err)
+			}
+			existing, ok := are.ExistingCollector.(*prometheus.GaugeVec)
+			if !ok {
+				return nil, fmt.Errorf("alerts: register metrics: %w", err)
+			}
+			a.firing = existing
 		}
 	}
 	kv, err := o.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -206,7 +220,6 @@ func New(ctx context.Context, o Options) (*Alerter, error) {
 
 	var restore []rules.Alert
 	for _, r := range o.Rules {
-		a.rules[r.Name] = r
 		g, err := a.load(ctx, r)
 		if err != nil {
 			return nil, err

@@ -87,7 +87,7 @@ type querier struct {
 	now      func() time.Time
 }
 
-func (q querier) Instant(m string) []rules.Sample                  { return q.instant(m) }
+func (q querier) Instant(m string) []rules.Sample                   { return q.instant(m) }
 func (q querier) Increase(m string, w time.Duration) []rules.Sample { return q.increase(m, w) }
 func (q querier) Now() time.Time                                    { return q.now() }
 
