@@ -49,6 +49,11 @@ type Evaluator interface {
 	Restore(as []rules.Alert)
 }
 
+var (
+	_ Sender    = (*notify.Dispatcher)(nil)
+	_ Evaluator = (*rules.Evaluator)(nil)
+)
+
 // timeScaler is the optional part of an Evaluator that shortens every
 // rule's For and window (--rule-time-scale, for demos and fast tests).
 type timeScaler interface{ SetTimeScale(f float64) }

@@ -67,6 +67,9 @@ type group struct {
 	// dirty: the entry in KV is older than this (a save after a delivery
 	// failed); the next Evaluate writes it.
 	dirty bool
+	// key caches persisted(), so each evaluation encodes a group once;
+	// "" when not known (a clone may be changed).
+	key string
 }
 
 // member is one active alert of the group's rule.
@@ -95,6 +98,7 @@ type delivery struct {
 
 func (g *group) clone() *group {
 	c := *g
+	c.key = ""
 	c.Members = slices.Clone(g.Members)
 	c.Firing = slices.Clone(g.Firing)
 	c.Fired = slices.Clone(g.Fired)
@@ -139,15 +143,20 @@ func (g *group) persisted() string {
 // active alerts at now. changed reports whether the entry must be written.
 func (a *Alerter) step(r rules.Rule, prev *group, active []rules.Alert, q rules.Querier, now time.Time) (*group, bool) {
 	next := prev.clone()
-	next.Members = next.Members[:0]
+	next.Members = nil
 	var firing []rules.Alert
 	for _, al := range active {
 		m := member{Labels: al.Labels, Value: strconv.FormatFloat(al.Value, 'g', -1, 64), ActiveAt: al.ActiveAt}
 		if al.State == rules.Firing {
-			m.FiredAt = al.FiredAt
-			if m.FiredAt.IsZero() {
-				m.FiredAt = now
+			if al.FiredAt.IsZero() {
+				// An evaluator that does not say when: the first
+				// evaluation that saw it firing.
+				al.FiredAt = now
+				if i := slices.IndexFunc(prev.Members, func(p member) bool { return maps.Equal(p.Labels, al.Labels) }); i >= 0 && !prev.Members[i].FiredAt.IsZero() {
+					al.FiredAt = prev.Members[i].FiredAt
+				}
 			}
+			m.FiredAt = al.FiredAt
 			firing = append(firing, al)
 		}
 		next.Members = append(next.Members, m)
@@ -205,7 +214,11 @@ func (a *Alerter) step(r rules.Rule, prev *group, active []rules.Alert, q rules.
 			next.State = statePending
 		}
 	}
-	return next, next.dirty || prev.persisted() != next.persisted()
+	if prev.key == "" {
+		prev.key = prev.persisted()
+	}
+	next.key = next.persisted()
+	return next, next.dirty || prev.key != next.key
 }
 
 // queue puts the message of kind (and its event) in g's outbox.
