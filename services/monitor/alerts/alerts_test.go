@@ -338,3 +338,37 @@ func TestTransitionSurvivesFailures(t *testing.T) {
 		}
 	}
 }
+
+// The one window the Alerter cannot close by itself: the Sender took the
+// notification but the write that strikes it from the outbox failed, and
+// the process ended. The next Alerter hands it over again, identical and
+// under the same id, for the Dispatcher to drop.
+func TestAcceptedButNotStruckIsSentAgainUnderTheSameID(t *testing.T) {
+	for _, ev := range evaluators(t) {
+		t.Run(ev.name, func(t *testing.T) {
+			h := newHarness(t, ev, serviceDownRule())
+			var failPut atomic.Bool
+			real := h.js
+			h.js = flakyJS{real, &failPut}
+			a := h.alerter(nil)
+			h.js = real
+			h.sender.fail = func(notify.Notification) error { failPut.Store(true); return nil }
+			h.series.set("candlekeep_service_up", rules.Sample{Labels: rules.Labels{"service": "writer"}, Value: 0})
+			h.at(a, 0)
+			h.clock.Set(t0.Add(2 * time.Minute))
+			if err := a.Evaluate(t.Context(), h.q); err == nil {
+				t.Fatal("Evaluate with the outbox write failing returned no error")
+			}
+			h.sender.fail = nil
+			b := h.alerter(nil)
+			h.at(b, 3*time.Minute)
+			sent := h.sender.all()
+			firingID := "CandlekeepServiceDown:" + itoa(ms(2*time.Minute)) + ":firing"
+			equalJSON(t, "sent", h.sender.ids(), []string{firingID, firingID})
+			equalJSON(t, "the second copy", sent[1], sent[0])
+			if n := len(h.events()); n != 1 {
+				t.Fatalf("%d events, want the one alert.firing (a re-publish is a duplicate)", n)
+			}
+		})
+	}
+}
