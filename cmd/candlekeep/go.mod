@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/candlekeep/candlekeep/pkg v0.0.0-00010101000000-000000000000
 	github.com/candlekeep/candlekeep/services/fetcher v0.0.0-00010101000000-000000000000
+	github.com/candlekeep/candlekeep/services/monitor v0.0.0-00010101000000-000000000000
 	github.com/candlekeep/candlekeep/services/writer v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
 	golang.org/x/sync v0.25.0
@@ -45,3 +46,5 @@ replace (
 	github.com/candlekeep/candlekeep/services/fetcher => ../../services/fetcher
 	github.com/candlekeep/candlekeep/services/writer => ../../services/writer
 )
+
+replace github.com/candlekeep/candlekeep/services/monitor => ../../services/monitor

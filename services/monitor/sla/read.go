@@ -30,8 +30,8 @@ type Loaded struct {
 	// FirstInvalid says why the first did.
 	Invalid      int
 	FirstInvalid string
-	// MaxAge is the EVENTS stream's retention and FirstTime its oldest
-	// message: a window before it has lost its events.
+	// MaxAge is the EVENTS stream's retention. FirstTime is its oldest
+	// message when older ones expired: a window before it lost events.
 	MaxAge    time.Duration
 	FirstTime time.Time
 }
@@ -46,7 +46,7 @@ func (l Loaded) Notes(from time.Time) []string {
 			Duration(l.MaxAge), Duration(candles.MinEventsMaxAge), candles.DefaultEventsMaxAge))
 	}
 	if !l.FirstTime.IsZero() && from.Before(l.FirstTime) {
-		out = append(out, "the EVENTS stream's oldest event is from "+l.FirstTime.UTC().Format(time.RFC3339)+": nothing older is left")
+		out = append(out, "events before "+l.FirstTime.UTC().Format(time.RFC3339)+" have expired from EVENTS: the audit cannot see them")
 	}
 	if l.Invalid > 0 {
 		out = append(out, fmt.Sprintf("%d events could not be read and were skipped (first: %s)", l.Invalid, l.FirstInvalid))
@@ -71,9 +71,13 @@ func Read(ctx context.Context, js jetstream.JetStream, from, to time.Time) (Load
 	if err != nil {
 		return Loaded{}, fmt.Errorf("stream %s: %w", candles.StreamEvents, err)
 	}
-	l := Loaded{MaxAge: info.Config.MaxAge, FirstTime: info.State.FirstTime}
+	l := Loaded{MaxAge: info.Config.MaxAge}
+	if info.State.FirstSeq > 1 {
+		// Older events expired (or were purged): a window before the
+		// oldest left cannot be fully audited.
+		l.FirstTime = info.State.FirstTime
+	}
 	if info.State.Msgs == 0 {
-		l.FirstTime = time.Time{}
 		return l, nil
 	}
 	start := from.Add(-Context)

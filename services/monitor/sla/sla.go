@@ -205,6 +205,9 @@ type Backups struct {
 	WorstAgeSeconds float64   `json:"worst_age_seconds"`
 	WorstFrom       time.Time `json:"worst_from,omitzero"`
 	WorstTo         time.Time `json:"worst_to,omitzero"`
+	// NoneBefore: no backup was recorded before the window, so the first
+	// gap counts from the window's start (the age was at least that).
+	NoneBefore bool `json:"none_before,omitempty"`
 	// Failed counts backup.failed events.
 	Failed int `json:"failed"`
 }
@@ -525,6 +528,7 @@ func (r *Report) computeBackups(times []time.Time) {
 		r.Backups.Count++
 		r.Backups.Last = b
 		if prev.IsZero() {
+			r.Backups.NoneBefore = true
 			worst(r.From, b)
 		} else {
 			worst(prev, b)
@@ -588,9 +592,9 @@ func (r *Report) targets(t Targets) []Target {
 		sd.Status = verdict(secs(r.Sync.P99Seconds) < t.SyncDuration && r.Sync.Timeouts == 0)
 	}
 	if r.Sync.Timeouts > 0 {
-		sd.Note = fmt.Sprintf("%d runs timed out", r.Sync.Timeouts)
+		sd.Note = plural(r.Sync.Timeouts, "run") + " timed out"
 	} else if r.Sync.Slow > 0 {
-		sd.Note = fmt.Sprintf("%d runs over %s", r.Sync.Slow, Duration(t.SyncDuration))
+		sd.Note = plural(r.Sync.Slow, "run") + " over " + Duration(t.SyncDuration)
 	}
 	out = append(out, sd)
 
@@ -610,10 +614,10 @@ func (r *Report) targets(t Targets) []Target {
 		Figure: fmt.Sprintf("mean %.3f/h, max %d in one hour, %d hits", r.RateLimit.MeanPerHour, r.RateLimit.MaxPerHour, r.RateLimit.Hits),
 		Status: verdict(r.RateLimit.MeanPerHour < t.RateLimitPerHour)}
 	if r.RateLimit.HoursWithHits > 0 {
-		rl.Note = fmt.Sprintf("429s in %d hours", r.RateLimit.HoursWithHits)
+		rl.Note = "429s in " + plural(r.RateLimit.HoursWithHits, "hour")
 	}
 	if r.RateLimit.Bans > 0 {
-		rl.Note = strings.TrimPrefix(rl.Note+fmt.Sprintf("; %d bans (418)", r.RateLimit.Bans), "; ")
+		rl.Note = strings.TrimPrefix(rl.Note+"; "+plural(r.RateLimit.Bans, "ban")+" (418)", "; ")
 	}
 	out = append(out, rl)
 
@@ -622,13 +626,18 @@ func (r *Report) targets(t Targets) []Target {
 		ba.Figure, ba.Status = "no backups recorded", Missed
 	} else {
 		worst := secs(r.Backups.WorstAgeSeconds)
-		ba.Figure = fmt.Sprintf("worst %s (%s to %s), %d backups", Duration(worst),
-			r.Backups.WorstFrom.Format(time.RFC3339), r.Backups.WorstTo.Format(time.RFC3339), r.Backups.Count)
+		ba.Figure = fmt.Sprintf("worst %s (%s to %s), %s", Duration(worst),
+			r.Backups.WorstFrom.Format(time.RFC3339), r.Backups.WorstTo.Format(time.RFC3339), plural(r.Backups.Count, "backup"))
 		ba.Status = verdict(worst < t.BackupAge)
 	}
-	if r.Backups.Failed > 0 {
-		ba.Note = fmt.Sprintf("%d backups failed", r.Backups.Failed)
+	var notes []string
+	if r.Backups.NoneBefore {
+		notes = append(notes, "no backup before the window: its first gap counts from the start")
 	}
+	if r.Backups.Failed > 0 {
+		notes = append(notes, plural(r.Backups.Failed, "backup") + " failed")
+	}
+	ba.Note = strings.Join(notes, "; ")
 	out = append(out, ba)
 
 	measured := r.Recovery.Restores+r.Recovery.Drills-r.Recovery.DrillsFailed > 0
@@ -640,14 +649,14 @@ func (r *Report) targets(t Targets) []Target {
 		tg := Target{Name: rec.name, Target: "< " + Duration(rec.target)}
 		switch {
 		case r.Recovery.DrillsFailed > 0:
-			tg.Figure, tg.Status = fmt.Sprintf("%d drills failed", r.Recovery.DrillsFailed), Missed
+			tg.Figure, tg.Status = plural(r.Recovery.DrillsFailed, "drill") + " failed", Missed
 			if measured {
 				tg.Note = "worst measured " + Duration(secs(rec.seconds))
 			}
 		case !measured:
 			tg.Figure, tg.Status = "not measured: no restore or drill recorded", NotMeasured
 		default:
-			tg.Figure = fmt.Sprintf("worst %s over %d restores and %d drills", Duration(secs(rec.seconds)), r.Recovery.Restores, r.Recovery.Drills)
+			tg.Figure = fmt.Sprintf("worst %s over %s and %s", Duration(secs(rec.seconds)), plural(r.Recovery.Restores, "restore"), plural(r.Recovery.Drills, "drill"))
 			tg.Status = verdict(secs(rec.seconds) < rec.target)
 		}
 		out = append(out, tg)
@@ -658,6 +667,14 @@ func (r *Report) targets(t Targets) []Target {
 // Missed reports whether any target was missed.
 func (r Report) Missed() bool {
 	return slices.ContainsFunc(r.Targets, func(t Target) bool { return t.Status == Missed })
+}
+
+// plural is "1 run", "2 runs".
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }
 
 // Percent formats a share as a percentage with three decimals.

@@ -240,13 +240,13 @@ func TestComputeFigures(t *testing.T) {
 			}
 		},
 		targets: map[string]Target{
-			TargetSyncDuration: {Name: TargetSyncDuration, Status: Missed, Figure: "p99 40m00s, p50 2m00s over 4 runs", Target: "p99 < 30m00s", Note: "1 runs timed out"},
+			TargetSyncDuration: {Name: TargetSyncDuration, Status: Missed, Figure: "p99 40m00s, p50 2m00s over 4 runs", Target: "p99 < 30m00s", Note: "1 run timed out"},
 			TargetPairsOK:      {Name: TargetPairsOK, Status: Missed, Figure: "min 1, mean 1.75, last 2/2", Target: "every pair ok in every run", Note: "1 of 4 runs had failed pairs"},
-			TargetRateLimit:    {Name: TargetRateLimit, Status: Met, Figure: "mean 0.400/h, max 3 in one hour, 4 hits", Target: "< 1/h", Note: "429s in 2 hours; 1 bans (418)"},
-			TargetBackupAge: {Name: TargetBackupAge, Status: Met, Target: "< 26h00m", Note: "1 backups failed",
+			TargetRateLimit:    {Name: TargetRateLimit, Status: Met, Figure: "mean 0.400/h, max 3 in one hour, 4 hits", Target: "< 1/h", Note: "429s in 2 hours; 1 ban (418)"},
+			TargetBackupAge: {Name: TargetBackupAge, Status: Met, Target: "< 26h00m", Note: "1 backup failed",
 				Figure: "worst 22h00m (2026-10-31T04:00:00Z to 2026-11-01T02:00:00Z), 2 backups"},
-			TargetRPO: {Name: TargetRPO, Status: Missed, Figure: "1 drills failed", Target: "< 2h00m", Note: "worst measured 3h00m"},
-			TargetRTO: {Name: TargetRTO, Status: Missed, Figure: "1 drills failed", Target: "< 30m00s", Note: "worst measured 1m30s"},
+			TargetRPO: {Name: TargetRPO, Status: Missed, Figure: "1 drill failed", Target: "< 2h00m", Note: "worst measured 3h00m"},
+			TargetRTO: {Name: TargetRTO, Status: Missed, Figure: "1 drill failed", Target: "< 30m00s", Note: "worst measured 1m30s"},
 		},
 	}, {
 		name: "backups only before the window, recoveries within target",
@@ -255,8 +255,8 @@ func TestComputeFigures(t *testing.T) {
 		targets: map[string]Target{
 			TargetBackupAge: {Name: TargetBackupAge, Status: Missed, Target: "< 26h00m",
 				Figure: "worst 30h00m (2026-10-31T04:00:00Z to 2026-11-01T10:00:00Z), 0 backups"},
-			TargetRPO: {Name: TargetRPO, Status: Met, Figure: "worst 0s over 0 restores and 1 drills", Target: "< 2h00m"},
-			TargetRTO: {Name: TargetRTO, Status: Met, Figure: "worst 40s over 0 restores and 1 drills", Target: "< 30m00s"},
+			TargetRPO: {Name: TargetRPO, Status: Met, Figure: "worst 0s over 0 restores and 1 drill", Target: "< 2h00m"},
+			TargetRTO: {Name: TargetRTO, Status: Met, Figure: "worst 40s over 0 restores and 1 drill", Target: "< 30m00s"},
 		},
 	}}
 	for _, tt := range tests {
