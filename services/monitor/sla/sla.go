@@ -635,7 +635,7 @@ func (r *Report) targets(t Targets) []Target {
 		notes = append(notes, "no backup before the window: its first gap counts from the start")
 	}
 	if r.Backups.Failed > 0 {
-		notes = append(notes, plural(r.Backups.Failed, "backup") + " failed")
+		notes = append(notes, plural(r.Backups.Failed, "backup")+" failed")
 	}
 	ba.Note = strings.Join(notes, "; ")
 	out = append(out, ba)
@@ -649,7 +649,7 @@ func (r *Report) targets(t Targets) []Target {
 		tg := Target{Name: rec.name, Target: "< " + Duration(rec.target)}
 		switch {
 		case r.Recovery.DrillsFailed > 0:
-			tg.Figure, tg.Status = plural(r.Recovery.DrillsFailed, "drill") + " failed", Missed
+			tg.Figure, tg.Status = plural(r.Recovery.DrillsFailed, "drill")+" failed", Missed
 			if measured {
 				tg.Note = "worst measured " + Duration(secs(rec.seconds))
 			}
