@@ -245,7 +245,11 @@ func TestDatabaseEndpointReportsDamage(t *testing.T) {
 			if got.Database != h.dbPath || got.FileBytes != fileSize(t, h.dbPath) || got.FileBytes == 0 {
 				t.Errorf("database %q, file_bytes %d; want %s of %d bytes", got.Database, got.FileBytes, h.dbPath, fileSize(t, h.dbPath))
 			}
-			h.assertDamageEvent(h.integrityFailed(), "quick_check")
+			ev := h.integrityFailed()
+			h.assertDamageEvent(ev, "quick_check")
+			if !reflect.DeepEqual(*got.Damaged, ev) {
+				t.Errorf("damaged %+v; want the integrity.failed published: %+v", *got.Damaged, ev)
+			}
 			// Asked again, the damage is still there and still one event.
 			if again := h.database(); again.Damaged == nil || again.QuickCheck.OK || !again.Damaged.DetectedAt.Equal(got.Damaged.DetectedAt) {
 				t.Errorf("asked again: damaged %+v, quick_check %+v; want the same damage", again.Damaged, again.QuickCheck)
@@ -319,12 +323,10 @@ func TestDatabaseEndpointOnlyOnTheLeaseHolder(t *testing.T) {
 	eventually(t, "the second writer standing by", func() bool {
 		return strings.Contains(b.logs.String(), "standing by: writer lease held by")
 	})
+	// The holder registers its service once its streams are in place.
 	checkfor.Check(t, 15*time.Second, 20*time.Millisecond, func() error {
-		_, code, msg := h.askDatabase("")
-		if code != "" {
-			return fmt.Errorf("%s %s", code, msg)
-		}
-		return nil
+		_, err := h.nc.Request(candles.SubjectAPIDatabase, nil, 10*time.Second)
+		return err
 	})
 	got := h.database()
 	if got.Holder != holder.Holder.ID || got.Database != h.dbPath {
