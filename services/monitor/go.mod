@@ -6,6 +6,7 @@ require (
 	github.com/candlekeep/candlekeep/pkg v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_model v0.6.2
+	gopkg.in/yaml.v3 v3.0.1
 )
 
 require (
