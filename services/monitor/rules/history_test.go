@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -285,5 +286,41 @@ func TestStaleNaNIsPrometheus(t *testing.T) {
 	// a staleness marker.
 	if !isStale(staleNaN()) || isStale(math.NaN()) || isStale(0) {
 		t.Error("isStale does not tell the staleness marker from other values")
+	}
+}
+
+// BenchmarkHistoryAppend20000Counters fills a History as the brief's worst
+// case does: 20,000 counter series scraped every 15 s for 1 h 5 min, and
+// reports the heap it holds and the time of one scrape's Append.
+func BenchmarkHistoryAppend20000Counters(b *testing.B) {
+	const nSeries = 20000
+	scrape := make([]*dto.MetricFamily, 0, nSeries/100)
+	for f := range nSeries / 100 {
+		mf := family(fmt.Sprintf("c%d_total", f), dto.MetricType_COUNTER)
+		for s := range 100 {
+			mf.Metric = append(mf.Metric, &dto.Metric{Label: pairs([]string{"symbol", fmt.Sprintf("S%d", s), "interval", "1m"}), Counter: &dto.Counter{Value: proto.Float64(0)}})
+		}
+		scrape = append(scrape, mf)
+	}
+	for range b.N {
+		h := NewHistory(time.Hour + Lookback)
+		steps := int((time.Hour + Lookback) / (15 * time.Second))
+		start := time.Now()
+		for i := range steps {
+			for _, mf := range scrape {
+				for _, m := range mf.Metric {
+					*m.Counter.Value = float64(i)
+				}
+			}
+			h.Append(t0.Add(time.Duration(i)*15*time.Second), scrape)
+		}
+		b.ReportMetric(float64(time.Since(start).Milliseconds())/float64(steps), "ms/append")
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		b.ReportMetric(float64(ms.HeapAlloc)/1e6, "heapMB")
+		if got := len(h.At(t0.Add(time.Duration(steps-1) * 15 * time.Second)).Instant("c0_total")); got != 100 {
+			b.Fatalf("Instant(c0_total) has %d series, want 100", got)
+		}
 	}
 }
