@@ -67,15 +67,15 @@ func ValidateTimeScale(f float64) error {
 // f from the next Eval on (the default, 1, is rules.yml's time): the knob
 // behind --rule-time-scale, so a demo or a test sees an alert that needs
 // an hour of data within a minute. The History must then keep
-// MinRetention(rules, f).
-func (e *Evaluator) SetTimeScale(f float64) error {
-	if err := ValidateTimeScale(f); err != nil {
-		return err
+// MinRetention(rules, f). f must pass ValidateTimeScale (check it where
+// the flag is read); any other value is ignored and the scale stays.
+func (e *Evaluator) SetTimeScale(f float64) {
+	if ValidateTimeScale(f) != nil {
+		return
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.scale = f
-	return nil
 }
 
 // Eval evaluates every rule at q.Now() and returns the alerts active after

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -109,9 +110,7 @@ func TestEvaluatorRestore(t *testing.T) {
 func TestEvaluatorTimeScale(t *testing.T) {
 	rs := []Rule{downRule(2 * time.Minute), All()[2]} // CandlekeepSyncTimeout: increase(…[1h]) > 0
 	ev := NewEvaluator(rs)
-	if err := ev.SetTimeScale(0.01); err != nil {
-		t.Fatal(err)
-	}
+	ev.SetTimeScale(0.01)
 	h := NewHistory(MinRetention(rs, 0.01))
 	var (
 		fired         []string
@@ -142,9 +141,32 @@ func TestEvaluatorTimeScale(t *testing.T) {
 	if n := len(timeoutActive); n != 35 || timeoutActive[0] != 2 || timeoutActive[n-1] != 36 {
 		t.Errorf("CandlekeepSyncTimeout active at seconds %v, want 2 to 36", timeoutActive)
 	}
-	for _, bad := range []float64{0, -1} {
-		if err := ev.SetTimeScale(bad); err == nil {
-			t.Errorf("SetTimeScale(%v) = nil, want an error", bad)
+}
+
+// The alerts package finds the time scale knob by this method set.
+var _ interface{ SetTimeScale(f float64) } = (*Evaluator)(nil)
+
+// TestTimeScaleValidation: only a finite number above 0 scales time; any
+// other leaves the scale as it was.
+func TestTimeScaleValidation(t *testing.T) {
+	for _, f := range []float64{0.01, 1, 60} {
+		if err := ValidateTimeScale(f); err != nil {
+			t.Errorf("ValidateTimeScale(%v) = %v, want nil", f, err)
 		}
+	}
+	for _, f := range []float64{0, -1, math.NaN(), math.Inf(1)} {
+		if err := ValidateTimeScale(f); err == nil || !strings.Contains(err.Error(), "rule time scale") {
+			t.Errorf("ValidateTimeScale(%v) = %v, want an error naming the rule time scale", f, err)
+		}
+	}
+	// For 1 min at scale 0.5 fires after 30 s; a bad scale set after it
+	// changes nothing.
+	ev := NewEvaluator([]Rule{downRule(time.Minute)})
+	ev.SetTimeScale(0.5)
+	ev.SetTimeScale(-1)
+	down := map[string][]Sample{"up": {{Labels: Labels{}, Value: 0}}}
+	ev.Eval(fakeQuerier{now: t0, instant: down})
+	if got := alertsString(ev.Eval(fakeQuerier{now: t0.Add(30 * time.Second), instant: down})); got != `Down{} firing 0 active=0s fired=30s` {
+		t.Errorf("at scale 0.5: %s, want Down firing after 30 s", got)
 	}
 }
