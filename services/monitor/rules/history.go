@@ -88,7 +88,9 @@ func (h *History) Append(t time.Time, mfs []*dto.MetricFamily) {
 		for _, m := range mf.GetMetric() {
 			lbls := make(Labels, len(m.GetLabel()))
 			for _, lp := range m.GetLabel() {
-				lbls[lp.GetName()] = lp.GetValue()
+				if lp.GetValue() != "" { // an empty label is no label, in PromQL
+					lbls[lp.GetName()] = lp.GetValue()
+				}
 			}
 			switch mf.GetType() {
 			case dto.MetricType_COUNTER:
@@ -225,7 +227,9 @@ func (h *History) trim(ms int64) {
 	}
 }
 
-// At is a Querier over the history at evaluation time t.
+// At is a Querier over the history at evaluation time t: the time of the
+// latest Append, or later. (Earlier works for counters, but a gauge keeps
+// only its newest sample, which a query of the past cannot see.)
 func (h *History) At(t time.Time) Querier { return historyQuerier{h: h, t: t} }
 
 type historyQuerier struct {

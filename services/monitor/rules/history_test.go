@@ -173,7 +173,7 @@ func TestHistoryAppend(t *testing.T) {
 	}}
 	h.Append(t0, []*dto.MetricFamily{
 		gauge("candlekeep_service_up", 1, "service", "writer"),
-		gauge("candlekeep_service_up", 0, "service", "fetcher"),
+		gauge("candlekeep_service_up", 0, "service", "fetcher", "zone", ""),
 		counter("candlekeep_sync_timeouts_total", 2),
 		family("candlekeep_sync_duration_seconds", dto.MetricType_HISTOGRAM, hist),
 		family("candlekeep_fetch_seconds", dto.MetricType_SUMMARY, summ),
