@@ -23,11 +23,9 @@ type promtoolFile struct {
 }
 
 type promtoolTest struct {
-	Interval       promDuration      `yaml:"interval"`
-	InputSeries    []inputSeries     `yaml:"input_series"`
-	AlertRuleTests []alertRuleTest   `yaml:"alert_rule_test,omitempty"`
-	PromQLExprTest []promqlExprTest  `yaml:"promql_expr_test,omitempty"`
-	ExternalLabels map[string]string `yaml:"external_labels,omitempty"`
+	Interval       promDuration    `yaml:"interval"`
+	InputSeries    []inputSeries   `yaml:"input_series"`
+	AlertRuleTests []alertRuleTest `yaml:"alert_rule_test,omitempty"`
 }
 
 type inputSeries struct {
@@ -42,17 +40,6 @@ type alertRuleTest struct {
 		ExpLabels      map[string]string `yaml:"exp_labels"`
 		ExpAnnotations map[string]string `yaml:"exp_annotations"`
 	} `yaml:"exp_alerts"`
-}
-
-type promqlExprTest struct {
-	Expr       string       `yaml:"expr"`
-	EvalTime   promDuration `yaml:"eval_time"`
-	ExpSamples []expSample  `yaml:"exp_samples"`
-}
-
-type expSample struct {
-	Labels string  `yaml:"labels"`
-	Value  float64 `yaml:"value"`
 }
 
 // promDuration is a Prometheus duration ("1m", "26h20m", "1d").
@@ -80,10 +67,6 @@ func (d *promDuration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := parsePromDuration(n.Value)
 	*d = promDuration(v)
 	return err
-}
-
-func (d promDuration) MarshalYAML() (any, error) {
-	return strings.TrimSuffix(strings.TrimSuffix(time.Duration(d).String(), "0s"), "0m"), nil
 }
 
 func readPromtoolFile(t *testing.T, path string) promtoolFile {
