@@ -427,7 +427,7 @@ func TestSyncCommandTimeouts(t *testing.T) {
 			t.Fatalf("report:\n%s", stdout)
 		}
 		if !strings.HasPrefix(total, "TOTAL 2 pairs: 1 ok, 0 failed, 1 open, 0 skipped;") || !strings.Contains(total, " timeout") ||
-			!strings.Contains(stderr, "passed with pairs still open") {
+			!strings.Contains(stderr, "passed with pairs still open") || !strings.Contains(stderr, "\n1/2 pairs, 186 candles, ") {
 			t.Fatalf("totals %q\nstderr:\n%s", total, stderr)
 		}
 	})
@@ -463,5 +463,112 @@ func TestSyncCommandNoAnswer(t *testing.T) {
 	code, _, stderr = syncCmd(t.Context(), "--nats-url", "nats://127.0.0.1:1")
 	if code != 2 || !strings.Contains(stderr, "connect to nats://127.0.0.1:1") || !strings.Contains(stderr, "is candlekeep up running?") {
 		t.Fatalf("no server: exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
+// The follower's verdict for each way a run can go, from its events alone.
+func TestRunFollower(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	btc, eth := candles.Pair{Symbol: "BTCUSDT", Interval: "1h"}, candles.Pair{Symbol: "ETHUSDT", Interval: "1h"}
+	ev := func(e candles.Event) []byte {
+		e.Head().Time = at
+		data, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	hdr := func(kind string) candles.EventHeader { return candles.NewHeader(kind, "r1") }
+	started := ev(&candles.SyncStarted{EventHeader: hdr(candles.KindSyncStarted), Pairs: []candles.Pair{btc, eth}, PairsTotal: 2, Deadline: at.Add(time.Hour)})
+	btcOK := ev(&candles.PairCompleted{EventHeader: hdr(candles.KindPairCompleted), Symbol: "BTCUSDT", Interval: "1h",
+		Candles: 11, CandlesNew: 10, CandlesRefetched: 1, Repaired: 2})
+	ethOK := ev(&candles.PairCompleted{EventHeader: hdr(candles.KindPairCompleted), Symbol: "ETHUSDT", Interval: "1h", Candles: 3, CandlesNew: 3})
+	ethFailed := ev(&candles.PairFailed{EventHeader: hdr(candles.KindPairFailed), Symbol: "ETHUSDT", Interval: "1h", Reason: "HTTP 400"})
+	completed := func(failed ...candles.PairFailed) []byte {
+		return ev(&candles.SyncCompleted{EventHeader: hdr(candles.KindSyncCompleted), PairsTotal: 2, PairsOK: 2 - len(failed),
+			PairsFailed: len(failed), Failed: failed, StartedAt: at, FinishedAt: at.Add(time.Minute)})
+	}
+	otherRun := ev(&candles.SyncCompleted{EventHeader: candles.NewHeader(candles.KindSyncCompleted, "r2")})
+	type line struct {
+		status     string
+		candlesNew int64
+		reason     string
+	}
+	tests := []struct {
+		name    string
+		events  [][]byte
+		done    bool
+		outcome string
+		code    int
+		want    map[candles.Pair]line
+	}{
+		{"every pair ok", [][]byte{started, otherRun, btcOK, ethOK, completed()}, true, outcomeCompleted, 0,
+			map[candles.Pair]line{btc: {pairOK, 10, ""}, eth: {pairOK, 3, ""}}},
+		{"a pair failed", [][]byte{started, btcOK, ethFailed, completed(candles.PairFailed{Symbol: "ETHUSDT", Interval: "1h", Reason: "HTTP 400"})},
+			true, outcomeCompleted, 1, map[candles.Pair]line{btc: {pairOK, 10, ""}, eth: {pairFailed, 0, "HTTP 400"}}},
+		{"the writer's failed list decides", [][]byte{started, btcOK, completed(candles.PairFailed{Symbol: "ETHUSDT", Interval: "1h", Reason: "rejected"})},
+			true, outcomeCompleted, 1, map[candles.Pair]line{btc: {pairOK, 10, ""}, eth: {pairFailed, 0, "rejected"}}},
+		{"the run's deadline passed", [][]byte{started, btcOK, ev(&candles.SyncTimeout{EventHeader: hdr(candles.KindSyncTimeout),
+			Deadline: at, OpenPairs: []candles.Pair{eth}, PairsOK: 1})}, true, outcomeTimeout, 124,
+			map[candles.Pair]line{btc: {pairOK, 10, ""}, eth: {pairOpen, 0, "not done by the run's deadline 2026-12-01T10:00:00Z"}}},
+		{"a pair completed after the deadline stays ok", [][]byte{started, btcOK, ethOK, ev(&candles.SyncTimeout{EventHeader: hdr(candles.KindSyncTimeout),
+			Deadline: at, OpenPairs: []candles.Pair{eth}, PairsOK: 1})}, true, outcomeTimeout, 124,
+			map[candles.Pair]line{btc: {pairOK, 10, ""}, eth: {pairOK, 3, ""}}},
+		{"the run could not start", [][]byte{ev(&candles.SyncWaiting{EventHeader: hdr(candles.KindSyncWaiting), Reason: "exchange down", Attempt: 1, MaxAttempts: 10}),
+			ev(&candles.SyncFailed{EventHeader: hdr(candles.KindSyncFailed), Reason: "exchange down"})}, true, outcomeFailed, 1, map[candles.Pair]line{}},
+		{"some pairs skipped", [][]byte{ev(&candles.SyncSkipped{EventHeader: hdr(candles.KindSyncSkipped), Pairs: []candles.Pair{eth},
+			SyncingRuns: []string{"r0"}, PairsStarted: 1, Reason: "busy"}), ev(&candles.SyncStarted{EventHeader: hdr(candles.KindSyncStarted),
+			Pairs: []candles.Pair{btc}, PairsTotal: 1}), btcOK, completed()}, true, outcomeCompleted, 0,
+			map[candles.Pair]line{btc: {pairOK, 10, ""}, eth: {pairSkipped, 0, "busy (run r0)"}}},
+		{"every pair skipped", [][]byte{ev(&candles.SyncSkipped{EventHeader: hdr(candles.KindSyncSkipped), Pairs: []candles.Pair{btc, eth},
+			SyncingRuns: []string{"r0"}, Reason: "busy"})}, true, outcomeSkipped, 0,
+			map[candles.Pair]line{btc: {pairSkipped, 0, "busy (run r0)"}, eth: {pairSkipped, 0, "busy (run r0)"}}},
+		{"still running", [][]byte{started, btcOK, []byte(`not json`)}, false, "", 0,
+			map[candles.Pair]line{btc: {pairOK, 10, ""}, eth: {pairPending, 0, ""}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newRunFollower("r1")
+			for _, e := range tt.events {
+				_ = f.handle(e) // a bad event is logged by follow and changes nothing
+			}
+			r := f.final()
+			if f.done != tt.done || r.Outcome != tt.outcome || r.ExitCode != tt.code {
+				t.Fatalf("done %v, outcome %q, exit %d; want %v, %q, %d", f.done, r.Outcome, r.ExitCode, tt.done, tt.outcome, tt.code)
+			}
+			got := map[candles.Pair]line{}
+			for _, p := range r.Pairs {
+				got[candles.Pair{Symbol: p.Symbol, Interval: p.Interval}] = line{p.Status, p.CandlesNew, p.Reason}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("pairs\n got %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+	t.Run("a bad event of the run is an error, one of another run is not", func(t *testing.T) {
+		f := newRunFollower("r1")
+		if err := f.handle([]byte(`{"kind":"pair.completed","run_id":"r1","candles":"many"}`)); err == nil {
+			t.Fatal("no error for an undecodable pair.completed")
+		}
+		if err := f.handle([]byte(`{"kind":"pair.completed","run_id":"r2","candles":"many"}`)); err != nil {
+			t.Fatalf("an event of another run: %v", err)
+		}
+	})
+}
+
+func TestProgressLine(t *testing.T) {
+	tests := []struct {
+		p       progress
+		elapsed time.Duration
+		want    string
+	}{
+		{progress{0, 60, 0}, 0, "0/60 pairs, 0 candles"},
+		{progress{12, 60, 34000}, 10 * time.Second, "12/60 pairs, 34,000 candles, 3,400 candles/s, ETA 40s"},
+		{progress{60, 60, 1234567}, time.Minute, "60/60 pairs, 1,234,567 candles, 20,576 candles/s"},
+	}
+	for _, tt := range tests {
+		if got := progressLine(tt.p, tt.elapsed); got != tt.want {
+			t.Errorf("progressLine(%+v, %v) = %q, want %q", tt.p, tt.elapsed, got, tt.want)
+		}
 	}
 }
