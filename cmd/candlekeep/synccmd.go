@@ -120,6 +120,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		fmt.Fprintf(stderr, "candlekeep sync: candles.api.sync answered %q, not a run id (%v)\n", data, err)
 		return exitSyncFailed
 	}
+	requested := time.Now()
 	log.Debug("sync requested", "run_id", acc.RunID, "pairs", acc.Pairs)
 	fmt.Fprintf(stderr, "candlekeep sync: run %s requested (%s)\n", acc.RunID, plural(acc.Pairs, "pair"))
 
@@ -129,7 +130,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	})
 	if !ok {
 		fmt.Fprintf(stderr, "candlekeep sync: the events of run %s stopped arriving (connection to %s lost?); the run goes on\n", acc.RunID, url)
-		followHint(stderr, acc.RunID, url)
+		followHint(stderr, acc.RunID, url, time.Since(requested))
 		return exitSyncFailed
 	}
 	if *asJSON {
@@ -142,10 +143,10 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	switch report.Outcome {
 	case outcomeInterrupted:
 		fmt.Fprintf(stderr, "candlekeep sync: interrupted; run %s goes on without this command.\n", acc.RunID)
-		followHint(stderr, acc.RunID, url)
+		followHint(stderr, acc.RunID, url, time.Since(requested))
 	case outcomeDeadline:
 		fmt.Fprintf(stderr, "candlekeep sync: --timeout %v passed; run %s goes on.\n", *timeout, acc.RunID)
-		followHint(stderr, acc.RunID, url)
+		followHint(stderr, acc.RunID, url, time.Since(requested))
 	case outcomeTimeout:
 		fmt.Fprintf(stderr, "candlekeep sync: run %s: %s; what was written stays, the next sync fetches the rest\n", acc.RunID, report.Reason)
 	case outcomeFailed:
@@ -386,9 +387,12 @@ func follow(ctx context.Context, o followOptions) (syncReport, bool) {
 	return f.final(), true
 }
 
-// followHint says how to follow a run without this command.
-func followHint(w io.Writer, runID, url string) {
-	fmt.Fprintf(w, "Follow it with the nats CLI:\n  nats --server %s sub 'candles.events.>' | grep '\"run_id\":\"%s\"'\n", url, runID)
+// followHint says how to follow a run without this command: its events
+// so far and from now on (the run began at most since ago).
+func followHint(w io.Writer, runID, url string, since time.Duration) {
+	minutes := int(since.Minutes()) + 1
+	fmt.Fprintf(w, "Follow it with the nats CLI (its events so far, then live):\n  nats --server %s sub --stream EVENTS --since %dm 'candles.events.>' | grep '\"run_id\":\"%s\"'\n",
+		url, minutes, runID)
 	fmt.Fprintf(w, "It ends with sync.completed (or sync.timeout); then check the data with\n  candlekeep coverage --nats-url %s\n", url)
 }
 

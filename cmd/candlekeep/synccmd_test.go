@@ -304,7 +304,7 @@ func TestSyncCommand(t *testing.T) {
 		}
 		for _, want := range []string{
 			"interrupted; run " + runID + " goes on",
-			"nats --server " + natsURL + " sub 'candles.events.>' | grep '\"run_id\":\"" + runID + "\"'",
+			"nats --server " + natsURL + " sub --stream EVENTS --since 1m 'candles.events.>' | grep '\"run_id\":\"" + runID + "\"'",
 		} {
 			if !strings.Contains(errb.String(), want) {
 				t.Errorf("stderr does not say %q:\n%s", want, errb.String())
