@@ -305,7 +305,8 @@ type followOptions struct {
 	timeout  time.Duration // 0: none
 	stderr   io.Writer
 	log      *slog.Logger
-	terminal bool // redraw one progress line instead of printing lines
+	terminal bool          // redraw one progress line instead of printing lines
+	every    time.Duration // progress at most this often; default progressEvery
 	now      func() time.Time
 }
 
@@ -316,6 +317,9 @@ func follow(ctx context.Context, o followOptions) (syncReport, bool) {
 	if o.now == nil {
 		o.now = time.Now
 	}
+	if o.every <= 0 {
+		o.every = progressEvery
+	}
 	f := newRunFollower(o.runID)
 	began := o.now()
 	var deadline <-chan time.Time
@@ -324,7 +328,7 @@ func follow(ctx context.Context, o followOptions) (syncReport, bool) {
 		defer t.Stop()
 		deadline = t.C
 	}
-	tick := time.NewTicker(progressEvery)
+	tick := time.NewTicker(o.every)
 	defer tick.Stop()
 	var lastWaiting string
 	var last progress

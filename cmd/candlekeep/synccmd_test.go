@@ -572,3 +572,63 @@ func TestProgressLine(t *testing.T) {
 		}
 	}
 }
+
+// Progress on a terminal is one line redrawn in place and cleared at the
+// end; elsewhere it is a plain line per change.
+func TestFollowProgress(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	enc := func(e candles.Event) []byte {
+		e.Head().Time = at
+		data, _ := json.Marshal(e)
+		return data
+	}
+	hdr := func(kind string) candles.EventHeader { return candles.NewHeader(kind, "r1") }
+	btc, eth := candles.Pair{Symbol: "BTCUSDT", Interval: "1h"}, candles.Pair{Symbol: "ETHUSDT", Interval: "1h"}
+	for _, terminal := range []bool{true, false} {
+		t.Run(fmt.Sprintf("terminal=%v", terminal), func(t *testing.T) {
+			events := make(chan []byte)
+			var stderr lockedBuffer
+			got := make(chan syncReport, 1)
+			go func() {
+				r, _ := follow(t.Context(), followOptions{runID: "r1", events: events, stderr: &stderr, terminal: terminal,
+					every: 10 * time.Millisecond, log: testLogger(t)})
+				got <- r
+			}()
+			events <- enc(&candles.SyncStarted{EventHeader: hdr(candles.KindSyncStarted), Pairs: []candles.Pair{btc, eth}, PairsTotal: 2})
+			waitFor := func(s string) {
+				checkfor.Check(t, 10*time.Second, 10*time.Millisecond, func() error {
+					if !strings.Contains(stderr.String(), s) {
+						return fmt.Errorf("stderr %q has no %q", stderr.String(), s)
+					}
+					return nil
+				})
+			}
+			waitFor("0/2 pairs, 0 candles")
+			events <- enc(&candles.PairCompleted{EventHeader: hdr(candles.KindPairCompleted), Symbol: "BTCUSDT", Interval: "1h", Candles: 1500, CandlesNew: 1500})
+			waitFor("1/2 pairs, 1,500 candles")
+			events <- enc(&candles.PairCompleted{EventHeader: hdr(candles.KindPairCompleted), Symbol: "ETHUSDT", Interval: "1h", Candles: 500, CandlesNew: 500})
+			events <- enc(&candles.SyncCompleted{EventHeader: hdr(candles.KindSyncCompleted), PairsTotal: 2, PairsOK: 2, StartedAt: at, FinishedAt: at})
+			r := <-got
+			if r.Outcome != outcomeCompleted || r.ExitCode != 0 || r.Totals.CandlesNew != 2000 {
+				t.Fatalf("report %+v", r)
+			}
+			out := stderr.String()
+			if !strings.HasPrefix(out, "candlekeep sync: run r1 started: 2 pairs\n") {
+				t.Fatalf("stderr does not start with the run: %q", out)
+			}
+			progressLines := strings.TrimPrefix(out, "candlekeep sync: run r1 started: 2 pairs\n")
+			if terminal {
+				// Redrawn in place: no newline, and cleared when the run ends.
+				if strings.Contains(progressLines, "\n") || !strings.HasPrefix(progressLines, "\r\033[K0/2 pairs") ||
+					!strings.HasSuffix(progressLines, "\r\033[K") {
+					t.Fatalf("terminal progress %q", progressLines)
+				}
+				return
+			}
+			if strings.Contains(progressLines, "\r") || strings.Count(progressLines, "0/2 pairs, 0 candles") != 1 ||
+				strings.Count(progressLines, "1/2 pairs, 1,500 candles") != 1 {
+				t.Fatalf("plain progress: want one line per change, got %q", progressLines)
+			}
+		})
+	}
+}
