@@ -433,7 +433,14 @@ func TestSyncCommandTimeouts(t *testing.T) {
 	})
 
 	t.Run("--timeout passes first: exit 124, the run goes on", func(t *testing.T) {
-		code, stdout, stderr := syncCmd(t.Context(), append(args, "--symbols", "ETHUSDT", "--timeout", "500ms", "--json")...)
+		// With credentials in the URL (the embedded server takes any): they
+		// are never shown, not even in the hint that repeats the URL.
+		secretURL := strings.Replace(natsURL, "nats://", "nats://alice:hunter2pass@", 1)
+		code, stdout, stderr := syncCmd(t.Context(), "--nats-url", secretURL, "--start", "2024-01-01T00:00:00Z", "--end", "2024-02-01T00:00:00Z",
+			"--symbols", "ETHUSDT", "--timeout", "500ms", "--json")
+		if strings.Contains(stdout+stderr, "hunter2pass") || !strings.Contains(stderr, "nats --server nats://redacted@") {
+			t.Errorf("the password shows, or the hint lacks the redacted URL:\n%s", stderr)
+		}
 		if code != 124 {
 			t.Fatalf("exit %d, want 124\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 		}
@@ -460,8 +467,9 @@ func TestSyncCommandNoAnswer(t *testing.T) {
 		!strings.Contains(stderr, "no fetcher answered on candles.api.sync within 1s: is candlekeep up running?") {
 		t.Fatalf("exit %d, stdout %q, stderr:\n%s", code, stdout, stderr)
 	}
-	code, _, stderr = syncCmd(t.Context(), "--nats-url", "nats://127.0.0.1:1")
-	if code != 2 || !strings.Contains(stderr, "connect to nats://127.0.0.1:1") || !strings.Contains(stderr, "is candlekeep up running?") {
+	code, _, stderr = syncCmd(t.Context(), "--nats-url", "nats://alice:hunter2pass@127.0.0.1:1")
+	if code != 2 || !strings.Contains(stderr, "connect to nats://redacted@127.0.0.1:1") || !strings.Contains(stderr, "is candlekeep up running?") ||
+		strings.Contains(stderr, "hunter2pass") {
 		t.Fatalf("no server: exit %d, stderr:\n%s", code, stderr)
 	}
 }
