@@ -340,7 +340,7 @@ func follow(ctx context.Context, o followOptions) (syncReport, bool) {
 		}
 	}
 	defer clear()
-	sawStart := false
+	sawStart, skipped := false, 0
 	for !f.done {
 		select {
 		case data, open := <-o.events:
@@ -361,6 +361,13 @@ func follow(ctx context.Context, o followOptions) (syncReport, bool) {
 				for _, n := range f.report.Notes {
 					fmt.Fprintf(o.stderr, "candlekeep sync: note: %s\n", n)
 				}
+			}
+			if n := f.count(pairSkipped); n > skipped {
+				// Runs coalesce: say so at once, and follow nothing more for them.
+				skipped = n
+				clear()
+				fmt.Fprintf(o.stderr, "candlekeep sync: %s skipped: an unfinished run is already syncing them (%s); this run leaves them out\n",
+					plural(n, "pair"), f.skippedBy)
 			}
 			if f.waiting != "" && f.waiting != lastWaiting {
 				lastWaiting = f.waiting

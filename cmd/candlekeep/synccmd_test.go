@@ -337,6 +337,9 @@ func TestSyncCommand(t *testing.T) {
 			link.status != "ok" || link.fresh != "3" || !strings.HasPrefix(total, "TOTAL 2 pairs: 1 ok, 0 failed, 0 open, 1 skipped;") {
 			t.Fatalf("report:\n%s", stdout)
 		}
+		if want := "1 pair skipped: an unfinished run is already syncing them (run " + busy.RunID + "); this run leaves them out"; !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, stderr)
+		}
 
 		// Every pair skipped: no run starts, nothing to follow.
 		code, stdout, stderr = syncCmd(t.Context(), "--nats-url", natsURL, "--symbols", "DOTUSDT", "--intervals", "1d", "--json")

@@ -98,6 +98,8 @@ type runFollower struct {
 	report  syncReport
 	// waiting is the latest sync.waiting reason, until the run starts.
 	waiting string
+	// skippedBy names the runs syncing the skipped pairs.
+	skippedBy string
 }
 
 func newRunFollower(runID string) *runFollower {
@@ -137,7 +139,8 @@ func (f *runFollower) handle(data []byte) error {
 		}
 		reason := ev.Reason
 		if len(ev.SyncingRuns) > 0 {
-			reason += " (run " + strings.Join(ev.SyncingRuns, ", ") + ")"
+			f.skippedBy = "run " + strings.Join(ev.SyncingRuns, ", ")
+			reason += " (" + f.skippedBy + ")"
 		}
 		for _, p := range ev.Pairs {
 			pr := f.pair(p)
