@@ -356,6 +356,9 @@ func TestSyncCommand(t *testing.T) {
 	})
 
 	t.Run("the binary: exit 0 and the report", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("end-to-end with processes; runs without -short")
+		}
 		cmd := exec.Command(binary(t), "sync", "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1d", "--lookback", "4")
 		cmd.Env = append(cmd.Environ(), "CANDLEKEEP_NATS_URL="+natsURL)
 		var stdout, stderr bytes.Buffer
@@ -377,6 +380,9 @@ func TestSyncCommand(t *testing.T) {
 	})
 
 	t.Run("the binary: SIGINT exits 130", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("end-to-end with processes; runs without -short")
+		}
 		s.AddFault(sim.Fault{Kind: sim.FaultLatency, Path: "/api/v3/klines", Symbol: "ADAUSDT", Delay: 2 * time.Second, Count: 1})
 		cmd := exec.Command(binary(t), "sync", "--symbols", "ADAUSDT", "--intervals", "1d", "--lookback", "2")
 		cmd.Env = append(cmd.Environ(), "CANDLEKEEP_NATS_URL="+natsURL)
