@@ -153,8 +153,10 @@ type entry struct {
 	// update: it orders a receiver's queue (oldest first) across updates
 	// and restarts, where the clock may not (equal or stepped times).
 	Seq uint64 `json:"seq,omitempty"`
-	// Sent is when it was delivered.
-	Sent time.Time `json:"sent,omitzero"`
+	// Sent is when it left the queue; Outcome says how: "sent", or
+	// "failed" (rejected by the receiver, or given up after MaxAge).
+	Sent    time.Time `json:"sent,omitzero"`
+	Outcome string    `json:"outcome,omitempty"`
 }
 
 // Dispatcher delivers notifications to every receiver, each on its own

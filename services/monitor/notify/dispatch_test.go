@@ -458,3 +458,62 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func TestDispatcherExpiresSentMarkers(t *testing.T) {
+	js := jetStream(t)
+	h := newHook(t, nil)
+	clock := testclock.New(time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC))
+	d, _ := startDispatcher(t, notify.DispatcherOptions{
+		JS: js, Receivers: map[string]notify.Notifier{"slack": slackTo(t, h)},
+		Now: clock.Now, SentRetention: time.Hour, Tick: 10 * time.Millisecond,
+	})
+	kv, err := js.KeyValue(context.Background(), notify.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := func() []string {
+		l, err := kv.ListKeys(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k []string
+		for key := range l.Keys() {
+			k = append(k, key)
+		}
+		return k
+	}
+	send(t, d, note("Old"))
+	h.waitAlerts(t, "Old")
+	// Delivered, the entry stays as a marker that says so.
+	checkfor.Check(t, 20*time.Second, 10*time.Millisecond, func() error {
+		k := keys()
+		if len(k) != 1 {
+			return fmt.Errorf("keys %v, want one marker", k)
+		}
+		e, err := kv.Get(context.Background(), k[0])
+		if err != nil {
+			return err
+		}
+		var v struct {
+			Outcome  string `json:"outcome"`
+			Attempts int    `json:"attempts"`
+		}
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			return err
+		}
+		if v.Outcome != "sent" || v.Attempts != 1 {
+			return fmt.Errorf("marker %s, want outcome sent after 1 attempt", e.Value())
+		}
+		return nil
+	})
+	clock.Add(time.Hour + time.Minute)
+	checkfor.Check(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if k := keys(); len(k) != 0 {
+			return fmt.Errorf("keys %v, want none once the marker expired", k)
+		}
+		return nil
+	})
+	// Past the retention the ID is new again.
+	send(t, d, note("Old"))
+	h.waitAlerts(t, "Old", "Old")
+}

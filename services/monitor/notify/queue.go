@@ -14,6 +14,10 @@ import (
 // again after its watch could not start (NATS unreachable).
 const rewatchDelay = time.Second
 
+// writeTimeout bounds recording an attempt's outcome, which is done even
+// when Run is stopping: a delivered message must be marked so.
+const writeTimeout = 5 * time.Second
+
 // item is one key of a receiver's queue as this Dispatcher last saw it.
 type item struct {
 	key string
@@ -54,6 +58,9 @@ func (q *queue) watch(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = w.Stop() }()
+	// The watcher hands every key afresh; what was seen before may have
+	// changed while the watch was down.
+	clear(q.items)
 	updates := w.Updates()
 	loaded := false // the watcher has handed every existing entry
 	timer := time.NewTimer(time.Hour)
@@ -162,7 +169,7 @@ func (q *queue) attempt(ctx context.Context, it *item) {
 	actx, cancel := context.WithTimeout(ctx, q.d.o.AttemptTimeout)
 	retry, err := q.n.Notify(actx, n)
 	cancel()
-	if ctx.Err() != nil {
+	if err != nil && ctx.Err() != nil {
 		// Stopping: the attempt was cut short by us, not by the receiver;
 		// the entry stays as it was for the next Dispatcher.
 		return
@@ -171,7 +178,7 @@ func (q *queue) attempt(ctx context.Context, it *item) {
 	it.e.Attempts++
 	switch {
 	case err == nil:
-		it.e.Sent, it.e.LastError, it.e.NextAt = now, "", time.Time{}
+		it.e.Sent, it.e.Outcome, it.e.LastError, it.e.NextAt = now, OutcomeSent, "", time.Time{}
 		q.d.total.WithLabelValues(q.name, OutcomeSent).Inc()
 		q.log.Info("notification sent", "alert", n.Alert, "kind", n.Kind, "id", n.ID, "attempts", it.e.Attempts)
 		q.write(ctx, it)
@@ -192,7 +199,7 @@ func (q *queue) attempt(ctx context.Context, it *item) {
 			"attempts", it.e.Attempts, "err", err)
 		// Kept as a sent marker all the same: the receiver will never
 		// take this message, so sending it again must not retry it.
-		it.e.Sent, it.e.LastError = now, err.Error()
+		it.e.Sent, it.e.Outcome, it.e.LastError = now, OutcomeFailed, err.Error()
 		q.write(ctx, it)
 	}
 }
@@ -203,7 +210,7 @@ func (q *queue) giveUp(ctx context.Context, it *item, now time.Time) {
 	q.d.total.WithLabelValues(q.name, OutcomeFailed).Inc()
 	q.log.Error("notification given up: not delivered in time", "alert", n.Alert, "kind", n.Kind, "id", n.ID,
 		"attempts", it.e.Attempts, "queued", it.e.Queued, "max_age", q.d.o.MaxAge, "last_err", it.e.LastError)
-	it.e.Sent = now.UTC()
+	it.e.Sent, it.e.Outcome = now.UTC(), OutcomeFailed
 	q.write(ctx, it)
 }
 
@@ -217,7 +224,7 @@ func (q *queue) backoff(attempts int) time.Duration {
 	return min(d, q.d.o.BackoffMax)
 }
 
-// write stores it's new state, guarded by the revision this queue last
+// write stores the item's new state, guarded by the revision this queue last
 // saw. The local copy is updated at once, so the next step does not
 // deliver again what the watcher has not yet echoed back.
 func (q *queue) write(ctx context.Context, it *item) {
@@ -227,7 +234,9 @@ func (q *queue) write(ctx context.Context, it *item) {
 		q.log.Error("notification queue entry not encodable", "key", it.key, "err", err)
 		return
 	}
-	rev, err := q.d.kv.Update(ctx, it.key, val, it.rev)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancel()
+	rev, err := q.d.kv.Update(wctx, it.key, val, it.rev)
 	if err != nil {
 		// The bucket is unreachable or the key changed under us: keep the
 		// local state (so a sent message is not sent again by this queue)
