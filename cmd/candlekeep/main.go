@@ -37,6 +37,7 @@ func commands() []command {
 		{"writer", "the writer service, connected to --nats-url", runWriter},
 		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
 		{"coverage", "what the database holds per pair: complete, missing, stale, known gaps (exit 1 if not all complete)", runCoverage},
+		{"sync", "request a sync, follow it and print a per-pair report (exit 0 ok, 1 failed, 124 timeout, 2 bad flags or no answer)", runSync},
 		{"sla", "the SLA audit of a window (default the last 30 days) from EVENTS: table, --json or --html page (exit 1 if a target was missed)", runSLA},
 		{"config", "read or change the cluster-wide settings stored in JetStream (get | set)", runConfig},
 	}

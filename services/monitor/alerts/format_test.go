@@ -1,66 +1,35 @@
 package alerts
 
 import (
-	"math"
 	"testing"
 	"time"
 
 	"github.com/candlekeep/candlekeep/services/monitor/rules"
 )
 
-// The summaries are rules.yml's annotations; the expected text is what
-// Prometheus renders for them (its template functions' documented
-// examples: 1234567 → 1.235M, 899.99 → 14m 59s, 0.1234567 → 12.35%).
+// The summary is the rule's own template as Prometheus renders it
+// (rules.Rule.RenderSummary, checked against promtool in package rules);
+// the group's message adds how many more alerts fire.
 func TestRenderSummary(t *testing.T) {
-	pairLabels := rules.Labels{"symbol": "BTCUSDT", "interval": "4h"}
+	stale := rules.Rule{Name: "S", Summary: "{{ $labels.symbol }}/{{ $labels.interval }} has no new candle for {{ $value | humanizeDuration }}"}
+	pair := rules.Labels{"symbol": "BTCUSDT", "interval": "4h"}
 	cases := []struct {
-		name, tmpl string
-		labels     rules.Labels
-		value      float64
-		of         int
-		want       string
+		name  string
+		r     rules.Rule
+		value float64
+		of    int
+		want  string
 	}{
-		{"labels and humanizeDuration", "{{ $labels.symbol }}/{{ $labels.interval }} has no new candle for {{ $value | humanizeDuration }}", pairLabels, 97200, 1, "BTCUSDT/4h has no new candle for 1d 3h 0m 0s"},
-		{"more members", "{{ $labels.symbol }}/{{ $labels.interval }} has no new candle for {{ $value | humanizeDuration }}", pairLabels, 899.99, 3, "BTCUSDT/4h has no new candle for 14m 59s (and 2 more)"},
-		{"no actions", "the candle database failed its integrity check; writes are stopped", nil, 0, 1, "the candle database failed its integrity check; writes are stopped"},
-		{"humanize", "{{ $value | humanize }} sync run(s) hit their deadline in the last hour", nil, 1.0000000001, 1, "1 sync run(s) hit their deadline in the last hour"},
-		{"humanize large", "{{$value|humanize}}", nil, 1234567, 1, "1.235M"},
-		{"humanize small", "{{ $value | humanize }}", nil, 0.0125, 1, "12.5m"},
-		{"plain value", "{{ $value }} configured pair(s) are not complete", nil, 3, 1, "3 configured pair(s) are not complete"},
-		{"label", "the candlekeep {{ $labels.service }} service does not answer", rules.Labels{"service": "writer"}, 0, 1, "the candlekeep writer service does not answer"},
-		{"missing label", "{{ $labels.nope }}!", nil, 0, 1, "!"},
-		{"humanizePercentage", "{{ $value | humanizePercentage }} free on the data volume", nil, 0.1234567, 1, "12.35% free on the data volume"},
-		{"unknown function kept", "{{ $value | title }}", nil, 1, 1, "{{ $value | title }}"},
+		{"one alert", stale, 97200, 1, "BTCUSDT/4h has no new candle for 1d 3h 0m 0s"},
+		{"more members", stale, 899.99, 3, "BTCUSDT/4h has no new candle for 14m 59s (and 2 more)"},
+		{"a template that does not parse is sent as written", rules.Rule{Name: "B", Summary: "{{ $value | nosuch }}"}, 1, 1, "{{ $value | nosuch }}"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := renderSummary(tc.tmpl, tc.labels, tc.value, tc.of); got != tc.want {
+			if got := renderSummary(tc.r, pair, tc.value, tc.of); got != tc.want {
 				t.Fatalf("got %q, want %q", got, tc.want)
 			}
 		})
-	}
-}
-
-func TestHumanizeDuration(t *testing.T) {
-	cases := []struct {
-		v    float64
-		want string
-	}{
-		{0, "0s"},
-		{0.5, "500ms"},
-		{1.5, "1.5s"},
-		{59, "59s"},
-		{60, "1m 0s"},
-		{3600, "1h 0m 0s"},
-		{93600, "1d 2h 0m 0s"},
-		{-90, "-1m 30s"},
-		{math.NaN(), "NaN"},
-		{math.Inf(1), "+Inf"},
-	}
-	for _, tc := range cases {
-		if got := humanizeDuration(tc.v); got != tc.want {
-			t.Errorf("humanizeDuration(%v) = %q, want %q", tc.v, got, tc.want)
-		}
 	}
 }
 

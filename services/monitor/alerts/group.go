@@ -169,7 +169,7 @@ func (a *Alerter) step(r rules.Rule, prev *group, active []rules.Alert, q rules.
 		}
 	}
 	if len(firing) > 0 {
-		next.Summary = renderSummary(r.Summary, firing[0].Labels, firing[0].Value, len(firing))
+		next.Summary = renderSummary(r, firing[0].Labels, firing[0].Value, len(firing))
 		next.Value, next.Threshold = formatterFor(r.Name)(q, firing[0])
 	}
 
