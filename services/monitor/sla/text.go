@@ -80,11 +80,10 @@ func AlertEnd(a Alert) string {
 	return a.End.Format(time.RFC3339)
 }
 
-// Summary is the report in one message: the window, the verdicts and each
-// missed target with its figure. It names nothing private.
-func Summary(r Report) string {
+// Summary is the report as one message: a headline counting the verdicts
+// and a line per target with its figure. It names nothing private.
+func Summary(r Report) (headline string, lines []string) {
 	var met, missed, unmeasured int
-	var lines []string
 	for _, t := range r.Targets {
 		switch t.Status {
 		case Met:
@@ -94,14 +93,21 @@ func Summary(r Report) string {
 		default:
 			unmeasured++
 		}
-		lines = append(lines, fmt.Sprintf("%s %s: %s (target %s)", statusMark(t.Status), t.Name, t.Figure, t.Target))
+		line := fmt.Sprintf("%s %s: %s (target %s)", statusMark(t.Status), t.Name, t.Figure, t.Target)
+		if t.Note != "" {
+			line += "; " + t.Note
+		}
+		lines = append(lines, line)
 	}
-	head := fmt.Sprintf("SLA audit %s .. %s: %d met, %d missed, %d not measured",
-		r.From.Format("2006-01-02"), r.To.Format("2006-01-02"), met, missed, unmeasured)
+	headline = fmt.Sprintf("%d met, %d missed, %d not measured (%s .. %s)", met, missed, unmeasured,
+		r.From.Format(time.RFC3339), r.To.Format(time.RFC3339))
 	if len(r.Alerts) > 0 {
-		head += fmt.Sprintf("; %d alerts", len(r.Alerts))
+		headline += fmt.Sprintf("; %d alerts", len(r.Alerts))
 	}
-	return head + "\n" + strings.Join(lines, "\n")
+	if r.NoData {
+		headline += "; nothing was recorded"
+	}
+	return headline, lines
 }
 
 func statusMark(s Status) string {
