@@ -67,10 +67,12 @@ type snapshot struct {
 
 	// Alive counts the instances of each service that answered PING.
 	Alive map[string]int
-	// BackupSeen: a backup service answered PING or published a backup
-	// event since the monitor started, so backups are expected.
-	BackupSeen bool
-	LastSync   *candles.SyncCompleted
+	// BackupSeen: a backup service answered PING or a backup event was
+	// read, so backups are expected; BackupServiceSeen: the service
+	// answered PING since the monitor started, so it is expected alive.
+	BackupSeen        bool
+	BackupServiceSeen bool
+	LastSync          *candles.SyncCompleted
 	// LastBackup is the newest verified backup.completed.
 	LastBackup *candles.BackupCompleted
 
@@ -320,7 +322,7 @@ func checkActivityOf(s snapshot) candles.Check {
 		}
 	}
 	expected := []string{serviceFetcher, serviceWriter}
-	if s.BackupSeen {
+	if s.BackupServiceSeen {
 		expected = append(expected, serviceBackup)
 	}
 	var down []string

@@ -323,7 +323,7 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 	m.mu.Lock()
 	rp.advance(start, m.ev.c)
 	m.mu.Unlock()
-	caughtUp := false
+	caughtUp, factsRead := false, false
 	finishReplay := func() {
 		if caughtUp {
 			return
@@ -349,7 +349,8 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 			}
 			continue
 		}
-		if !caughtUp {
+		if !caughtUp && !factsRead {
+			factsRead = true
 			m.lastFacts(ctx, stream, start)
 			if info := stream.CachedInfo(); info.State.Msgs == 0 || info.State.LastTime.Before(start) {
 				finishReplay()

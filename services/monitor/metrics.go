@@ -199,7 +199,7 @@ func (c *collector) collectSnapshot(ch chan<- prometheus.Metric, s *snapshot) {
 	}
 
 	services := []string{serviceFetcher, serviceWriter, serviceMonitor}
-	if s.BackupSeen {
+	if s.BackupServiceSeen {
 		services = append(services, serviceBackup)
 	}
 	for _, name := range services {

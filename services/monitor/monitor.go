@@ -141,6 +141,7 @@ type Monitor struct {
 	// What the polls learned, last known values kept.
 	db         *candles.DatabaseHealth
 	dbAt       time.Time
+	ownerDown  bool
 	coverage   map[candles.Pair]candles.PairCoverage
 	coverageAt time.Time
 	everSeen   map[string]bool
@@ -331,10 +332,17 @@ func (m *Monitor) evaluate(ctx context.Context) {
 		m.log.Warn("read the cluster configuration; using the defaults", "err", p.settingsErr)
 	}
 	m.mu.Lock()
-	if p.db != nil {
-		m.db, m.dbAt = p.db, now
-	} else if m.db != nil {
-		m.log.Warn("the database's owner does not answer", "subject", candles.SubjectAPIDatabase, "since", m.dbAt, "err", p.dbErr)
+	switch {
+	case p.db != nil:
+		if m.ownerDown {
+			m.log.Info("the database's owner answers again", "subject", candles.SubjectAPIDatabase, "holder", p.db.Holder)
+		}
+		m.db, m.dbAt, m.ownerDown = p.db, now, false
+	case m.db != nil && !m.ownerDown:
+		// Logged once when it stops; the activity check says it at every evaluation.
+		m.ownerDown = true
+		m.log.Warn("the database's owner does not answer; reporting its last known values", "subject", candles.SubjectAPIDatabase,
+			"since", m.dbAt, "err", p.dbErr)
 	}
 	if p.coverage != nil {
 		cov := make(map[candles.Pair]candles.PairCoverage, len(p.coverage.Pairs))
@@ -353,7 +361,7 @@ func (m *Monitor) evaluate(ctx context.Context) {
 		Pairs: p.settings.Pairs(), SchedulePeriod: schedulePeriod(p.settings.SyncSchedule, now), SyncTimeout: p.settings.SyncTimeout,
 		DB: m.db, DBAt: m.dbAt, OwnerAnswering: p.db != nil,
 		Coverage: m.coverage, CoverageAt: m.coverageAt,
-		Alive: p.alive, BackupSeen: m.everSeen[serviceBackup] || m.ev.backupSeen,
+		Alive: p.alive, BackupSeen: m.everSeen[serviceBackup] || m.ev.backupSeen, BackupServiceSeen: m.everSeen[serviceBackup],
 		LastSync: m.ev.lastSync, LastBackup: m.ev.lastBackup,
 		Fetchers: p.fetchers, Consumers: p.consumers,
 	}
@@ -410,4 +418,11 @@ func (m *Monitor) ready() (bool, string) {
 		return false, "first evaluation not done"
 	}
 	return true, "ready"
+}
+
+// isReady reports whether the replay is done.
+func (m *Monitor) isReady() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.replayed
 }
