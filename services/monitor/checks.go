@@ -78,6 +78,8 @@ type snapshot struct {
 
 	Fetchers  []candles.FetcherStats
 	Consumers []consumerState
+	// BannedUntil is the end of the latest ban ratelimit.banned announced.
+	BannedUntil time.Time
 
 	// Checks are the six checks' results over this snapshot.
 	Checks []candles.Check

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -116,6 +118,8 @@ type eventState struct {
 	lastSync   *candles.SyncCompleted
 	lastBackup *candles.BackupCompleted
 	backupSeen bool
+	// bannedUntil is the latest end of a ban ratelimit.banned announced.
+	bannedUntil time.Time
 	// runs by run_id: started ones (for reason and deadline) and finished ones.
 	runs     map[string]*runInfo
 	finished []candles.RunStatus // newest last, at most recentRuns
@@ -231,6 +235,9 @@ func (st *eventState) apply(kind string, ev any) {
 		st.c.RateLimitHits++
 	case *candles.RateLimitBanned:
 		st.c.RateLimitBans++
+		if e.Until.After(st.bannedUntil) {
+			st.bannedUntil = e.Until
+		}
 	case *candles.BatchRejected:
 		st.c.BatchesRejected++
 	case *candles.BackupCompleted:
@@ -268,10 +275,25 @@ func (st *eventState) finish(r *runInfo, outcome string) {
 	if n := len(st.finished); n > recentRuns {
 		st.finished = append([]candles.RunStatus(nil), st.finished[n-recentRuns:]...)
 	}
-	// Started runs without an end are kept for their reason and deadline;
-	// ended ones only while they might still be joined with progress.
-	for id, ri := range st.runs {
-		if ri.done && len(st.runs) > 4*recentRuns {
+	st.prune()
+}
+
+// maxRuns bounds the runs remembered; beyond it finished runs and runs
+// started over a day ago without an end are forgotten.
+const maxRuns = 200
+
+func (st *eventState) prune() {
+	if len(st.runs) <= maxRuns {
+		return
+	}
+	var newest time.Time
+	for _, r := range st.runs {
+		if r.status.StartedAt.After(newest) {
+			newest = r.status.StartedAt
+		}
+	}
+	for id, r := range st.runs {
+		if r.done || r.status.StartedAt.Before(newest.Add(-24*time.Hour)) {
 			delete(st.runs, id)
 		}
 	}
@@ -323,17 +345,19 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 	m.mu.Lock()
 	rp.advance(start, m.ev.c)
 	m.mu.Unlock()
-	caughtUp, factsRead := false, false
+	var caughtUp atomic.Bool
+	var finishOnce sync.Once
 	finishReplay := func() {
-		if caughtUp {
-			return
-		}
-		caughtUp = true
-		m.mu.Lock()
-		rp.advance(m.o.Now(), m.ev.c)
-		m.mu.Unlock()
-		done(rp.samples)
+		finishOnce.Do(func() {
+			m.mu.Lock()
+			rp.advance(m.o.Now(), m.ev.c)
+			m.mu.Unlock()
+			caughtUp.Store(true)
+			done(rp.samples)
+		})
 	}
+	factsRead := false
+	var pos readPosition
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		stream, err := m.js.Stream(ctx, candles.StreamEvents)
 		if err != nil {
@@ -349,18 +373,32 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 			}
 			continue
 		}
-		if !caughtUp && !factsRead {
+		if !caughtUp.Load() && !factsRead {
 			factsRead = true
 			m.lastFacts(ctx, stream, start)
 			if info := stream.CachedInfo(); info.State.Msgs == 0 || info.State.LastTime.Before(start) {
 				finishReplay()
 			}
 		}
-		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		cfg := jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{candles.SubjectEventPrefix + ">"},
 			DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 			OptStartTime:   &start,
-		})
+		}
+		created := stream.CachedInfo().Created
+		replacedStream, lastSeq := pos.begin(created)
+		switch {
+		case replacedStream:
+			// A new stream (deleted and created again): everything in
+			// it came after what was counted.
+			m.log.Warn("the EVENTS stream was replaced; reading the new one from its start")
+			cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverAllPolicy, nil
+		case lastSeq > 0:
+			// Reading again after the consumer ended: go on after the
+			// last event applied, so nothing is counted twice.
+			cfg.DeliverPolicy, cfg.OptStartTime, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, nil, lastSeq+1
+		}
+		cons, err := stream.OrderedConsumer(ctx, cfg)
 		if err != nil {
 			m.log.Warn("cannot read EVENTS; retrying", "err", err)
 			if !sleep(ctx, time.Second) {
@@ -368,19 +406,40 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 			}
 			continue
 		}
+		replaced := make(chan struct{})
 		cc, err := cons.Consume(func(msg jetstream.Msg) {
 			md, err := msg.Metadata()
-			if !caughtUp && err == nil {
+			if err != nil {
+				m.handleEvent(msg.Subject(), msg.Data())
+				return
+			}
+			if md.Sequence.Consumer == 1 && pos.seen() {
+				// The ordered consumer was recreated, at the sequence
+				// after the last one it delivered. On a replaced stream
+				// that skips the new stream's first events: start over.
+				if cur, err := m.js.Stream(ctx, candles.StreamEvents); err == nil && !cur.CachedInfo().Created.Equal(created) {
+					if pos.stale() {
+						close(replaced)
+					}
+					return
+				}
+			}
+			if !pos.apply(md.Sequence.Stream) {
+				return // from a consumer already given up
+			}
+			if !caughtUp.Load() {
 				// Samples before the event see the counters without it.
 				m.mu.Lock()
 				rp.advance(md.Timestamp.Add(-time.Nanosecond), m.ev.c)
 				m.mu.Unlock()
 			}
 			m.handleEvent(msg.Subject(), msg.Data())
-			if !caughtUp && err == nil && md.NumPending == 0 {
+			if !caughtUp.Load() && md.NumPending == 0 {
 				finishReplay()
 			}
-		})
+		}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			m.log.Debug("reading EVENTS", "err", err)
+		}))
 		if err != nil {
 			m.log.Warn("cannot read EVENTS; retrying", "err", err)
 			if !sleep(ctx, time.Second) {
@@ -388,11 +447,95 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 			}
 			continue
 		}
-		<-ctx.Done()
-		cc.Stop()
-		return nil
+		m.follow(ctx, cc, created, replaced, &pos)
+		if ctx.Err() != nil {
+			return nil
+		}
 	}
 	return nil
+}
+
+// streamCheckEvery is how often the events reader checks that the stream
+// it reads is still the same one: a consumer on a deleted stream neither
+// ends nor errs, and one recreated on a new stream starts after the old
+// stream's last sequence, skipping the new stream's first events.
+const streamCheckEvery = time.Second
+
+// follow waits while cc reads the stream created at created, until ctx
+// ends, the consumer ends or the stream was replaced.
+func (m *Monitor) follow(ctx context.Context, cc jetstream.ConsumeContext, created time.Time, replaced <-chan struct{}, pos *readPosition) {
+	defer cc.Stop()
+	t := time.NewTicker(streamCheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-replaced:
+			return
+		case <-cc.Closed():
+			m.log.Warn("reading EVENTS stopped; reading again")
+			return
+		case <-t.C:
+			cur, err := m.js.Stream(ctx, candles.StreamEvents)
+			if errors.Is(err, jetstream.ErrStreamNotFound) || (err == nil && !cur.CachedInfo().Created.Equal(created)) {
+				pos.stale()
+				return
+			}
+		}
+	}
+}
+
+// readPosition is where the events reader is: the identity (creation
+// time) of the stream it reads and the last stream sequence it applied.
+// The consumer's handler and the reader's loop share it.
+type readPosition struct {
+	mu      sync.Mutex
+	created time.Time
+	lastSeq uint64
+	// gone: the stream was replaced; messages of the current consumer are
+	// ignored until the loop starts reading the new one.
+	gone bool
+}
+
+// begin starts a consumer on the stream created at created. It says
+// whether that is a new stream (replaced since the last consumer) and the
+// last sequence applied in the stream it reads (0: none yet, or new).
+func (p *readPosition) begin(created time.Time) (replaced bool, lastSeq uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	replaced = p.gone || (!p.created.IsZero() && !p.created.Equal(created))
+	if replaced {
+		p.lastSeq = 0
+	}
+	p.created, p.gone = created, false
+	return replaced, p.lastSeq
+}
+
+func (p *readPosition) seen() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastSeq > 0
+}
+
+// stale marks the stream replaced; true the first time.
+func (p *readPosition) stale() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first := !p.gone
+	p.gone = true
+	return first
+}
+
+// apply records seq as applied unless the consumer is stale.
+func (p *readPosition) apply(seq uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gone {
+		return false
+	}
+	p.lastSeq = seq
+	return true
 }
 
 // handleEvent decodes and applies one event; bad input is counted and

@@ -254,6 +254,9 @@ func (c *collector) collectSnapshot(ch chan<- prometheus.Metric, s *snapshot) {
 
 	var used, limit int
 	banned := 0.0
+	if s.BannedUntil.After(s.Now) {
+		banned = 1 // announced by ratelimit.banned, even with no fetcher answering
+	}
 	for _, f := range s.Fetchers {
 		counter(ch, d.fetcherRequests, float64(f.Requests), f.ID)
 		counter(ch, d.fetcherErrors, float64(f.Errors), f.ID)

@@ -363,7 +363,7 @@ func (m *Monitor) evaluate(ctx context.Context) {
 		Coverage: m.coverage, CoverageAt: m.coverageAt,
 		Alive: p.alive, BackupSeen: m.everSeen[serviceBackup] || m.ev.backupSeen, BackupServiceSeen: m.everSeen[serviceBackup],
 		LastSync: m.ev.lastSync, LastBackup: m.ev.lastBackup,
-		Fetchers: p.fetchers, Consumers: p.consumers,
+		Fetchers: p.fetchers, Consumers: p.consumers, BannedUntil: m.ev.bannedUntil,
 	}
 	s.Checks = runChecks(*s)
 	rep := &candles.HealthReport{V: candles.Version, Status: overall(*s, s.Checks), Checks: s.Checks, At: now}

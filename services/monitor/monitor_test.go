@@ -465,3 +465,59 @@ func TestRestartReplaysTheLastHour(t *testing.T) {
 		}
 	}
 }
+
+func TestBanStateFromEvents(t *testing.T) {
+	s := newSystem(t)
+	f := newFixture()
+	clock := testclock.New(f.T0)
+	r := startMonitor(t, s, clock, nil)
+	s.publish(&candles.RateLimitBanned{EventHeader: candles.NewHeader(candles.KindRateLimitBanned, ""), Until: f.T0.Add(5 * time.Minute), RetryAfter: 300})
+	waitMetrics := func(banned, bans float64) {
+		t.Helper()
+		checkfor.Check(t, waitFor, pollGap, func() error {
+			mfs := r.metrics(t)
+			b, _ := value(mfs, "candlekeep_ratelimit_banned")
+			n, _ := value(mfs, "candlekeep_ratelimit_bans_total")
+			if b != banned || n != bans {
+				return fmt.Errorf("banned %v, bans %v; want %v and %v", b, n, banned, bans)
+			}
+			return nil
+		})
+	}
+	waitMetrics(1, 1)
+	clock.Add(6 * time.Minute) // the ban is over
+	waitMetrics(0, 1)
+}
+
+func TestEventsStreamReplacedKeepsCounting(t *testing.T) {
+	s := newSystem(t)
+	r := startMonitor(t, s, nil, nil)
+	hit := func() {
+		s.publish(&candles.RateLimitHit{EventHeader: candles.NewHeader(candles.KindRateLimitHit, ""), UsedWeight: 6100})
+	}
+	waitHits := func(want float64) {
+		t.Helper()
+		checkfor.Check(t, waitFor, pollGap, func() error {
+			if v, _ := value(r.metrics(t), "candlekeep_ratelimit_hits_total"); v != want {
+				return fmt.Errorf("%v hits, want %v", v, want)
+			}
+			return nil
+		})
+	}
+	hit()
+	hit()
+	waitHits(2)
+	ctx := context.Background()
+	if err := s.js.DeleteStream(ctx, candles.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	if err := candles.EnsureStreams(ctx, s.js, candles.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Events keep coming on the new stream: the first one is not lost, and
+	// the old ones are not counted again.
+	hit()
+	waitHits(3)
+	hit()
+	waitHits(4)
+}
