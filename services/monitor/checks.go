@@ -78,6 +78,9 @@ type snapshot struct {
 
 	Fetchers  []candles.FetcherStats
 	Consumers []consumerState
+	// Damage is an integrity.failed read since the owner last answered:
+	// the file is damaged even if the owner cannot say so any more.
+	Damage *candles.IntegrityFailed
 	// BannedUntil is the end of the latest ban ratelimit.banned announced.
 	BannedUntil time.Time
 
@@ -208,16 +211,23 @@ func checkCoverageOf(s snapshot) candles.Check {
 
 func checkIntegrityOf(s snapshot) candles.Check {
 	const threshold = "quick_check ok; integrity_check passed within 25h"
-	if s.DB == nil {
+	if s.DB == nil && s.Damage == nil {
 		return unknownCheck(checkIntegrity, threshold, ownerNeverAnswered)
+	}
+	if s.DB == nil {
+		s.DB = &candles.DatabaseHealth{} // only the damage is known
 	}
 	db := s.DB
 	c := candles.Check{Name: checkIntegrity, Threshold: threshold, AsOf: s.DBAt}
+	damaged := db.Damaged
+	if s.Damage != nil {
+		damaged, c.AsOf = s.Damage, s.Now
+	}
 	switch {
-	case db.Damaged != nil:
+	case damaged != nil:
 		c.Status, c.Value = candles.CheckFail, "damaged"
-		c.Reason = fmt.Sprintf("%s found the database damaged at %s; writes stopped", db.Damaged.Check, db.Damaged.DetectedAt.UTC().Format(time.RFC3339))
-		c.Details = append([]string(nil), db.Damaged.Problems...)
+		c.Reason = fmt.Sprintf("%s found the database damaged at %s; writes stopped", damaged.Check, damaged.DetectedAt.UTC().Format(time.RFC3339))
+		c.Details = append([]string(nil), damaged.Problems...)
 	case !db.QuickCheck.OK:
 		c.Status, c.Value = candles.CheckFail, "quick_check failed"
 		c.Reason = "PRAGMA quick_check found problems"

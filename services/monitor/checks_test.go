@@ -79,6 +79,13 @@ func TestChecks(t *testing.T) {
 		}, checkIntegrity, candles.CheckFail, "quick_check failed", []string{"row 3 missing from index"}, ""},
 		{"integrity_check older than 25h warns", func(s *snapshot) { s.DB.IntegrityCheckAt = t0.Add(-26 * time.Hour) },
 			checkIntegrity, candles.CheckWarn, "quick_check ok, integrity_check 26h0m0s ago", nil, "over 25h"},
+		{"an integrity.failed since the owner last answered fails", func(s *snapshot) {
+			s.Damage = &candles.IntegrityFailed{Check: "query", Problems: []string{"database disk image is malformed"}, DetectedAt: t0}
+		}, checkIntegrity, candles.CheckFail, "damaged", []string{"database disk image is malformed"}, "query found the database damaged"},
+		{"an integrity.failed before the owner ever answered fails", func(s *snapshot) {
+			s.DB = nil
+			s.Damage = &candles.IntegrityFailed{Check: "quick_check", Problems: []string{"x"}, DetectedAt: t0}
+		}, checkIntegrity, candles.CheckFail, "damaged", []string{"x"}, ""},
 		{"integrity unknown before the owner answered", func(s *snapshot) { s.DB = nil }, checkIntegrity, candles.CheckUnknown, "unknown", nil, ""},
 		{"size ok", nil, checkSize, candles.CheckOK, "1.2 MB, 20 candles, 45.0 GB free (18 %)", nil, "enough"},
 		{"size fails with no rows", func(s *snapshot) { s.DB.Candles = 0 },

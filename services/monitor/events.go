@@ -174,6 +174,8 @@ func decodeEvent(subject string, data []byte) (kind string, ev any, err error) {
 		target = &candles.BackupCompleted{}
 	case candles.KindBackupFailed:
 		target = &candles.BackupFailed{}
+	case candles.KindIntegrityFailed:
+		target = &candles.IntegrityFailed{}
 	default:
 		for _, k := range knownKinds {
 			if k == kind {
@@ -552,12 +554,16 @@ func (m *Monitor) handleEvent(subject string, data []byte) {
 		return
 	}
 	m.ev.apply(kind, ev)
+	if e, ok := ev.(*candles.IntegrityFailed); ok {
+		m.damage = e
+		m.damages++
+	}
 }
 
 // lastFacts reads, per kind whose newest event matters even when it is older
 // than the replayed hour, the last message on its subject.
 func (m *Monitor) lastFacts(ctx context.Context, stream jetstream.Stream, start time.Time) {
-	for _, kind := range []string{candles.KindSyncCompleted, candles.KindBackupCompleted} {
+	for _, kind := range []string{candles.KindSyncCompleted, candles.KindBackupCompleted, candles.KindIntegrityFailed} {
 		msg, err := stream.GetLastMsgForSubject(ctx, candles.EventSubject(kind))
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -584,6 +590,9 @@ func (m *Monitor) lastFacts(ctx context.Context, stream jetstream.Stream, start 
 		case *candles.BackupCompleted:
 			m.ev.backupSeen = true
 			m.ev.noteBackup(e)
+		case *candles.IntegrityFailed:
+			m.damage = e
+			m.damages++
 		}
 		m.mu.Unlock()
 	}

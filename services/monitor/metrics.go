@@ -210,12 +210,15 @@ func (c *collector) collectSnapshot(ch chan<- prometheus.Metric, s *snapshot) {
 		gauge(ch, d.serviceUp, up, name[len("candlekeep-"):])
 	}
 
+	switch {
+	case s.Damage != nil:
+		gauge(ch, d.integrityOK, 0)
+	case s.DB != nil && (s.DB.Damaged != nil || !s.DB.QuickCheck.OK):
+		gauge(ch, d.integrityOK, 0)
+	case s.DB != nil:
+		gauge(ch, d.integrityOK, 1)
+	}
 	if db := s.DB; db != nil {
-		ok := 1.0
-		if db.Damaged != nil || !db.QuickCheck.OK {
-			ok = 0
-		}
-		gauge(ch, d.integrityOK, ok)
 		gauge(ch, d.diskFree, float64(db.DiskFreeBytes))
 		gauge(ch, d.diskSize, float64(db.DiskSizeBytes))
 		gauge(ch, d.candlesStored, float64(db.Candles))

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/services/monitor/alerts"
 	"github.com/candlekeep/candlekeep/services/monitor/notify"
 	"github.com/candlekeep/candlekeep/services/monitor/rules"
@@ -139,15 +140,21 @@ type Monitor struct {
 	mu sync.Mutex
 	ev eventState
 	// What the polls learned, last known values kept.
-	db         *candles.DatabaseHealth
-	dbAt       time.Time
-	ownerDown  bool
-	coverage   map[candles.Pair]candles.PairCoverage
-	coverageAt time.Time
-	everSeen   map[string]bool
-	snap       *snapshot
-	report     *candles.HealthReport
-	replayed   bool
+	db        *candles.DatabaseHealth
+	dbAt      time.Time
+	ownerDown bool
+	// damage is the last integrity.failed read (damages counts them): it
+	// stands until the owner answers a request sent after it was read (the
+	// answer then says whether the file is damaged).
+	damage       *candles.IntegrityFailed
+	damages      uint64
+	settingsDown bool
+	coverage     map[candles.Pair]candles.PairCoverage
+	coverageAt   time.Time
+	everSeen     map[string]bool
+	snap         *snapshot
+	report       *candles.HealthReport
+	replayed     bool
 	// alerter is set once Run created it.
 	alerter *alerts.Alerter
 }
@@ -323,21 +330,32 @@ func (m *Monitor) evalLoop(ctx context.Context) error {
 // evaluate is one evaluation: poll → snapshot → checks → metrics →
 // History → alert rules. Errors are logged, never fatal.
 func (m *Monitor) evaluate(ctx context.Context) {
+	m.mu.Lock()
+	damagesBefore := m.damages
+	m.mu.Unlock()
 	p := m.pollAll(ctx)
 	if ctx.Err() != nil {
 		return
 	}
 	now := m.o.Now()
-	if p.settingsErr != nil {
-		m.log.Warn("read the cluster configuration; using the defaults", "err", p.settingsErr)
-	}
 	m.mu.Lock()
+	switch {
+	case p.settingsErr != nil && !m.settingsDown:
+		m.settingsDown = true
+		m.log.Warn("cannot read the cluster configuration; using the defaults", "bucket", cluster.ConfigBucket, "err", p.settingsErr)
+	case p.settingsErr == nil && m.settingsDown:
+		m.settingsDown = false
+		m.log.Info("the cluster configuration is readable again", "bucket", cluster.ConfigBucket)
+	}
 	switch {
 	case p.db != nil:
 		if m.ownerDown {
 			m.log.Info("the database's owner answers again", "subject", candles.SubjectAPIDatabase, "holder", p.db.Holder)
 		}
 		m.db, m.dbAt, m.ownerDown = p.db, now, false
+		if m.damages == damagesBefore {
+			m.damage = nil
+		}
 	case m.db != nil && !m.ownerDown:
 		// Logged once when it stops; the activity check says it at every evaluation.
 		m.ownerDown = true
@@ -365,6 +383,7 @@ func (m *Monitor) evaluate(ctx context.Context) {
 		LastSync: m.ev.lastSync, LastBackup: m.ev.lastBackup,
 		Fetchers: p.fetchers, Consumers: p.consumers, BannedUntil: m.ev.bannedUntil,
 	}
+	s.Damage = m.damage
 	s.Checks = runChecks(*s)
 	rep := &candles.HealthReport{V: candles.Version, Status: overall(*s, s.Checks), Checks: s.Checks, At: now}
 	m.snap, m.report = s, rep

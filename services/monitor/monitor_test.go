@@ -521,3 +521,42 @@ func TestEventsStreamReplacedKeepsCounting(t *testing.T) {
 	hit()
 	waitHits(4)
 }
+
+func TestIntegrityFailedStandsUntilTheOwnerAnswersAgain(t *testing.T) {
+	s := newSystem(t)
+	f := newFixture()
+	clock := testclock.New(f.T0)
+	r := startMonitor(t, s, clock, nil)
+	o := healthyUp(t, s, f)
+	waitReport(t, r, statusIs(candles.CheckOK))
+
+	// The owner goes silent, and the last thing it said was that the file is damaged.
+	o.stop(t)
+	s.publish(&candles.IntegrityFailed{EventHeader: candles.NewHeader(candles.KindIntegrityFailed, ""), Database: "/data/candles.db",
+		Check: "query", Problems: []string{"database disk image is malformed"}, DetectedAt: f.T0})
+	rep := waitReport(t, r, func(rep candles.HealthReport) error {
+		if c := checkOf(rep, checkIntegrity); c.Status != candles.CheckFail {
+			return fmt.Errorf("integrity %s: %s", c.Status, c.Reason)
+		}
+		return nil
+	})
+	if c := checkOf(rep, checkIntegrity); !slices.Equal(c.Details, []string{"database disk image is malformed"}) {
+		t.Errorf("integrity details %q, want the event's problems", c.Details)
+	}
+	checkfor.Check(t, waitFor, pollGap, func() error {
+		if v, ok := value(r.metrics(t), "candlekeep_db_integrity_ok"); !ok || v != 0 {
+			return fmt.Errorf("db_integrity_ok %v (present %v), want 0", v, ok)
+		}
+		return nil
+	})
+
+	// A (restored) database's owner answers healthy: its word stands.
+	startOwner(t, s, f.DB, f.Coverage)
+	waitReport(t, r, statusIs(candles.CheckOK))
+	checkfor.Check(t, waitFor, pollGap, func() error {
+		if v, _ := value(r.metrics(t), "candlekeep_db_integrity_ok"); v != 1 {
+			return fmt.Errorf("db_integrity_ok %v, want 1", v)
+		}
+		return nil
+	})
+}

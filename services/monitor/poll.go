@@ -53,9 +53,13 @@ func (m *Monitor) pollTimeout() time.Duration {
 // pollAll asks everything concurrently, each request bounded.
 func (m *Monitor) pollAll(ctx context.Context) poll {
 	var p poll
+	// The configuration first (the coverage request names its pairs),
+	// with its own bound so a slow read leaves the others their time.
+	sctx, scancel := context.WithTimeout(ctx, m.pollTimeout())
+	p.settings, p.settingsErr = m.loadSettings(sctx)
+	scancel()
 	ctx, cancel := context.WithTimeout(ctx, m.pollTimeout())
 	defer cancel()
-	p.settings, p.settingsErr = m.loadSettings(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		p.db, p.dbErr = request[candles.DatabaseHealth](ctx, m.o.Conn, candles.SubjectAPIDatabase, nil)
