@@ -61,6 +61,9 @@ type snapshot struct {
 	DB             *candles.DatabaseHealth
 	DBAt           time.Time
 	OwnerAnswering bool
+	// OwnerProblem is the owner's error answer (e.g. its quick_check
+	// could not run): it is alive, and the file's state is unknown.
+	OwnerProblem string
 	// Coverage is the owner's last coverage answer (nil: never).
 	Coverage   map[candles.Pair]candles.PairCoverage
 	CoverageAt time.Time
@@ -224,6 +227,9 @@ func checkIntegrityOf(s snapshot) candles.Check {
 		damaged, c.AsOf = s.Damage, s.Now
 	}
 	switch {
+	case damaged == nil && s.OwnerProblem != "":
+		c.Status, c.Value = candles.CheckUnknown, "unknown"
+		c.Reason = "the database's owner could not check the file: " + s.OwnerProblem
 	case damaged != nil:
 		c.Status, c.Value = candles.CheckFail, "damaged"
 		c.Reason = fmt.Sprintf("%s found the database damaged at %s; writes stopped", damaged.Check, damaged.DetectedAt.UTC().Format(time.RFC3339))

@@ -86,6 +86,8 @@ func TestChecks(t *testing.T) {
 			s.DB = nil
 			s.Damage = &candles.IntegrityFailed{Check: "quick_check", Problems: []string{"x"}, DetectedAt: t0}
 		}, checkIntegrity, candles.CheckFail, "damaged", []string{"x"}, ""},
+		{"integrity unknown when the owner could not check", func(s *snapshot) { s.OwnerProblem = "candles.api.database answered 500: timeout" },
+			checkIntegrity, candles.CheckUnknown, "unknown", nil, "could not check the file: candles.api.database answered 500: timeout"},
 		{"integrity unknown before the owner answered", func(s *snapshot) { s.DB = nil }, checkIntegrity, candles.CheckUnknown, "unknown", nil, ""},
 		{"size ok", nil, checkSize, candles.CheckOK, "1.2 MB, 20 candles, 45.0 GB free (18 %)", nil, "enough"},
 		{"size fails with no rows", func(s *snapshot) { s.DB.Candles = 0 },

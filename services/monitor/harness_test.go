@@ -76,7 +76,9 @@ type owner struct {
 	db       candles.DatabaseHealth
 	coverage candles.CoverageResponse
 	asked    []candles.CoverageRequest
-	svc      micro.Service
+	// errCode and errText, when set, are the database endpoint's error answer.
+	errCode, errText string
+	svc              micro.Service
 }
 
 func startOwner(t *testing.T, s *system, db candles.DatabaseHealth, cov []candles.PairCoverage) *owner {
@@ -98,6 +100,10 @@ func startOwner(t *testing.T, s *system, db candles.DatabaseHealth, cov []candle
 	if err := o.svc.AddEndpoint("database", micro.HandlerFunc(func(r micro.Request) {
 		o.mu.Lock()
 		defer o.mu.Unlock()
+		if o.errCode != "" {
+			_ = r.Error(o.errCode, o.errText, nil)
+			return
+		}
 		reply(r, o.db)
 	}), micro.WithEndpointSubject(candles.SubjectAPIDatabase)); err != nil {
 		t.Fatal(err)
@@ -114,6 +120,13 @@ func startOwner(t *testing.T, s *system, db candles.DatabaseHealth, cov []candle
 	}
 	t.Cleanup(func() { _ = o.svc.Stop() })
 	return o
+}
+
+// fail makes the database endpoint answer with a micro error (code "" answers again).
+func (o *owner) fail(code, text string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.errCode, o.errText = code, text
 }
 
 func (o *owner) stop(t *testing.T) {

@@ -140,9 +140,12 @@ type Monitor struct {
 	mu sync.Mutex
 	ev eventState
 	// What the polls learned, last known values kept.
-	db        *candles.DatabaseHealth
-	dbAt      time.Time
-	ownerDown bool
+	db   *candles.DatabaseHealth
+	dbAt time.Time
+	// ownerDown: the owner answered once and then stopped answering;
+	// ownerProblem: it answers, with an error (its check could not run).
+	ownerDown    bool
+	ownerProblem string
 	// damage is the last integrity.failed read (damages counts them): it
 	// stands until the owner answers a request sent after it was read (the
 	// answer then says whether the file is damaged).
@@ -207,15 +210,11 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("monitor: notifications: %w", err)
 	}
-	ruleSet := rules.All()
-	if m.o.RuleTimeScale > 1 {
-		for i := range ruleSet {
-			ruleSet[i].For = time.Duration(float64(ruleSet[i].For) / m.o.RuleTimeScale)
-		}
-	}
-	alerter, err := alerts.New(ctx, alerts.Options{JS: m.js, Rules: ruleSet, Sender: disp,
+	// The rules' "for" durations are divided by RuleTimeScale in the
+	// evaluator (alerts passes it to SetTimeScale).
+	alerter, err := alerts.New(ctx, alerts.Options{JS: m.js, Rules: rules.All(), Sender: disp,
 		RepeatInterval: m.o.RepeatInterval, Replicas: m.o.Replicas, Source: m.o.Source,
-		Logger: m.log.With("component", "alerts"), Now: m.o.Now})
+		Logger: m.log.With("component", "alerts"), Now: m.o.Now, Registerer: m.o.Registry, TimeScale: m.o.RuleTimeScale})
 	if err != nil {
 		return fmt.Errorf("monitor: alerts: %w", err)
 	}
@@ -242,7 +241,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 		}
 	}()
 
-	replayed := make(chan struct{})
+	replayed, asked := make(chan struct{}), make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return m.readEvents(gctx, func(samples []sample) {
@@ -255,11 +254,16 @@ func (m *Monitor) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return m.watchAdvisories(gctx) })
 	g.Go(func() error { return disp.Run(gctx) })
+	g.Go(func() error { return m.pollDatabase(gctx, func() { close(asked) }) })
 	g.Go(func() error {
-		select {
-		case <-gctx.Done():
-			return nil
-		case <-replayed:
+		// The first evaluation waits for the replay and for the owner's
+		// first answer (or its failure), so it reports what is known.
+		for _, ch := range []chan struct{}{replayed, asked} {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-ch:
+			}
 		}
 		return m.evalLoop(gctx)
 	})
@@ -330,9 +334,6 @@ func (m *Monitor) evalLoop(ctx context.Context) error {
 // evaluate is one evaluation: poll → snapshot → checks → metrics →
 // History → alert rules. Errors are logged, never fatal.
 func (m *Monitor) evaluate(ctx context.Context) {
-	m.mu.Lock()
-	damagesBefore := m.damages
-	m.mu.Unlock()
 	p := m.pollAll(ctx)
 	if ctx.Err() != nil {
 		return
@@ -346,21 +347,6 @@ func (m *Monitor) evaluate(ctx context.Context) {
 	case p.settingsErr == nil && m.settingsDown:
 		m.settingsDown = false
 		m.log.Info("the cluster configuration is readable again", "bucket", cluster.ConfigBucket)
-	}
-	switch {
-	case p.db != nil:
-		if m.ownerDown {
-			m.log.Info("the database's owner answers again", "subject", candles.SubjectAPIDatabase, "holder", p.db.Holder)
-		}
-		m.db, m.dbAt, m.ownerDown = p.db, now, false
-		if m.damages == damagesBefore {
-			m.damage = nil
-		}
-	case m.db != nil && !m.ownerDown:
-		// Logged once when it stops; the activity check says it at every evaluation.
-		m.ownerDown = true
-		m.log.Warn("the database's owner does not answer; reporting its last known values", "subject", candles.SubjectAPIDatabase,
-			"since", m.dbAt, "err", p.dbErr)
 	}
 	if p.coverage != nil {
 		cov := make(map[candles.Pair]candles.PairCoverage, len(p.coverage.Pairs))
@@ -377,7 +363,7 @@ func (m *Monitor) evaluate(ctx context.Context) {
 	s := &snapshot{
 		Now: now, MaxStaleness: m.o.MaxStaleness,
 		Pairs: p.settings.Pairs(), SchedulePeriod: schedulePeriod(p.settings.SyncSchedule, now), SyncTimeout: p.settings.SyncTimeout,
-		DB: m.db, DBAt: m.dbAt, OwnerAnswering: p.db != nil,
+		DB: m.db, DBAt: m.dbAt, OwnerAnswering: !m.ownerDown, OwnerProblem: m.ownerProblem,
 		Coverage: m.coverage, CoverageAt: m.coverageAt,
 		Alive: p.alive, BackupSeen: m.everSeen[serviceBackup] || m.ev.backupSeen, BackupServiceSeen: m.everSeen[serviceBackup],
 		LastSync: m.ev.lastSync, LastBackup: m.ev.lastBackup,

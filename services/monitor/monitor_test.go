@@ -560,3 +560,25 @@ func TestIntegrityFailedStandsUntilTheOwnerAnswersAgain(t *testing.T) {
 		return nil
 	})
 }
+
+func TestOwnerErrorAnswerMeansCannotTellTheFilesState(t *testing.T) {
+	s := newSystem(t)
+	f := newFixture()
+	clock := testclock.New(f.T0)
+	r := startMonitor(t, s, clock, nil)
+	o := healthyUp(t, s, f)
+	waitReport(t, r, statusIs(candles.CheckOK))
+
+	o.fail("500", "quick_check did not finish within 30s")
+	rep := waitReport(t, r, statusIs(candles.CheckUnknown))
+	c := checkOf(rep, checkIntegrity)
+	if c.Status != candles.CheckUnknown || !strings.Contains(c.Reason, "quick_check did not finish within 30s") || !c.AsOf.Equal(f.T0) {
+		t.Errorf("integrity %s %q as of %s, want unknown naming the owner's error, as of %s", c.Status, c.Reason, c.AsOf, f.T0)
+	}
+	if c := checkOf(rep, checkActivity); c.Status != candles.CheckOK {
+		t.Errorf("activity %s %q: the owner answers, it is not down", c.Status, c.Reason)
+	}
+
+	o.fail("", "")
+	waitReport(t, r, statusIs(candles.CheckOK))
+}

@@ -36,8 +36,6 @@ var watchedConsumers = []struct{ Stream, Consumer string }{
 type poll struct {
 	settings    cluster.Settings
 	settingsErr error
-	db          *candles.DatabaseHealth
-	dbErr       error
 	coverage    *candles.CoverageResponse
 	coverageErr error
 	alive       map[string]int
@@ -61,9 +59,6 @@ func (m *Monitor) pollAll(ctx context.Context) poll {
 	ctx, cancel := context.WithTimeout(ctx, m.pollTimeout())
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		p.db, p.dbErr = request[candles.DatabaseHealth](ctx, m.o.Conn, candles.SubjectAPIDatabase, nil)
-	})
 	wg.Go(func() {
 		req, _ := json.Marshal(candles.CoverageRequest{Pairs: p.settings.Pairs()})
 		p.coverage, p.coverageErr = request[candles.CoverageResponse](ctx, m.o.Conn, candles.SubjectAPICoverage, req)
@@ -113,13 +108,23 @@ func request[T any](ctx context.Context, nc *nats.Conn, subject string, data []b
 		return nil, fmt.Errorf("request %s: %w", subject, err)
 	}
 	if e := msg.Header.Get(micro.ErrorHeader); e != "" {
-		return nil, fmt.Errorf("request %s: %s (code %s)", subject, e, msg.Header.Get(micro.ErrorCodeHeader))
+		return nil, &serviceError{Subject: subject, Code: msg.Header.Get(micro.ErrorCodeHeader), Description: e}
 	}
 	var v T
 	if err := json.Unmarshal(msg.Data, &v); err != nil {
 		return nil, fmt.Errorf("reply of %s: %w", subject, err)
 	}
 	return &v, nil
+}
+
+// serviceError is a micro error reply: the service answered, and could
+// not do what was asked.
+type serviceError struct {
+	Subject, Code, Description string
+}
+
+func (e *serviceError) Error() string {
+	return fmt.Sprintf("%s answered %s: %s", e.Subject, e.Code, e.Description)
 }
 
 // collect publishes a request on subject and gathers every reply arriving
