@@ -314,8 +314,8 @@ func checkOf(rep candles.HealthReport, name string) candles.Check {
 	return candles.Check{}
 }
 
-// waitEvaluated waits until the monitor evaluated at or after the clock's
-// time and cond holds on its report.
+// waitReport waits until the monitor's last report satisfies cond and
+// returns that report.
 func waitReport(t *testing.T, r *running, cond func(candles.HealthReport) error) candles.HealthReport {
 	t.Helper()
 	var rep candles.HealthReport

@@ -256,14 +256,20 @@ func (m *Monitor) Run(ctx context.Context) error {
 	g.Go(func() error { return disp.Run(gctx) })
 	g.Go(func() error { return m.pollDatabase(gctx, func() { close(asked) }) })
 	g.Go(func() error {
-		// The first evaluation waits for the replay and for the owner's
-		// first answer (or its failure), so it reports what is known.
-		for _, ch := range []chan struct{}{replayed, asked} {
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-ch:
-			}
+		// The first evaluation waits for the replay, and a little for the
+		// owner's first answer (or its failure), so it reports what is known.
+		select {
+		case <-gctx.Done():
+			return nil
+		case <-replayed:
+		}
+		t := time.NewTimer(maxPollTimeout)
+		defer t.Stop()
+		select {
+		case <-gctx.Done():
+			return nil
+		case <-asked:
+		case <-t.C:
 		}
 		return m.evalLoop(gctx)
 	})
@@ -285,7 +291,11 @@ func (m *Monitor) Run(ctx context.Context) error {
 			m.o.Ready(ln.Addr().String())
 		}
 	}
-	m.log.Info("monitor started", "http_listen", m.o.HTTPListen, "eval_interval", m.o.EvalInterval,
+	listen := ""
+	if ln != nil {
+		listen = ln.Addr().String()
+	}
+	m.log.Info("monitor started", "http_listen", listen, "eval_interval", m.o.EvalInterval,
 		"max_staleness", m.o.MaxStaleness, "receivers", len(m.o.Receivers))
 	err = g.Wait()
 	m.log.Info("monitor stopped")
