@@ -58,8 +58,10 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 	var finishOnce sync.Once
 	finishReplay := func() {
 		finishOnce.Do(func() {
+			// Up to just before now: the first live evaluation appends
+			// the sample at now (even with a clock that stands still).
 			m.mu.Lock()
-			rp.advance(m.o.Now(), m.ev.c)
+			rp.advance(m.o.Now().Add(-time.Nanosecond), m.ev.c)
 			m.mu.Unlock()
 			caughtUp.Store(true)
 			done(rp.samples)
