@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -33,9 +34,9 @@ const (
 	DefaultVersion      = "0.1.0"
 	// ServiceName is the monitor's micro service.
 	ServiceName = serviceMonitor
-	// historyRetention is how long the rules' History keeps samples: the
-	// widest rule window (1h) and room for its extrapolation.
-	historyRetention = replayWindow + 5*time.Minute
+	// historySlack is kept in the rules' History beyond the widest rule
+	// window: the 5 minutes an instant query looks back.
+	historySlack = 5 * time.Minute
 	// shutdownGrace bounds the HTTP server's Shutdown.
 	shutdownGrace = 3 * time.Second
 )
@@ -61,8 +62,9 @@ type Options struct {
 	Receivers map[string]notify.Notifier
 	// RepeatInterval is how often a still-firing CRITICAL group is sent again.
 	RepeatInterval time.Duration
-	// RuleTimeScale divides the rules' "for" durations (tests and demos
-	// run them faster); 1 in production.
+	// RuleTimeScale multiplies the rules' "for" durations and increase()
+	// windows (0.01 makes an hour 36 s, for demos and tests); 1, the
+	// rules' real time, in production.
 	RuleTimeScale float64
 	// Replicas of the KV buckets the alerting keeps its state in.
 	Replicas int
@@ -110,8 +112,8 @@ func (o Options) Validate() error {
 	if o.RepeatInterval < time.Second {
 		errs = append(errs, fmt.Errorf("--repeat-interval %s: want at least 1s (default %s)", o.RepeatInterval, alerts.DefaultRepeatInterval))
 	}
-	if o.RuleTimeScale < 1 {
-		errs = append(errs, fmt.Errorf("--rule-time-scale %g: want 1 or more (1: the rules' real durations)", o.RuleTimeScale))
+	if !(o.RuleTimeScale > 0) || math.IsInf(o.RuleTimeScale, 0) {
+		errs = append(errs, fmt.Errorf("--rule-time-scale %g: want a number above 0 (1 is real time, 0.01 makes an hour 36s)", o.RuleTimeScale))
 	}
 	if o.Replicas < 1 || o.Replicas > 5 {
 		errs = append(errs, fmt.Errorf("--stream-replicas %d: want 1 to 5", o.Replicas))
@@ -181,7 +183,10 @@ func New(o Options) (*Monitor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("monitor: jetstream: %w", err)
 	}
-	m := &Monitor{o: o, log: o.Logger, js: js, hist: rules.NewHistory(historyRetention),
+	// The History keeps the widest rule window (1h), scaled, and room
+	// for the lookback.
+	retention := time.Duration(float64(replayWindow)*max(o.RuleTimeScale, 1)) + historySlack
+	m := &Monitor{o: o, log: o.Logger, js: js, hist: rules.NewHistory(retention),
 		ev: newEventState(), everSeen: map[string]bool{}}
 	m.appendHistory = m.hist.Append
 	if err := o.Registry.Register(m.newCollector()); err != nil {
@@ -210,8 +215,8 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("monitor: notifications: %w", err)
 	}
-	// The rules' "for" durations are divided by RuleTimeScale in the
-	// evaluator (alerts passes it to SetTimeScale).
+	// The evaluator scales the rules' durations by RuleTimeScale (alerts
+	// passes it to its SetTimeScale).
 	alerter, err := alerts.New(ctx, alerts.Options{JS: m.js, Rules: rules.All(), Sender: disp,
 		RepeatInterval: m.o.RepeatInterval, Replicas: m.o.Replicas, Source: m.o.Source,
 		Logger: m.log.With("component", "alerts"), Now: m.o.Now, Registerer: m.o.Registry, TimeScale: m.o.RuleTimeScale})
