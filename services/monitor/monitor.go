@@ -62,9 +62,11 @@ type Options struct {
 	Receivers map[string]notify.Notifier
 	// RepeatInterval is how often a still-firing CRITICAL group is sent again.
 	RepeatInterval time.Duration
-	// RuleTimeScale multiplies the rules' "for" durations and increase()
-	// windows (0.01 makes an hour 36 s, for demos and tests); 1, the
-	// rules' real time, in production.
+	// RuleTimeScale speeds the rules' time up: their "for" durations and
+	// increase() windows are divided by it (100 makes an hour 36 s, for
+	// demos and tests); 1, the rules' real time, in production. The
+	// --rule-time-scale flag multiplies the durations (0.01 for the same),
+	// so a command passes 1 / flag here.
 	RuleTimeScale float64
 	// Replicas of the KV buckets the alerting keeps its state in.
 	Replicas int
@@ -113,7 +115,7 @@ func (o Options) Validate() error {
 		errs = append(errs, fmt.Errorf("--repeat-interval %s: want at least 1s (default %s)", o.RepeatInterval, alerts.DefaultRepeatInterval))
 	}
 	if !(o.RuleTimeScale > 0) || math.IsInf(o.RuleTimeScale, 0) {
-		errs = append(errs, fmt.Errorf("--rule-time-scale %g: want a number above 0 (1 is real time, 0.01 makes an hour 36s)", o.RuleTimeScale))
+		errs = append(errs, fmt.Errorf("--rule-time-scale: speed-up %g (1 / the flag): want a finite number above 0 (1 is real time)", o.RuleTimeScale))
 	}
 	if o.Replicas < 1 || o.Replicas > 5 {
 		errs = append(errs, fmt.Errorf("--stream-replicas %d: want 1 to 5", o.Replicas))
@@ -185,7 +187,7 @@ func New(o Options) (*Monitor, error) {
 	}
 	// The History keeps the widest rule window (1h), scaled, and room
 	// for the lookback.
-	retention := time.Duration(float64(replayWindow)*max(o.RuleTimeScale, 1)) + historySlack
+	retention := time.Duration(float64(replayWindow)/min(o.RuleTimeScale, 1)) + historySlack
 	m := &Monitor{o: o, log: o.Logger, js: js, hist: rules.NewHistory(retention),
 		ev: newEventState(), everSeen: map[string]bool{}}
 	m.appendHistory = m.hist.Append
@@ -215,11 +217,11 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("monitor: notifications: %w", err)
 	}
-	// The evaluator scales the rules' durations by RuleTimeScale (alerts
-	// passes it to its SetTimeScale).
+	// The evaluator multiplies the rules' durations by its time scale
+	// (alerts passes it to SetTimeScale): the inverse of the speed-up.
 	alerter, err := alerts.New(ctx, alerts.Options{JS: m.js, Rules: rules.All(), Sender: disp,
 		RepeatInterval: m.o.RepeatInterval, Replicas: m.o.Replicas, Source: m.o.Source,
-		Logger: m.log.With("component", "alerts"), Now: m.o.Now, Registerer: m.o.Registry, TimeScale: m.o.RuleTimeScale})
+		Logger: m.log.With("component", "alerts"), Now: m.o.Now, Registerer: m.o.Registry, TimeScale: 1 / m.o.RuleTimeScale})
 	if err != nil {
 		return fmt.Errorf("monitor: alerts: %w", err)
 	}

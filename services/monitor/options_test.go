@@ -28,9 +28,9 @@ func TestOptionsValidateNamesTheFlag(t *testing.T) {
 		{"evaluation interval", func(o *Options) { o.EvalInterval = 0 }, "--eval-interval 0s"},
 		{"max staleness", func(o *Options) { o.MaxStaleness = -time.Hour }, "--max-staleness -1h0m0s"},
 		{"repeat interval", func(o *Options) { o.RepeatInterval = 0 }, "--repeat-interval 0s"},
-		{"a faster rule time", func(o *Options) { o.RuleTimeScale = 0.01 }, ""},
-		{"rule time scale 0", func(o *Options) { o.RuleTimeScale = 0 }, "--rule-time-scale 0"},
-		{"negative rule time scale", func(o *Options) { o.RuleTimeScale = -1 }, "--rule-time-scale -1"},
+		{"a faster rule time", func(o *Options) { o.RuleTimeScale = 100 }, ""},
+		{"rule time speed-up 0", func(o *Options) { o.RuleTimeScale = 0 }, "--rule-time-scale: speed-up 0"},
+		{"negative rule time speed-up", func(o *Options) { o.RuleTimeScale = -1 }, "--rule-time-scale: speed-up -1"},
 		{"replicas", func(o *Options) { o.Replicas = 0 }, "--stream-replicas 0"},
 		{"receiver without notifier", func(o *Options) { o.Receivers = map[string]notify.Notifier{"slack": nil} }, `receiver "slack"`},
 	}
