@@ -1,6 +1,8 @@
 package monitor
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
@@ -17,6 +19,13 @@ type collector struct {
 	// and a copy of the counters.
 	state func() (*snapshot, counters)
 	d     descs
+
+	// The per-pair series of the last snapshot, built once per snapshot
+	// (by the evaluation's own Gather) and sent as they are by scrapes.
+	mu        sync.Mutex
+	pairsOf   *snapshot
+	pairs     []prometheus.Metric
+	completed int
 }
 
 var _ prometheus.Collector = (*collector)(nil)
@@ -174,26 +183,11 @@ func splitKey(key string) (string, string) {
 // collectSnapshot emits the gauges of one evaluation.
 func (c *collector) collectSnapshot(ch chan<- prometheus.Metric, s *snapshot) {
 	d := &c.d
-	// Per pair: the hot path with 10,000 pairs.
 	gauge(ch, d.pairsConfigured, float64(len(s.Pairs)))
 	if s.Coverage != nil {
-		complete := 0
-		for _, p := range s.Pairs {
-			iv, err := candles.ParseInterval(p.Interval)
-			if err != nil {
-				continue
-			}
-			gauge(ch, d.stalenessLimit, candles.StalenessLimit(iv, s.MaxStaleness).Seconds(), p.Symbol, p.Interval)
-			pc, ok := s.Coverage[p]
-			if !ok {
-				continue
-			}
-			if _, healthy := pc.Status(s.Now, s.MaxStaleness); healthy {
-				complete++
-			}
-			if pc.Count > 0 {
-				gauge(ch, d.staleness, pc.Staleness(s.Now).Seconds(), p.Symbol, p.Interval)
-			}
+		series, complete := c.pairSeries(s)
+		for _, m := range series {
+			ch <- m
 		}
 		gauge(ch, d.pairsComplete, float64(complete))
 	}
@@ -279,6 +273,41 @@ func (c *collector) collectSnapshot(ch chan<- prometheus.Metric, s *snapshot) {
 	for _, chk := range s.Checks {
 		gauge(ch, d.healthCheck, statusValue(chk.Status), chk.Name)
 	}
+}
+
+// pairSeries returns the per-pair staleness and limit series of s and how
+// many pairs are complete: the hot path with 10,000 pairs, so built once
+// per snapshot.
+func (c *collector) pairSeries(s *snapshot) ([]prometheus.Metric, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pairsOf == s {
+		return c.pairs, c.completed
+	}
+	d := &c.d
+	out := make([]prometheus.Metric, 0, 2*len(s.Pairs))
+	complete := 0
+	for _, p := range s.Pairs {
+		iv, err := candles.ParseInterval(p.Interval)
+		if err != nil {
+			continue
+		}
+		out = append(out, prometheus.MustNewConstMetric(d.stalenessLimit, prometheus.GaugeValue,
+			candles.StalenessLimit(iv, s.MaxStaleness).Seconds(), p.Symbol, p.Interval))
+		pc, ok := s.Coverage[p]
+		if !ok {
+			continue
+		}
+		if _, healthy := pc.Status(s.Now, s.MaxStaleness); healthy {
+			complete++
+		}
+		if pc.Count > 0 {
+			out = append(out, prometheus.MustNewConstMetric(d.staleness, prometheus.GaugeValue,
+				pc.Staleness(s.Now).Seconds(), p.Symbol, p.Interval))
+		}
+	}
+	c.pairsOf, c.pairs, c.completed = s, out, complete
+	return out, complete
 }
 
 // statusValue is a check status as health_check_status' number.
