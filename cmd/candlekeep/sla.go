@@ -196,3 +196,21 @@ func parseWhen(s string) (time.Time, error) {
 	}
 	return time.Time{}, errors.New("want RFC 3339 (2026-11-01T00:00:00Z) or a date (2026-11-01)")
 }
+
+// slaScheduleFlag is the monitor's --sla-schedule (for `candlekeep monitor`
+// and `candlekeep up`): when the monthly SLA audit runs. Register it with
+// the monitor's flags and pass the value to monitor.Options.SLASchedule.
+type slaScheduleFlag struct{ value string }
+
+func (f *slaScheduleFlag) register(fs *flag.FlagSet) {
+	f.value = sla.DefaultSchedule
+	fs.StringVar(&f.value, "sla-schedule", sla.DefaultSchedule,
+		`when the monitor runs the monthly SLA audit of the previous month (sla.report and a summary to the receivers), `+
+			`installed as a JetStream message schedule: 6-field cron with seconds (UTC), 5-field cron, "@every 1h", "@monthly", or "off"`)
+}
+
+// check validates the flag; the error names it and says what is allowed.
+func (f *slaScheduleFlag) check() error {
+	_, _, err := sla.ParseSchedule(f.value, time.Now())
+	return err
+}

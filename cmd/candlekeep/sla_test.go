@@ -392,3 +392,27 @@ func TestSLABeforeHistory(t *testing.T) {
 		}
 	}
 }
+
+func TestSLAScheduleFlag(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+		err  string
+	}{
+		{nil, "0 0 3 1 * *", ""},
+		{[]string{"--sla-schedule", "@every 1s"}, "@every 1s", ""},
+		{[]string{"--sla-schedule", "off"}, "off", ""},
+		{[]string{"--sla-schedule", "3 1 *"}, "3 1 *", `--sla-schedule "3 1 *": 3 fields`},
+	} {
+		var f slaScheduleFlag
+		fs := flagSet("monitor", "", "", &bytes.Buffer{})
+		f.register(fs)
+		if err := fs.Parse(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		err := f.check()
+		if f.value != tt.want || (tt.err == "") != (err == nil) || (err != nil && !strings.HasPrefix(err.Error(), tt.err)) {
+			t.Errorf("%q: value %q err %v; want %q err %q", tt.args, f.value, err, tt.want, tt.err)
+		}
+	}
+}
