@@ -416,3 +416,26 @@ func TestSLAScheduleFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestSLAShortRetentionNote: EVENTS keeping less than a month and a margin
+// is said in the report.
+func TestSLAShortRetentionNote(t *testing.T) {
+	ns := natstest.RunServer(t)
+	js, err := jetstream.New(natstest.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := candles.EnsureStreams(context.Background(), js, candles.StreamOptions{EventsMaxAge: 30 * 24 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	clock := testclock.New(slaFrom)
+	ev := &candles.FreshnessChanged{EventHeader: candles.NewHeader(candles.KindFreshnessChanged, ""), Configured: slaPairs, Fresh: 3}
+	if err := candles.PublishEvent(context.Background(), js, ev, "", clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	_, out, errOut := runSLAIn(t, clock, "--nats-url", ns.ClientURL(), "--from", "2026-10-01", "--to", "2026-10-01T01:00:00Z")
+	want := "EVENTS keeps events for 30 days only; a monthly audit needs at least 35 days (candlekeep config set events-max-age=960h0m0s)"
+	if !strings.Contains(out, want) {
+		t.Errorf("output lacks %q:\n%s\n%s", want, out, errOut)
+	}
+}

@@ -43,7 +43,7 @@ func (l Loaded) Notes(from time.Time) []string {
 	var out []string
 	if l.MaxAge > 0 && l.MaxAge < candles.MinEventsMaxAge {
 		out = append(out, fmt.Sprintf("EVENTS keeps events for %s only; a monthly audit needs at least %s (candlekeep config set events-max-age=%s)",
-			Duration(l.MaxAge), Duration(candles.MinEventsMaxAge), candles.DefaultEventsMaxAge))
+			days(l.MaxAge), days(candles.MinEventsMaxAge), candles.DefaultEventsMaxAge))
 	}
 	if !l.FirstTime.IsZero() && from.Before(l.FirstTime) {
 		out = append(out, "events before "+l.FirstTime.UTC().Format(time.RFC3339)+" have expired from EVENTS: the audit cannot see them")
@@ -52,6 +52,14 @@ func (l Loaded) Notes(from time.Time) []string {
 		out = append(out, fmt.Sprintf("%d events could not be read and were skipped (first: %s)", l.Invalid, l.FirstInvalid))
 	}
 	return out
+}
+
+// days shows a retention: "30 days", or a Duration when not whole days.
+func days(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	}
+	return Duration(d)
 }
 
 // readWait bounds one fetch from the stream.
