@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +20,9 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
 	"github.com/candlekeep/candlekeep/pkg/testclock"
+	"github.com/candlekeep/candlekeep/services/monitor/notify"
+	"github.com/candlekeep/candlekeep/services/monitor/notify/slack"
+	"github.com/candlekeep/candlekeep/services/monitor/sla"
 )
 
 // freshnessEvents reads every freshness.changed in EVENTS with its
@@ -176,5 +182,85 @@ func TestEventsRetentionWarning(t *testing.T) {
 				t.Errorf("log = %q, want warning %v", got, tt.warn)
 			}
 		})
+	}
+}
+
+// TestMonitorRunsTheSLAAudit: a monitor with --sla-schedule ticking every
+// second audits the month before its clock: one sla.report on EVENTS and
+// one summary at the Slack receiver, however many ticks.
+func TestMonitorRunsTheSLAAudit(t *testing.T) {
+	s := newSystem(t)
+	clock := testclock.New(time.Date(2026, 11, 1, 3, 0, 0, 0, time.UTC))
+	var mu sync.Mutex
+	var posts []string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		posts = append(posts, string(body))
+		mu.Unlock()
+		_, _ = w.Write([]byte("ok"))
+	}))
+	defer hook.Close()
+	sn, err := slack.New(slack.Options{WebhookURL: hook.URL + "/services/T/B/secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startMonitor(t, s, clock, func(o *Options) {
+		o.SLASchedule = "@every 1s"
+		o.Receivers = map[string]notify.Notifier{"slack": sn}
+	})
+	stream, err := s.js.Stream(context.Background(), candles.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev sla.ReportEvent
+	checkfor.Check(t, waitFor, pollGap, func() error {
+		msg, err := stream.GetLastMsgForSubject(context.Background(), candles.EventSubject(candles.KindSLAReport))
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(msg.Data, &ev)
+	})
+	if from := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC); !ev.Report.From.Equal(from) || !ev.Report.To.Equal(from.AddDate(0, 1, 0)) {
+		t.Errorf("audited %s..%s, want October 2026", ev.Report.From, ev.Report.To)
+	}
+	if !strings.HasPrefix(ev.Summary, "SLA audit October 2026: ") {
+		t.Errorf("summary %q", ev.Summary)
+	}
+	cons, err := s.js.Consumer(context.Background(), candles.StreamSync, sla.ConsumerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Three ticks handled (each queues its summary before its ack).
+	checkfor.Check(t, waitFor, pollGap, func() error {
+		ci, err := cons.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if ci.AckFloor.Consumer < 3 {
+			return fmt.Errorf("%d ticks handled", ci.AckFloor.Consumer)
+		}
+		return nil
+	})
+	checkfor.Check(t, waitFor, pollGap, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(posts) != 1 {
+			return fmt.Errorf("slack got %d messages", len(posts))
+		}
+		return nil
+	})
+	mu.Lock()
+	got := posts[0]
+	mu.Unlock()
+	if !strings.Contains(got, "SLA audit October 2026") || strings.Contains(got, "secret") {
+		t.Errorf("slack message:\n%s", got)
+	}
+	info, err := stream.Info(context.Background(), jetstream.WithSubjectFilter(candles.EventSubject(candles.KindSLAReport)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects[candles.EventSubject(candles.KindSLAReport)]; n != 1 {
+		t.Errorf("%d sla.report events, want 1", n)
 	}
 }
