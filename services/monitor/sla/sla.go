@@ -137,7 +137,6 @@ type Report struct {
 	Backups   Backups   `json:"backups"`
 	Recovery  Recovery  `json:"recovery"`
 	Alerts    []Alert   `json:"alerts"`
-	Targeted  Targets   `json:"targets_used"`
 }
 
 // Availability is how much of the window every configured pair was fresh.
@@ -245,7 +244,7 @@ const Context = 3 * 24 * time.Hour
 // the same report.
 func Compute(events []candles.Event, from, to time.Time, t Targets) Report {
 	from, to = from.UTC(), to.UTC()
-	r := Report{V: candles.Version, From: from, To: to, Targeted: t, Pairs: []string{}, Days: []Day{}, Alerts: []Alert{}}
+	r := Report{V: candles.Version, From: from, To: to, Pairs: []string{}, Days: []Day{}, Alerts: []Alert{}}
 	if !to.After(from) {
 		r.NoData = true
 		r.Notes = append(r.Notes, "empty window: --to is not after --from")

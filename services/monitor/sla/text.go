@@ -56,8 +56,8 @@ func WriteText(w io.Writer, r Report) error {
 			Duration(secs(b.WorstAgeSeconds)), b.WorstFrom.Format(time.RFC3339), b.WorstTo.Format(time.RFC3339), b.Failed)
 	}
 	rc := r.Recovery
-	fmt.Fprintf(ew, "Recovery: %d restores, %d drills (%d failed); worst RTO %s, worst RPO %s\n",
-		rc.Restores, rc.Drills, rc.DrillsFailed, Duration(secs(rc.RTOSeconds)), Duration(secs(rc.RPOSeconds)))
+	fmt.Fprintf(ew, "Recovery: %s, %s (%d failed); worst RTO %s, worst RPO %s\n",
+		plural(rc.Restores, "restore"), plural(rc.Drills, "drill"), rc.DrillsFailed, Duration(secs(rc.RTOSeconds)), Duration(secs(rc.RPOSeconds)))
 
 	fmt.Fprintf(ew, "\nAlerts (%d):\n", len(r.Alerts))
 	if len(r.Alerts) > 0 {
