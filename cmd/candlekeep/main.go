@@ -37,6 +37,8 @@ func commands() []command {
 		{"writer", "the writer service, connected to --nats-url", runWriter},
 		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
 		{"coverage", "what the database holds per pair: complete, missing, stale, known gaps (exit 1 if not all complete)", runCoverage},
+		{"health", "the six health checks and the firing alerts, from the monitor (exit 0 healthy, 1 problems, 2 cannot tell)", runHealth},
+		{"status", "sync runs in progress (live on a terminal) and the last runs, from the monitor", runStatus},
 		{"config", "read or change the cluster-wide settings stored in JetStream (get | set)", runConfig},
 	}
 }
