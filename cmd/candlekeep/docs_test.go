@@ -97,7 +97,7 @@ func TestOperationsRunbookCommandsWork(t *testing.T) {
 
 // longRunning matches the commands a runbook test does not run: make
 // targets and processes that serve until stopped.
-var longRunning = regexp.MustCompile(`^(make |.*&\s*$|(CANDLEKEEP_\S+=\S+ )*bin/candlekeep (up|writer|fetcher|sim)\b)`)
+var longRunning = regexp.MustCompile(`^(make |.*&\s*$|(CANDLEKEEP_\S+=\S+ )*bin/candlekeep (up|writer|fetcher|monitor|sim)\b)`)
 
 // runbookCommands returns the runnable commands inside ```sh blocks (lines
 // continued with a backslash joined), without trailing comments except an
