@@ -15,6 +15,7 @@ require (
 	github.com/adshao/go-binance/v2 v2.8.7 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/bitly/go-simplejson v0.5.0 // indirect
+	github.com/candlekeep/candlekeep/services/monitor v0.0.0-00010101000000-000000000000
 	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/google/uuid v1.6.0 // indirect
@@ -46,3 +47,5 @@ replace (
 	github.com/candlekeep/candlekeep/services/fetcher => ../../services/fetcher
 	github.com/candlekeep/candlekeep/services/writer => ../../services/writer
 )
+
+replace github.com/candlekeep/candlekeep/services/monitor => ../../services/monitor

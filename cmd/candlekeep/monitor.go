@@ -9,7 +9,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/cluster"
 )
 
 // Defaults of the monitor's flags. 9468 is clear of Prometheus' 9090 and
@@ -53,6 +56,8 @@ type monitorSettings struct {
 	// Ready, if set, is called with the HTTP listener's address once the
 	// monitor serves (tests use it with --http-listen 127.0.0.1:0).
 	Ready func(addr string)
+	// Now is the monitor's clock (nil: time.Now); in-process tests move it.
+	Now func() time.Time
 }
 
 // settings validates the flags and resolves the receivers' secrets. The
@@ -120,4 +125,22 @@ func runMonitor(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		return 1
 	}
 	return 0
+}
+
+// storedSettings reads the cluster configuration without joining it: the
+// stored values over the defaults. A process that only observes (the
+// monitor) must not seed the configuration with its defaults.
+func storedSettings(ctx context.Context, js jetstream.JetStream) (cluster.Settings, error) {
+	s := cluster.Defaults()
+	values, _, err := cluster.Load(ctx, js)
+	if err != nil {
+		return s, err
+	}
+	for name, v := range values {
+		k, _ := cluster.KeyByName(name)
+		if err := k.Set(&s, v); err != nil {
+			return s, fmt.Errorf("the stored %s: %w", name, err)
+		}
+	}
+	return s, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/mail"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/candlekeep/candlekeep/pkg/config"
+	"github.com/candlekeep/candlekeep/services/monitor/notify"
 )
 
 // Environment variables of the secrets that have no flag of their own: a
@@ -220,4 +222,16 @@ func checkHTTPURL(u string) error {
 		return errors.New("has no host")
 	}
 	return nil
+}
+
+// notifiers builds the configured receivers. It logs which ones are
+// configured, never their secrets.
+func (s receiverSpec) notifiers(log *slog.Logger) (map[string]notify.Notifier, error) {
+	out := map[string]notify.Notifier{}
+	// TODO(wt-C): slack, email and pagerduty once services/monitor/notify/* land.
+	if len(s.names()) > 0 {
+		return nil, fmt.Errorf("receivers %v: not built yet", s.names())
+	}
+	log.Info("no alert receivers configured: alerts are published as alert.firing events only")
+	return out, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/fetcher"
+	"github.com/candlekeep/candlekeep/services/monitor"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
 
@@ -187,8 +188,41 @@ func withConn(ctx context.Context, natsURL, name string, log *slog.Logger, fn fu
 	return runErr
 }
 
-// serveMonitor connects to natsURL and runs the monitor until ctx ends.
-// TODO(wt-C): wire services/monitor once it lands in main.
+// serveMonitor connects to natsURL and runs the monitor until ctx ends. It
+// reads the cluster configuration and never writes it: a monitor started
+// first must not seed settings the other services would then follow.
 func serveMonitor(ctx context.Context, natsURL string, ms monitorSettings, log *slog.Logger) error {
-	return fmt.Errorf("the monitor service is not built yet")
+	log = log.With("service", "monitor")
+	receivers, err := ms.Receivers.notifiers(log)
+	if err != nil {
+		return err
+	}
+	return withConn(ctx, natsURL, "candlekeep-monitor", log, func(nc *nats.Conn) error {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("jetstream: %w", err)
+		}
+		lctx, cancel := context.WithTimeout(ctx, joinTimeout)
+		s, err := storedSettings(lctx, js)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("read the cluster configuration: %w", err)
+		}
+		o := monitor.DefaultOptions()
+		o.Conn, o.Logger = nc, log
+		o.HTTPListen, o.EvalInterval, o.MaxStaleness = ms.HTTPListen, ms.EvalInterval, ms.MaxStaleness
+		o.RepeatInterval, o.Receivers, o.Ready = ms.RepeatInterval, receivers, ms.Ready
+		// --rule-time-scale multiplies the rules' durations (0.01: a 10m
+		// rule fires after 6s); the monitor divides them by its option.
+		o.RuleTimeScale = 1 / ms.RuleTimeScale
+		o.Replicas = s.StreamReplicas
+		if ms.Now != nil {
+			o.Now = ms.Now
+		}
+		m, err := monitor.New(o)
+		if err != nil {
+			return err
+		}
+		return m.Run(ctx)
+	})
 }
