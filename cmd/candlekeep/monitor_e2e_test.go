@@ -233,6 +233,9 @@ func TestSplitMonitorProcess(t *testing.T) {
 	standInBackup(t, nc, time.Now())
 	// The catch-up at start fills both pairs; then the monitor sees a healthy system.
 	checkfor.Check(t, time.Minute, 200*time.Millisecond, func() error {
+		if mon.exited() {
+			t.Fatalf("candlekeep monitor exited: %v\n%s", mon.err, mon.out)
+		}
 		code, hr, errOut := healthOf(t, server)
 		if code != 0 {
 			return fmt.Errorf("health exit %d (%s): %+v", code, errOut, hr)
