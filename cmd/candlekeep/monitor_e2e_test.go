@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -37,11 +38,11 @@ func testMonitorSettings(t *testing.T) monitorSettings {
 }
 
 // startUpMonitored runs `candlekeep up` in-process with the monitor, as
-// the command does by default, and returns the NATS URL and the monitor's
-// HTTP address.
-func startUpMonitored(t *testing.T, dataDir string, fo fetcher.Options, ms monitorSettings) (natsURL, httpAddr string) {
+// the command does by default, and returns the NATS URL once the writer
+// and the fetcher answer, and the monitor's HTTP address when it listens.
+func startUpMonitored(t *testing.T, dataDir string, fo fetcher.Options, ms monitorSettings) (natsURL string, httpAddr <-chan string) {
 	t.Helper()
-	addr := make(chan string, 1)
+	addr := make(chan string, 8) // the monitor may start more than once
 	ms.Ready = func(a string) { addr <- a }
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
@@ -60,16 +61,13 @@ func startUpMonitored(t *testing.T, dataDir string, fo fetcher.Options, ms monit
 			t.Error("up did not stop within 30s of cancel")
 		}
 	})
-	for natsURL == "" || httpAddr == "" {
-		select {
-		case natsURL = <-ready:
-		case httpAddr = <-addr:
-		case err := <-done:
-			done <- err
-			t.Fatalf("up stopped at start: %v", err)
-		case <-time.After(30 * time.Second):
-			t.Fatal("up with its monitor did not start within 30s")
-		}
+	select {
+	case natsURL = <-ready:
+	case err := <-done:
+		done <- err
+		t.Fatalf("up stopped at start: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("up did not start within 30s")
 	}
 	// The writer and the fetcher answer (a 400 to a probe is an answer).
 	nc := connect(t, natsURL)
@@ -79,7 +77,19 @@ func startUpMonitored(t *testing.T, dataDir string, fo fetcher.Options, ms monit
 			return err
 		})
 	}
-	return natsURL, httpAddr
+	return natsURL, addr
+}
+
+// listening waits for the monitor's HTTP address.
+func listening(t *testing.T, addr <-chan string) string {
+	t.Helper()
+	select {
+	case a := <-addr:
+		return a
+	case <-time.After(30 * time.Second):
+		t.Fatal("the monitor did not listen within 30s")
+		return ""
+	}
 }
 
 // standInBackup stands in for the backup service, which candlekeep does
@@ -138,7 +148,8 @@ func TestHealthOfASystemThatSyncedAndThenWentStale(t *testing.T) {
 	var offset atomic.Int64 // the monitor's clock runs ahead by this much
 	ms := testMonitorSettings(t)
 	ms.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
-	natsURL, httpAddr := startUpMonitored(t, t.TempDir(), fo, ms)
+	natsURL, addr := startUpMonitored(t, t.TempDir(), fo, ms)
+	httpAddr := listening(t, addr)
 	nc := connect(t, natsURL)
 	ev := watchEvents(t, nc)
 
@@ -249,4 +260,43 @@ func TestSplitMonitorProcess(t *testing.T) {
 	if !strings.Contains(mon.out.String(), "slack receiver configured") {
 		t.Fatalf("the monitor does not log its receivers:\n%s", mon.out)
 	}
+}
+
+// A monitor that cannot start inside `up` (its port is taken) does not stop
+// the pipeline: syncs complete, and the monitor comes up by itself once the
+// port is free.
+func TestUpKeepsSyncingWhileItsMonitorCannotStart(t *testing.T) {
+	_, simURL := startSim(t, sim.Options{})
+	fo := testFetcherOptions(simURL)
+	fo.Symbols, fo.Intervals, fo.Lookback = []string{"BTCUSDT"}, []string{"4h"}, 10
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	ms := testMonitorSettings(t)
+	ms.HTTPListen = taken.Addr().String()
+	natsURL, addr := startUpMonitored(t, t.TempDir(), fo, ms)
+	nc := connect(t, natsURL)
+	ev := watchEvents(t, nc)
+	acc := requestSync(t, nc, `{}`)
+	var done candles.SyncCompleted
+	ev.wait(t, candles.KindSyncCompleted, acc.RunID, time.Minute, &done)
+	if done.PairsOK != 1 || done.Candles != 10 {
+		t.Fatalf("sync.completed = %+v", done)
+	}
+	if code, _, errOut := runCmd(t, "health", "--nats-url", natsURL); code != 2 || !strings.Contains(errOut, "no monitor answered") {
+		t.Fatalf("health while the monitor cannot start: exit %d, %q", code, errOut)
+	}
+	taken.Close()
+	if got := listening(t, addr); got != ms.HTTPListen {
+		t.Fatalf("the monitor listens on %s, want %s", got, ms.HTTPListen)
+	}
+	checkfor.Check(t, 10*time.Second, 50*time.Millisecond, func() error {
+		_, hr, errOut := healthOf(t, natsURL)
+		if hr.V == 0 {
+			return fmt.Errorf("no health report: %s", errOut)
+		}
+		return nil
+	})
 }

@@ -157,12 +157,44 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	g.Go(func() error { return serveFetcher(gctx, url, cfg.Fetcher, m, log) })
 	g.Go(func() error { return watchStore(gctx, ns, url, filepath.Join(cfg.DataDir, "nats"), log) })
 	if cfg.Monitor != nil {
-		g.Go(func() error { return serveMonitor(gctx, url, *cfg.Monitor, log) })
+		g.Go(func() error { superviseMonitor(gctx, url, *cfg.Monitor, log); return nil })
 	}
 	if cfg.Ready != nil {
 		cfg.Ready(url)
 	}
 	return g.Wait()
+}
+
+// Backoff of a monitor that stopped inside `up`.
+const (
+	monitorRestartMin = time.Second
+	monitorRestartMax = time.Minute
+)
+
+// superviseMonitor runs the monitor inside `up` until ctx ends. The monitor
+// only observes: when it stops (its --http-listen port taken, NATS trouble)
+// the fetcher and the writer keep going, the error is logged, and the
+// monitor starts again after a backoff, so it comes back without a restart
+// of the pipeline. Meanwhile `candlekeep health` says no monitor answers.
+func superviseMonitor(ctx context.Context, url string, ms monitorSettings, log *slog.Logger) {
+	wait := monitorRestartMin
+	for {
+		started := time.Now()
+		err := serveMonitor(ctx, url, ms, log)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(started) > monitorRestartMax {
+			wait = monitorRestartMin // it ran a good while: a new failure
+		}
+		log.Error("monitor stopped; the fetcher and the writer keep running; restarting it", "service", "monitor", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, monitorRestartMax)
+	}
 }
 
 // watchStore keeps the embedded server's JetStream working through a full
