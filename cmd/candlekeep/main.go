@@ -40,6 +40,7 @@ func commands() []command {
 		{"coverage", "what the database holds per pair: complete, missing, stale, known gaps (exit 1 if not all complete)", runCoverage},
 		{"health", "the six health checks and the firing alerts, from the monitor (exit 0 healthy, 1 problems, 2 cannot tell)", runHealth},
 		{"status", "sync runs in progress (live on a terminal) and the last runs, from the monitor", runStatus},
+		{"sync", "request a sync, follow it and print a per-pair report (exit 0 ok, 1 failed, 124 timeout, 2 bad flags or no answer)", runSync},
 		{"config", "read or change the cluster-wide settings stored in JetStream (get | set)", runConfig},
 	}
 }
