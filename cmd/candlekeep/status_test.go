@@ -64,24 +64,6 @@ as of 2026-12-04T12:00:00Z
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe to read while a command writes to it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // --watch off a terminal asks every --interval and appends plain reports
 // (no redraw codes) until interrupted, then exits 0.
 func TestStatusWatchAppendsPlainReports(t *testing.T) {
