@@ -13,6 +13,7 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/cluster"
+	"github.com/candlekeep/candlekeep/services/monitor/notify"
 )
 
 // Defaults of the monitor's flags. 9468 is clear of Prometheus' 9090 and
@@ -53,6 +54,8 @@ type monitorSettings struct {
 	RepeatInterval time.Duration
 	RuleTimeScale  float64
 	Receivers      receiverSpec
+	// Notifiers are the receivers built from Receivers.
+	Notifiers map[string]notify.Notifier
 	// Ready, if set, is called with the HTTP listener's address once the
 	// monitor serves (tests use it with --http-listen 127.0.0.1:0).
 	Ready func(addr string)
@@ -83,7 +86,10 @@ func (m *monitorFlags) settings(getenv env) (monitorSettings, error) {
 		return s, fmt.Errorf("--rule-time-scale %v: want a number above 0 and at most 1 (1 in production; 0.01 makes a 10m rule fire after 6s)", m.ruleTimeScale)
 	}
 	var err error
-	s.Receivers, err = m.receivers.resolve(getenv)
+	if s.Receivers, err = m.receivers.resolve(getenv); err != nil {
+		return s, err
+	}
+	s.Notifiers, err = s.Receivers.notifiers()
 	return s, err
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -71,6 +72,7 @@ func TestBadMonitorFlagsAreRefusedAtStart(t *testing.T) {
 		{"smtp password without user", smtp, map[string]string{"CANDLEKEEP_SMTP_PASSWORD": "hunter2"}, []string{"--smtp-username is not"}},
 		{"smtp password file unreadable", append(smtp, "--smtp-username", "u", "--smtp-password-file", unreadable), nil,
 			[]string{"--smtp-password-file", unreadable, "is a directory"}},
+		{"smtp starttls unknown", append(smtp, "--smtp-starttls", "always"), nil, []string{`--smtp-starttls "always"`, "mandatory, opportunistic or none"}},
 		{"routing key file and environment", []string{"--pagerduty-routing-key-file", badURLFile}, map[string]string{"CANDLEKEEP_PAGERDUTY_ROUTING_KEY": "k"},
 			[]string{"--pagerduty-routing-key-file and CANDLEKEEP_PAGERDUTY_ROUTING_KEY are both set"}},
 		{"routing key file missing", []string{"--pagerduty-routing-key-file", missing}, nil, []string{"--pagerduty-routing-key-file", "no such file"}},
@@ -153,17 +155,17 @@ func TestReceiversResolve(t *testing.T) {
 		{"slack from the flag", receiverFlags{slackURL: secretURL, pagerDutyURL: defaultPagerDutyURL}, nil, receiverSpec{SlackWebhookURL: secretURL}},
 		{"every receiver from files",
 			receiverFlags{slackURLFile: urlFile, smtpAddr: "smtp.example.com:587", smtpFrom: "ck@example.com", smtpTo: []string{"a@example.com", "b@example.com"},
-				smtpUsername: "ck", smtpPasswordFile: pwFile, pagerDutyKeyFile: keyFile, pagerDutyURL: "http://127.0.0.1:8080/"}, nil,
+				smtpUsername: "ck", smtpPasswordFile: pwFile, smtpStartTLS: "mandatory", pagerDutyKeyFile: keyFile, pagerDutyURL: "http://127.0.0.1:8080/"}, nil,
 			receiverSpec{SlackWebhookURL: secretURL,
-				SMTP:      &smtpSpec{Addr: "smtp.example.com:587", From: "ck@example.com", To: []string{"a@example.com", "b@example.com"}, Username: "ck", Password: "hunter2"},
+				SMTP:      &smtpSpec{Addr: "smtp.example.com:587", From: "ck@example.com", To: []string{"a@example.com", "b@example.com"}, Username: "ck", Password: "hunter2", StartTLS: "mandatory"},
 				PagerDuty: &pagerDutySpec{RoutingKey: "R0UT1NGK3Y", URL: "http://127.0.0.1:8080"}}},
 		{"secrets from the environment",
-			receiverFlags{smtpAddr: "smtp.example.com:25", smtpFrom: "ck@example.com", smtpTo: []string{"a@example.com"}, smtpUsername: "ck", pagerDutyURL: defaultPagerDutyURL},
+			receiverFlags{smtpAddr: "smtp.example.com:25", smtpFrom: "ck@example.com", smtpTo: []string{"a@example.com"}, smtpUsername: "ck", smtpStartTLS: "opportunistic", pagerDutyURL: defaultPagerDutyURL},
 			map[string]string{"CANDLEKEEP_SMTP_PASSWORD": "hunter2", "CANDLEKEEP_PAGERDUTY_ROUTING_KEY": "R0UT1NGK3Y"},
-			receiverSpec{SMTP: &smtpSpec{Addr: "smtp.example.com:25", From: "ck@example.com", To: []string{"a@example.com"}, Username: "ck", Password: "hunter2"},
+			receiverSpec{SMTP: &smtpSpec{Addr: "smtp.example.com:25", From: "ck@example.com", To: []string{"a@example.com"}, Username: "ck", Password: "hunter2", StartTLS: "opportunistic"},
 				PagerDuty: &pagerDutySpec{RoutingKey: "R0UT1NGK3Y", URL: defaultPagerDutyURL}}},
-		{"smtp without auth", receiverFlags{smtpAddr: "127.0.0.1:2525", smtpFrom: "ck@example.com", smtpTo: []string{"a@example.com"}, pagerDutyURL: defaultPagerDutyURL}, nil,
-			receiverSpec{SMTP: &smtpSpec{Addr: "127.0.0.1:2525", From: "ck@example.com", To: []string{"a@example.com"}}}},
+		{"smtp relay without auth or TLS", receiverFlags{smtpAddr: "127.0.0.1:2525", smtpFrom: "ck@example.com", smtpTo: []string{"a@example.com"}, smtpStartTLS: "none", pagerDutyURL: defaultPagerDutyURL}, nil,
+			receiverSpec{SMTP: &smtpSpec{Addr: "127.0.0.1:2525", From: "ck@example.com", To: []string{"a@example.com"}, StartTLS: "none"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -173,6 +175,20 @@ func TestReceiversResolve(t *testing.T) {
 			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("got %+v\nwant %+v", got, tt.want)
+			}
+			ns, err := got.notifiers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for name := range ns {
+				names = append(names, name)
+			}
+			slices.Sort(names)
+			want := got.names()
+			slices.Sort(want)
+			if !slices.Equal(names, want) {
+				t.Fatalf("notifiers %v, want %v", names, want)
 			}
 		})
 	}

@@ -11,8 +11,12 @@ import (
 	"os"
 	"strings"
 
+	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/config"
 	"github.com/candlekeep/candlekeep/services/monitor/notify"
+	"github.com/candlekeep/candlekeep/services/monitor/notify/email"
+	"github.com/candlekeep/candlekeep/services/monitor/notify/pagerduty"
+	"github.com/candlekeep/candlekeep/services/monitor/notify/slack"
 )
 
 // Environment variables of the secrets that have no flag of their own: a
@@ -39,6 +43,7 @@ type receiverFlags struct {
 	smtpTo                 config.List
 	smtpUsername           string
 	smtpPasswordFile       string
+	smtpStartTLS           string
 	pagerDutyKeyFile       string
 	pagerDutyURL           string
 }
@@ -51,6 +56,7 @@ func (r *receiverFlags) register(fs *flag.FlagSet) {
 	fs.Var(&r.smtpTo, "smtp-to", "recipients of alert e-mails (comma-separated addresses)")
 	fs.StringVar(&r.smtpUsername, "smtp-username", "", "SMTP AUTH user name (the password comes from --smtp-password-file or "+envSMTPPassword+")")
 	fs.StringVar(&r.smtpPasswordFile, "smtp-password-file", "", "file holding the SMTP password (or set "+envSMTPPassword+")")
+	fs.StringVar(&r.smtpStartTLS, "smtp-starttls", email.StartTLSMandatory, "STARTTLS to the SMTP server: mandatory (a password never crosses the network in clear), opportunistic, or none (a relay on localhost)")
 	fs.StringVar(&r.pagerDutyKeyFile, "pagerduty-routing-key-file", "", "file holding the PagerDuty Events API v2 routing key (or set "+envPagerDutyRoutingKey+"); PagerDuty is off without one")
 	fs.StringVar(&r.pagerDutyURL, "pagerduty-url", defaultPagerDutyURL, "PagerDuty Events API base URL (/v2/enqueue is appended)")
 }
@@ -67,6 +73,7 @@ type smtpSpec struct {
 	Addr, From         string
 	To                 []string
 	Username, Password string
+	StartTLS           string
 }
 
 type pagerDutySpec struct {
@@ -158,6 +165,11 @@ func (r *receiverFlags) smtp(getenv env) (*smtpSpec, error) {
 			return nil, fmt.Errorf("--smtp-to: %q is not an e-mail address: %v", to, err)
 		}
 	}
+	switch r.smtpStartTLS {
+	case email.StartTLSMandatory, email.StartTLSOpportunistic, email.StartTLSNone:
+	default:
+		return nil, fmt.Errorf("--smtp-starttls %q: want mandatory, opportunistic or none", r.smtpStartTLS)
+	}
 	if r.smtpUsername != "" && password == "" {
 		return nil, fmt.Errorf("--smtp-username is set but no password: give --smtp-password-file or %s", envSMTPPassword)
 	}
@@ -165,7 +177,7 @@ func (r *receiverFlags) smtp(getenv env) (*smtpSpec, error) {
 		return nil, fmt.Errorf("an SMTP password is set but --smtp-username is not: give the user name to authenticate as")
 	}
 	return &smtpSpec{Addr: r.smtpAddr, From: r.smtpFrom, To: append([]string(nil), r.smtpTo...),
-		Username: r.smtpUsername, Password: password}, nil
+		Username: r.smtpUsername, Password: password, StartTLS: r.smtpStartTLS}, nil
 }
 
 // secret is the value of the secret flag name, given directly or in the
@@ -224,14 +236,47 @@ func checkHTTPURL(u string) error {
 	return nil
 }
 
-// notifiers builds the configured receivers. It logs which ones are
-// configured, never their secrets.
-func (s receiverSpec) notifiers(log *slog.Logger) (map[string]notify.Notifier, error) {
+// notifiers builds the configured receivers (each validates its options
+// again, without echoing a secret).
+func (s receiverSpec) notifiers() (map[string]notify.Notifier, error) {
 	out := map[string]notify.Notifier{}
-	// TODO(wt-C): slack, email and pagerduty once services/monitor/notify/* land.
-	if len(s.names()) > 0 {
-		return nil, fmt.Errorf("receivers %v: not built yet", s.names())
+	if s.SlackWebhookURL != "" {
+		n, err := slack.New(slack.Options{WebhookURL: s.SlackWebhookURL})
+		if err != nil {
+			return nil, fmt.Errorf("--%s: %w", flagSlackWebhookURL, err)
+		}
+		out[receiverSlack] = n
 	}
-	log.Info("no alert receivers configured: alerts are published as alert.firing events only")
+	if e := s.SMTP; e != nil {
+		n, err := email.New(email.Options{Addr: e.Addr, From: e.From, To: e.To, Username: e.Username, Password: e.Password, StartTLS: e.StartTLS})
+		if err != nil {
+			return nil, fmt.Errorf("--smtp-addr: %w", err)
+		}
+		out[receiverEmail] = n
+	}
+	if p := s.PagerDuty; p != nil {
+		n, err := pagerduty.New(pagerduty.Options{RoutingKey: p.RoutingKey, URL: p.URL})
+		if err != nil {
+			return nil, fmt.Errorf("--pagerduty-routing-key-file: %w", err)
+		}
+		out[receiverPagerDuty] = n
+	}
 	return out, nil
+}
+
+// logReceivers says which receivers get the alerts, never their secrets.
+func (s receiverSpec) logReceivers(log *slog.Logger) {
+	if s.SlackWebhookURL != "" {
+		log.Info("slack receiver configured")
+	}
+	if e := s.SMTP; e != nil {
+		log.Info("email receiver configured", "smtp_addr", e.Addr, "from", e.From, "to", e.To, "auth", e.Username != "", "starttls", e.StartTLS)
+	}
+	if p := s.PagerDuty; p != nil {
+		log.Info("pagerduty receiver configured", "url", candles.RedactURL(p.URL))
+	}
+	if len(s.names()) == 0 {
+		log.Warn("no alert receivers configured: alerts are published as alert.firing events only " +
+			"(set CANDLEKEEP_SLACK_WEBHOOK_URL, --smtp-addr or CANDLEKEEP_PAGERDUTY_ROUTING_KEY)")
+	}
 }

@@ -193,10 +193,7 @@ func withConn(ctx context.Context, natsURL, name string, log *slog.Logger, fn fu
 // first must not seed settings the other services would then follow.
 func serveMonitor(ctx context.Context, natsURL string, ms monitorSettings, log *slog.Logger) error {
 	log = log.With("service", "monitor")
-	receivers, err := ms.Receivers.notifiers(log)
-	if err != nil {
-		return err
-	}
+	ms.Receivers.logReceivers(log)
 	return withConn(ctx, natsURL, "candlekeep-monitor", log, func(nc *nats.Conn) error {
 		js, err := jetstream.New(nc)
 		if err != nil {
@@ -211,7 +208,7 @@ func serveMonitor(ctx context.Context, natsURL string, ms monitorSettings, log *
 		o := monitor.DefaultOptions()
 		o.Conn, o.Logger = nc, log
 		o.HTTPListen, o.EvalInterval, o.MaxStaleness = ms.HTTPListen, ms.EvalInterval, ms.MaxStaleness
-		o.RepeatInterval, o.Receivers, o.Ready = ms.RepeatInterval, receivers, ms.Ready
+		o.RepeatInterval, o.Receivers, o.Ready = ms.RepeatInterval, ms.Notifiers, ms.Ready
 		// --rule-time-scale multiplies the rules' durations (0.01: a 10m
 		// rule fires after 6s); the monitor divides them by its option.
 		o.RuleTimeScale = 1 / ms.RuleTimeScale
