@@ -74,12 +74,18 @@ func (m *monitorFlags) settings(getenv env) (monitorSettings, error) {
 		// An empty host would listen on every interface: make an operator say so.
 		return s, fmt.Errorf("--http-listen %q: give the host too (127.0.0.1 for this machine only, 0.0.0.0 for every interface)", m.httpListen)
 	}
+	// The minimums are the monitor's own (monitor.Options.Validate), checked
+	// here so a bad value stops the command with exit 2 naming this flag.
 	for _, d := range []struct {
 		name, example string
-		v             time.Duration
-	}{{"eval-interval", "15s", m.evalInterval}, {"max-staleness", "26h", m.maxStaleness}, {"alert-repeat-interval", "4h", m.repeat}} {
+		v, least      time.Duration
+	}{{"eval-interval", "15s", m.evalInterval, 10 * time.Millisecond}, {"max-staleness", "26h", m.maxStaleness, time.Minute},
+		{"alert-repeat-interval", "4h", m.repeat, time.Second}} {
 		if d.v <= 0 {
 			return s, fmt.Errorf("--%s %v: want a positive duration such as %s", d.name, d.v, d.example)
+		}
+		if d.v < d.least {
+			return s, fmt.Errorf("--%s %v: want at least %v, such as %s", d.name, d.v, d.least, d.example)
 		}
 	}
 	if !(m.ruleTimeScale > 0 && m.ruleTimeScale <= 1) { // also refuses NaN

@@ -55,6 +55,8 @@ func TestBadMonitorFlagsAreRefusedAtStart(t *testing.T) {
 		{"zero eval interval", []string{"--eval-interval", "0s"}, nil, []string{"--eval-interval 0s", "positive duration"}},
 		{"negative max staleness", []string{"--max-staleness", "-1h"}, nil, []string{"--max-staleness -1h0m0s", "positive duration"}},
 		{"zero repeat interval", nil, map[string]string{"CANDLEKEEP_ALERT_REPEAT_INTERVAL": "0s"}, []string{"--alert-repeat-interval 0s", "positive duration"}},
+		{"eval interval too short", []string{"--eval-interval", "1ms"}, nil, []string{"--eval-interval 1ms", "at least 10ms"}},
+		{"max staleness too short", []string{"--max-staleness", "30s"}, nil, []string{"--max-staleness 30s", "at least 1m0s"}},
 		{"eval interval that is no duration", []string{"--eval-interval", "often"}, nil, []string{`"often" for flag --eval-interval`}},
 		{"rule time scale zero", []string{"--rule-time-scale", "0"}, nil, []string{"--rule-time-scale 0", "above 0 and at most 1"}},
 		{"rule time scale above one", []string{"--rule-time-scale", "1.5"}, nil, []string{"--rule-time-scale 1.5", "above 0 and at most 1"}},
