@@ -209,9 +209,7 @@ func serveMonitor(ctx context.Context, natsURL string, ms monitorSettings, log *
 		o.Conn, o.Logger = nc, log
 		o.HTTPListen, o.EvalInterval, o.MaxStaleness = ms.HTTPListen, ms.EvalInterval, ms.MaxStaleness
 		o.RepeatInterval, o.Receivers, o.Ready = ms.RepeatInterval, ms.Notifiers, ms.Ready
-		// --rule-time-scale multiplies the rules' durations (0.01: a 10m
-		// rule fires after 6s); the monitor divides them by its option.
-		o.RuleTimeScale = 1 / ms.RuleTimeScale
+		o.RuleTimeScale = ms.RuleTimeScale
 		o.Replicas = s.StreamReplicas
 		if ms.Now != nil {
 			o.Now = ms.Now
