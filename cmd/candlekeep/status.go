@@ -195,11 +195,13 @@ func eta(t, at time.Time) string {
 	return "any moment"
 }
 
-// span rounds a duration for reading: 1.2s, 42s, 3m10s, 2h5m0s.
+// span rounds a duration for reading: 12ms, 1.2s, 42s, 3m10s, 2h5m0s.
 func span(d time.Duration) string {
 	switch {
 	case d <= 0:
 		return "0s"
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
 	case d < 10*time.Second:
 		return d.Round(100 * time.Millisecond).String()
 	default:

@@ -25,6 +25,8 @@ func statusReport() candles.StatusReport {
 			{RunID: "run-a", Reason: "manual", PairsTotal: 60, PairsDone: 60, PairsFailed: 2, Candles: 120000,
 				StartedAt: reportAt.Add(-time.Hour), FinishedAt: reportAt.Add(-time.Hour + 95*time.Second), Outcome: "completed"},
 			{RunID: "run-0", PairsTotal: 2, StartedAt: reportAt.Add(-2 * time.Hour), FinishedAt: reportAt.Add(-2*time.Hour + 1500*time.Millisecond), Outcome: "timeout"},
+			{RunID: "run-z", Reason: "schedule", PairsTotal: 1, PairsDone: 1, Candles: 4, StartedAt: reportAt.Add(-3 * time.Hour),
+				FinishedAt: reportAt.Add(-3*time.Hour + 12345*time.Microsecond), Outcome: "completed"},
 		}}
 }
 
@@ -41,10 +43,11 @@ func TestStatusPlainLines(t *testing.T) {
 RUN    REASON    PAIRS  FAILED  CANDLES  RATE   WEIGHT  ELAPSED  ETA
 run-b  schedule  15/60  1       4000     200/s  30      20s      in 1m0s
 
-LAST RUNS (2)
-RUN    REASON  OUTCOME    PAIRS OK  FAILED  CANDLES  DURATION  FINISHED
-run-a  manual  completed  58/60     2       120000   1m35s     2026-12-04T11:01:35Z
-run-0  -       timeout    0/2       0       0        1.5s      2026-12-04T10:00:01Z
+LAST RUNS (3)
+RUN    REASON    OUTCOME    PAIRS OK  FAILED  CANDLES  DURATION  FINISHED
+run-a  manual    completed  58/60     2       120000   1m35s     2026-12-04T11:01:35Z
+run-0  -         timeout    0/2       0       0        1.5s      2026-12-04T10:00:01Z
+run-z  schedule  completed  1/1       0       4        12ms      2026-12-04T09:00:00Z
 
 as of 2026-12-04T12:00:00Z
 `
