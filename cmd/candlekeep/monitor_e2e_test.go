@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -298,6 +299,37 @@ func TestUpKeepsSyncingWhileItsMonitorCannotStart(t *testing.T) {
 		_, hr, errOut := healthOf(t, natsURL)
 		if hr.V == 0 {
 			return fmt.Errorf("no health report: %s", errOut)
+		}
+		return nil
+	})
+}
+
+// `candlekeep status` against a real system: a slow run shows in progress
+// with its pairs done so far, then among the last runs once it completed.
+func TestStatusFollowsARealRun(t *testing.T) {
+	_, simURL := startSim(t, sim.Options{Latency: 700 * time.Millisecond})
+	fo := testFetcherOptions(simURL)
+	fo.Symbols, fo.Intervals, fo.Lookback = []string{"BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"}, []string{"4h"}, 5
+	fo.Concurrency = 1 // one pair at a time: a run of a few seconds
+	natsURL, _ := startUpMonitored(t, t.TempDir(), fo, testMonitorSettings(t))
+	nc := connect(t, natsURL)
+	ev := watchEvents(t, nc)
+	acc := requestSync(t, nc, `{"reason":"status-test"}`)
+	prefix := acc.RunID + "  status-test  "
+	checkfor.Check(t, 30*time.Second, 50*time.Millisecond, func() error {
+		code, out, errOut := runCmd(t, "status", "--nats-url", natsURL)
+		if code != 0 || !strings.Contains(out, "RUNS IN PROGRESS (1)") || !regexp.MustCompile(regexp.QuoteMeta(prefix)+`[0-3]/4 `).MatchString(out) {
+			return fmt.Errorf("exit %d (%s), no run in progress:\n%s", code, errOut, out)
+		}
+		return nil
+	})
+	var done candles.SyncCompleted
+	ev.wait(t, candles.KindSyncCompleted, acc.RunID, time.Minute, &done)
+	checkfor.Check(t, 10*time.Second, 50*time.Millisecond, func() error {
+		code, out, _ := runCmd(t, "status", "--nats-url", natsURL)
+		row := prefix + fmt.Sprintf("completed  4/4       0       %d", done.Candles)
+		if code != 0 || !strings.Contains(out, "RUNS IN PROGRESS (0)") || !strings.Contains(out, row) {
+			return fmt.Errorf("exit %d, want no run in progress and the row %q:\n%s", code, row, out)
 		}
 		return nil
 	})
