@@ -18,6 +18,7 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
+	"github.com/candlekeep/candlekeep/pkg/sim"
 	"github.com/candlekeep/candlekeep/pkg/testclock"
 	"github.com/candlekeep/candlekeep/services/monitor/sla"
 )
@@ -437,5 +438,45 @@ func TestSLAShortRetentionNote(t *testing.T) {
 	want := "EVENTS keeps events for 30 days only; a monthly audit needs at least 35 days (candlekeep config set events-max-age=960h0m0s)"
 	if !strings.Contains(out, want) {
 		t.Errorf("output lacks %q:\n%s\n%s", want, out, errOut)
+	}
+}
+
+// TestSLAOfARunningSystem: the monitor inside `candlekeep up` records the
+// freshness history and `candlekeep sla` audits it: the three pairs fresh
+// since the sync, "no data" before the history started (never 100 %).
+func TestSLAOfARunningSystem(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs candlekeep up with its monitor; runs without -short")
+	}
+	_, simURL := startSim(t, sim.Options{})
+	fo := testFetcherOptions(simURL)
+	fo.Symbols, fo.Intervals, fo.Lookback = []string{"BTCUSDT", "ETHUSDT", "SOLUSDT"}, []string{"4h"}, 20
+	natsURL, _ := startUpMonitored(t, t.TempDir(), fo, testMonitorSettings(t))
+	nc := connect(t, natsURL)
+	ev := watchEvents(t, nc)
+	acc := requestSync(t, nc, `{"reason":"manual"}`)
+	var done candles.SyncCompleted
+	ev.wait(t, candles.KindSyncCompleted, acc.RunID, time.Minute, &done)
+	var fc candles.FreshnessChanged
+	ev.waitMatch(t, candles.KindFreshnessChanged, time.Minute, &fc, func() bool { return fc.Fresh == 3 && len(fc.NotFresh) == 0 })
+
+	code, out, errOut := runCmd(t, "sla", "--nats-url", natsURL, "--since", "1h", "--json")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1 (availability has no data for most of the hour); stderr:\n%s", code, errOut)
+	}
+	var r sla.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if want := []string{"BTCUSDT/4h", "ETHUSDT/4h", "SOLUSDT/4h"}; !slices.Equal(r.Pairs, want) {
+		t.Errorf("pairs %q, want %q", r.Pairs, want)
+	}
+	av := r.Targets[0]
+	if r.HistoryStart.IsZero() || av.Name != sla.TargetAvailability || av.Status != sla.Missed ||
+		av.Note != "no data before "+r.HistoryStart.Format(time.RFC3339) || r.Availability.Share >= 0.5 || r.Availability.FreshSeconds <= 0 {
+		t.Errorf("history from %s, availability %+v %+v", r.HistoryStart, av, r.Availability)
+	}
+	if r.Sync.Runs != 1 || r.Sync.PairsOKLast != 3 {
+		t.Errorf("sync figures %+v, want the one run with 3 pairs ok", r.Sync)
 	}
 }
