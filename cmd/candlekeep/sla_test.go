@@ -480,3 +480,25 @@ func TestSLAOfARunningSystem(t *testing.T) {
 		t.Errorf("sync figures %+v, want the one run with 3 pairs ok", r.Sync)
 	}
 }
+
+// TestSLAAllMet: the month's first four days met every target (RPO and
+// RTO not measured: no drill yet, neither met nor missed): exit 0.
+func TestSLAAllMet(t *testing.T) {
+	url, clock := slaServer(t)
+	code, out, errOut := runSLAIn(t, clock, "--nats-url", url, "--from", "2026-10-01", "--to", "2026-10-05")
+	if code != 0 {
+		t.Fatalf("exit %d, want 0; stderr %s\n%s", code, errOut, out)
+	}
+	for _, want := range []string{
+		"availability MET 100.000 % (4 of 4 days fresh throughout) >= 99.500 % -",
+		"sync duration MET p99 3m00s, p50 3m00s over 4 runs p99 < 30m00s -",
+		"pairs ok per run MET min 3, mean 3.00, last 3/3 every pair ok in every run -",
+		"backup age MET worst 24h00m (2026-09-30T02:00:00Z to 2026-10-01T02:00:00Z), 4 backups < 26h00m -",
+		"RPO NOT MEASURED not measured: no restore or drill recorded < 2h00m -",
+		"Alerts (0):",
+	} {
+		if !strings.Contains(squash(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
