@@ -128,7 +128,9 @@ func (a *Auditor) Run(ctx context.Context) error {
 	if !next.IsZero() {
 		a.o.Logger.Info("next SLA audit", "at", next.Format(time.RFC3339))
 	}
-	it, err := cons.Messages()
+	// A missed heartbeat (a slow server) is no reason to stop; a deleted
+	// consumer or stream is (the monitor starts the audit again).
+	it, err := cons.Messages(jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return fmt.Errorf("consume %s > %s: %w", candles.StreamSync, ConsumerName, err)
 	}
