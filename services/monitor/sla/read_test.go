@@ -75,3 +75,41 @@ func TestReadEmptyStream(t *testing.T) {
 		t.Error("an empty stream is not NoData")
 	}
 }
+
+// TestReadSaysWhatExpired: a window reaching before the oldest event left
+// in EVENTS (older ones expired or were purged) says so.
+func TestReadSaysWhatExpired(t *testing.T) {
+	ns := natstest.RunServer(t)
+	js, err := jetstream.New(natstest.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := candles.EnsureStreams(ctx, js, candles.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []time.Time{t0, t0.Add(time.Hour)} {
+		if err := candles.PublishEvent(ctx, js, freshness(at, nil), "", at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream, err := js.Stream(ctx, candles.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(2)); err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Read(ctx, js, info.State.FirstTime.Add(-time.Hour), info.State.FirstTime.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "events before " + info.State.FirstTime.UTC().Format(time.RFC3339) + " have expired from EVENTS: the audit cannot see them"
+	if notes := l.Notes(info.State.FirstTime.Add(-time.Hour)); len(notes) != 1 || notes[0] != want || len(l.Events) != 1 {
+		t.Errorf("notes %q, %d events; want %q and the one event left", notes, len(l.Events), want)
+	}
+}
