@@ -1,7 +1,6 @@
 package monitor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
 	"github.com/candlekeep/candlekeep/pkg/testclock"
+	"github.com/candlekeep/candlekeep/pkg/testlog"
 	"github.com/candlekeep/candlekeep/services/monitor/notify"
 	"github.com/candlekeep/candlekeep/services/monitor/notify/slack"
 	"github.com/candlekeep/candlekeep/services/monitor/sla"
@@ -143,23 +143,8 @@ func TestFreshnessOfCannotTell(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink tests read while the logger writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a log sink the test reads while it is written.
+type syncBuffer = testlog.Buffer
 
 func TestEventsRetentionWarning(t *testing.T) {
 	for _, tt := range []struct {
