@@ -29,9 +29,11 @@ type Service struct {
 	mu          sync.Mutex
 	lastAttempt time.Time // start of the last backup, for the debounce
 	pendingSync bool      // a sync.completed waits for the debounce
-	syncSeen    int       // sync.completed events taken in (tests, logs)
-	kick        chan struct{}
-	requests    chan request
+	// pendingSchedule: a schedule tick waits for the running backup.
+	pendingSchedule bool
+	syncSeen        int // sync.completed events taken in (tests, logs)
+	kick            chan struct{}
+	requests        chan request
 }
 
 // New checks o and builds the service.

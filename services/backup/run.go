@@ -38,7 +38,6 @@ const (
 )
 
 type request struct {
-	ctx   context.Context
 	reply chan Report
 }
 
@@ -54,6 +53,16 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.loadLast(ctx)
 	if err := s.installSchedule(ctx); err != nil {
+		return err
+	}
+	// The consumers exist before the API answers, so whoever sees
+	// candlekeep-backup knows that no sync.completed after it is missed.
+	syncCons, err := s.consumer(ctx, candles.StreamEvents, consumerSync, candles.EventSubject(candles.KindSyncCompleted))
+	if err != nil {
+		return err
+	}
+	schedCons, err := s.consumer(ctx, candles.StreamSync, consumerSchedule, candles.SubjectBackupRequest)
+	if err != nil {
 		return err
 	}
 	svc, err := micro.AddService(s.o.Conn, micro.Config{
@@ -81,12 +90,8 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("backup service ready", "tiers", tiers, "schedule", s.o.Schedule, "min_interval", s.o.MinInterval)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return s.consume(gctx, candles.StreamEvents, consumerSync, candles.EventSubject(candles.KindSyncCompleted), s.onSync)
-	})
-	g.Go(func() error {
-		return s.consume(gctx, candles.StreamSync, consumerSchedule, candles.SubjectBackupRequest, s.onSchedule)
-	})
+	g.Go(func() error { return s.consume(gctx, syncCons, s.onSync) })
+	g.Go(func() error { return s.consume(gctx, schedCons, s.onSchedule) })
 	g.Go(func() error { return s.loop(gctx) })
 	err = g.Wait()
 	if ctx.Err() != nil {
@@ -158,11 +163,8 @@ func (s *Service) installSchedule(ctx context.Context) error {
 	return nil
 }
 
-// consume runs a durable consumer on stream for subject until ctx ends.
-// Messages are acknowledged once taken in: the trigger is remembered and
-// the backup loop acts on it (a trigger lost to a crash is made up by the
-// next sync or tick).
-func (s *Service) consume(ctx context.Context, stream, durable, subject string, fn func()) error {
+// consumer creates or updates the durable consumer of subject on stream.
+func (s *Service) consumer(ctx context.Context, stream, durable, subject string) (jetstream.Consumer, error) {
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:       durable,
 		Description:   "candlekeep-backup: backup triggers",
@@ -172,8 +174,15 @@ func (s *Service) consume(ctx context.Context, stream, durable, subject string, 
 		AckWait:       30 * time.Second,
 	})
 	if err != nil {
-		return fmt.Errorf("backup: consumer %s on %s: %w", durable, stream, err)
+		return nil, fmt.Errorf("backup: consumer %s on %s: %w", durable, stream, err)
 	}
+	return cons, nil
+}
+
+// consume takes cons's messages until ctx ends. They are acknowledged once
+// taken in: the trigger is remembered and the backup loop acts on it (a
+// trigger lost to a crash is made up by the next sync or tick).
+func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, fn func()) error {
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		fn()
 		if err := msg.Ack(); err != nil {
@@ -181,7 +190,7 @@ func (s *Service) consume(ctx context.Context, stream, durable, subject string, 
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("backup: consume %s: %w", durable, err)
+		return fmt.Errorf("backup: consume: %w", err)
 	}
 	<-ctx.Done()
 	cc.Drain()
@@ -199,13 +208,9 @@ func (s *Service) onSync() {
 
 func (s *Service) onSchedule() {
 	s.mu.Lock()
-	s.pendingSync = false // the scheduled backup covers it
+	s.pendingSchedule = true
 	s.mu.Unlock()
-	select {
-	case s.requests <- request{ctx: context.Background(), reply: nil}:
-	case <-time.After(time.Minute):
-		s.log.Warn("scheduled backup skipped: a backup is still running")
-	}
+	s.poke()
 }
 
 func (s *Service) poke() {
@@ -215,8 +220,9 @@ func (s *Service) poke() {
 	}
 }
 
-// loop runs the backups: requests and ticks at once, a sync.completed
-// once MinInterval has passed since the last backup began.
+// loop runs the backups, one at a time: requests and schedule ticks at
+// once, a sync.completed once MinInterval has passed since the last backup
+// began (the debounce).
 func (s *Service) loop(ctx context.Context) error {
 	t := time.NewTicker(s.o.Poll)
 	defer t.Stop()
@@ -225,26 +231,26 @@ func (s *Service) loop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case r := <-s.requests:
-			trigger := TriggerRequest
-			if r.reply == nil {
-				trigger = TriggerSchedule
-			}
-			rep := s.Backup(ctx, trigger)
-			if r.reply != nil {
-				r.reply <- rep
-			}
+			r.reply <- s.Backup(ctx, TriggerRequest)
 			continue
 		case <-s.kick:
 		case <-t.C:
 		}
 		s.mu.Lock()
-		due := s.pendingSync && (s.lastAttempt.IsZero() || s.o.Now().Sub(s.lastAttempt) >= s.o.MinInterval)
-		if due {
-			s.pendingSync = false
+		trigger := ""
+		switch {
+		case s.pendingSchedule:
+			trigger = TriggerSchedule
+		case s.pendingSync && (s.lastAttempt.IsZero() || s.o.Now().Sub(s.lastAttempt) >= s.o.MinInterval):
+			trigger = TriggerSync
+		}
+		if trigger != "" {
+			// One backup covers every trigger taken in before it.
+			s.pendingSchedule, s.pendingSync = false, false
 		}
 		s.mu.Unlock()
-		if due {
-			s.Backup(ctx, TriggerSync)
+		if trigger != "" {
+			s.Backup(ctx, trigger)
 		}
 	}
 }
@@ -260,7 +266,7 @@ func (s *Service) Pending() (pending bool, syncSeen int) {
 func (s *Service) handleBackup(ctx context.Context, req micro.Request) {
 	reply := make(chan Report, 1)
 	select {
-	case s.requests <- request{ctx: ctx, reply: reply}:
+	case s.requests <- request{reply: reply}:
 	case <-ctx.Done():
 		req.Error("503", "backup service stopping", nil)
 		return
