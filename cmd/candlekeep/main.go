@@ -35,6 +35,7 @@ func commands() []command {
 		{"up", "embedded NATS + fetcher + writer in one process (what `make run` starts)", runUp},
 		{"fetcher", "the fetcher service, connected to --nats-url", runFetcher},
 		{"writer", "the writer service, connected to --nats-url", runWriter},
+		{"backup", "the backup service (verified hot/warm/S3 copies), connected to --nats-url; backup now | backup ls", runBackup},
 		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
 		{"coverage", "what the database holds per pair: complete, missing, stale, known gaps (exit 1 if not all complete)", runCoverage},
 		{"config", "read or change the cluster-wide settings stored in JetStream (get | set)", runConfig},
