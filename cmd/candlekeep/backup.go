@@ -170,7 +170,7 @@ func serveBackup(ctx context.Context, natsURL, dbPath string, c backupConfig, m 
 		o := backup.DefaultOptions()
 		o.Database, o.ScratchDir, o.Tiers = abs, filepath.Join(filepath.Dir(abs), "backups", ".scratch"), tiers
 		o.Schedule, o.MinInterval = c.Schedule, c.MinInterval
-		o.CandlesMaxAge = cfg.Current().CandlesMaxAge
+		o.Streams = cfg.Current().Streams()
 		o.Conn, o.Logger, o.Version = nc, log, versionString()
 		s, err := backup.New(o)
 		if err != nil {

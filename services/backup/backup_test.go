@@ -56,7 +56,7 @@ func newService(t testing.TB, o backup.Options) *backup.Service {
 func options(d *db, tiers []backup.TierConfig, now func() time.Time) backup.Options {
 	o := backup.DefaultOptions()
 	o.Database, o.Tiers, o.Now, o.Logger = d.path, tiers, now, testLogger()
-	o.CandlesMaxAge = 30 * 24 * time.Hour
+	o.Streams.CandlesMaxAge = 30 * 24 * time.Hour
 	o.Version = "test"
 	return o
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/cluster"
 )
 
@@ -53,9 +54,11 @@ type Options struct {
 	Schedule string
 	// MinInterval: a sync.completed starts a backup at most this often.
 	MinInterval time.Duration
-	// CandlesMaxAge is the cluster's candles-max-age: CANDLES is the
-	// recovery log, so it must outlive the backup interval (CheckRetention).
-	CandlesMaxAge time.Duration
+	// Streams sizes the streams as the cluster settings say; Run creates
+	// or updates them like every service. Its CandlesMaxAge (the cluster's
+	// candles-max-age; 0: the default) must outlive the backup interval,
+	// as CANDLES is the recovery log (CheckRetention).
+	Streams candles.StreamOptions
 	// Conn is the NATS connection for events, triggers and the API; nil
 	// runs none of them (Backup can still be called).
 	Conn *nats.Conn

@@ -45,11 +45,18 @@ type request struct {
 // candlekeep-backup and takes backups when asked, on schedule and after
 // sync.completed (debounced), until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	if err := CheckRetention(s.o.Schedule, s.o.MinInterval, s.o.CandlesMaxAge, s.o.Now()); err != nil {
+	maxAge := s.o.Streams.CandlesMaxAge
+	if maxAge == 0 {
+		maxAge = candles.DefaultCandlesMaxAge
+	}
+	if err := CheckRetention(s.o.Schedule, s.o.MinInterval, maxAge, s.o.Now()); err != nil {
 		return err
 	}
 	if s.o.Conn == nil {
 		return errors.New("backup: no NATS connection")
+	}
+	if err := candles.EnsureStreams(ctx, s.js, s.o.Streams); err != nil {
+		return fmt.Errorf("backup: %w", err)
 	}
 	s.loadLast(ctx)
 	if err := s.installSchedule(ctx); err != nil {

@@ -148,7 +148,7 @@ func TestScheduleTakesBackups(t *testing.T) {
 	now := func() time.Time { return time.Unix(clock.Add(1), 0).UTC() } // a new second per call: distinct names
 	o := options(d, []backup.TierConfig{{Tier: hot, Retention: backup.DefaultHotRetention}}, now)
 	o.Conn, o.Schedule = nc, "@every 1s"
-	o.CandlesMaxAge = time.Hour * 24
+	o.Streams.CandlesMaxAge = time.Hour * 24
 	runService(t, newService(t, o))
 	// The schedule is a message in SYNC that the server fires; no sync
 	// completes here, so every copy comes from a tick.
@@ -203,7 +203,7 @@ func TestStartRefusesShortCandlesRetention(t *testing.T) {
 	d := newDB(t)
 	nc, _, _ := startNATS(t)
 	o := options(d, []backup.TierConfig{{Tier: fileTier(t, "hot", t.TempDir()), Retention: backup.DefaultHotRetention}}, time.Now)
-	o.Conn, o.CandlesMaxAge = nc, 24*time.Hour
+	o.Conn, o.Streams.CandlesMaxAge = nc, 24*time.Hour
 	err := newService(t, o).Run(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "candlekeep config set candles-max-age=") {
 		t.Fatalf("Run: %v, want a refusal naming candles-max-age", err)
