@@ -97,8 +97,12 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("backup service ready", "tiers", tiers, "schedule", s.o.Schedule, "min_interval", s.o.MinInterval)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.consume(gctx, syncCons, s.onSync) })
-	g.Go(func() error { return s.consume(gctx, schedCons, s.onSchedule) })
+	g.Go(func() error {
+		return s.consume(gctx, syncCons, candles.StreamEvents, consumerSync, candles.EventSubject(candles.KindSyncCompleted), s.onSync)
+	})
+	g.Go(func() error {
+		return s.consume(gctx, schedCons, candles.StreamSync, consumerSchedule, candles.SubjectBackupRequest, s.onSchedule)
+	})
 	g.Go(func() error { return s.loop(gctx) })
 	err = g.Wait()
 	if ctx.Err() != nil {
@@ -188,21 +192,70 @@ func (s *Service) consumer(ctx context.Context, stream, durable, subject string)
 
 // consume takes cons's messages until ctx ends. They are acknowledged once
 // taken in: the trigger is remembered and the backup loop acts on it (a
-// trigger lost to a crash is made up by the next sync or tick).
-func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, fn func()) error {
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		fn()
-		if err := msg.Ack(); err != nil {
-			s.log.Warn("ack backup trigger", "subject", msg.Subject(), "err", err)
+// trigger lost to a crash is made up by the next sync or tick). When the
+// consumer disappears (deleted, or its stream with it) it is created again,
+// streams first, and consuming resumes.
+func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, stream, durable, subject string, fn func()) error {
+	for ctx.Err() == nil {
+		if cons == nil {
+			var err error
+			if err = candles.EnsureStreams(ctx, s.js, s.o.Streams); err == nil {
+				cons, err = s.consumer(ctx, stream, durable, subject)
+			}
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("cannot recreate the backup trigger consumer; retrying", "consumer", durable, "err", err)
+					sleep(ctx, time.Second)
+				}
+				continue
+			}
+			s.log.Warn("backup trigger consumer recreated", "consumer", durable, "stream", stream)
 		}
-	})
-	if err != nil {
-		return fmt.Errorf("backup: consume: %w", err)
+		it, err := cons.Messages()
+		if err != nil {
+			return fmt.Errorf("backup: consume %s: %w", durable, err)
+		}
+		stop := context.AfterFunc(ctx, it.Stop)
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					break
+				}
+				if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+					errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerDoesNotExist) {
+					cons = nil
+					break
+				}
+				// No heartbeat and the like: the consumer may be gone
+				// without a word (its stream deleted and created again).
+				if _, cerr := s.js.Consumer(ctx, stream, durable); errors.Is(cerr, jetstream.ErrConsumerNotFound) ||
+					errors.Is(cerr, jetstream.ErrStreamNotFound) {
+					cons = nil
+					break
+				}
+				s.log.Debug("backup trigger consumer interrupted; retrying", "consumer", durable, "err", err)
+				sleep(ctx, 200*time.Millisecond)
+				continue
+			}
+			fn()
+			if err := msg.Ack(); err != nil {
+				s.log.Warn("ack backup trigger", "subject", msg.Subject(), "err", err)
+			}
+		}
+		stop()
+		it.Stop()
 	}
-	<-ctx.Done()
-	cc.Drain()
-	<-cc.Closed()
 	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 func (s *Service) onSync() {

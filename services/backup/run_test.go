@@ -263,3 +263,33 @@ func TestSnapshotDoesNotBlockTheWriter(t *testing.T) {
 	}
 	t.Logf("writer committed %d batches during a backup of %d candles", during, rep.Candles)
 }
+
+func TestTriggerConsumerHealsItself(t *testing.T) {
+	d := newDB(t)
+	d.write(t, 1, 10)
+	nc, js, _ := startNATS(t)
+	hot := fileTier(t, "hot", filepath.Join(t.TempDir(), "hot"))
+	clock := testclock.New(t0)
+	o := options(d, []backup.TierConfig{{Tier: hot, Retention: backup.DefaultHotRetention}}, clock.Now)
+	o.Conn, o.Schedule, o.Poll = nc, backup.ScheduleOff, 10*time.Millisecond
+	runService(t, newService(t, o))
+	waitForService(t, nc)
+	ctx := context.Background()
+	if err := js.DeleteConsumer(ctx, candles.StreamEvents, "backup-sync-completed"); err != nil {
+		t.Fatal(err)
+	}
+	checkfor.Check(t, 15*time.Second, 20*time.Millisecond, func() error {
+		_, err := js.Consumer(ctx, candles.StreamEvents, "backup-sync-completed")
+		return err
+	})
+	ev := &candles.SyncCompleted{EventHeader: candles.NewHeader(candles.KindSyncCompleted, "run-after-heal")}
+	if err := candles.PublishEvent(ctx, js, ev, "", clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	checkfor.Check(t, 15*time.Second, 20*time.Millisecond, func() error {
+		if n := len(complete(t, hot)); n != 1 {
+			return fmt.Errorf("%d copies after a sync.completed on the recreated consumer, want 1", n)
+		}
+		return nil
+	})
+}
