@@ -168,7 +168,7 @@ func serveBackup(ctx context.Context, natsURL, dbPath string, c backupConfig, m 
 			return err
 		}
 		o := backup.DefaultOptions()
-		o.Database, o.ScratchDir, o.Tiers = abs, filepath.Join(filepath.Dir(abs), "backups", ".scratch"), tiers
+		o.Database, o.Tiers = abs, tiers // scratch: <data-dir>/backups/.scratch
 		o.Schedule, o.MinInterval = c.Schedule, c.MinInterval
 		o.Streams = cfg.Current().Streams()
 		o.Conn, o.Logger, o.Version = nc, log, versionString()

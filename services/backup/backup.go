@@ -39,7 +39,7 @@ type Service struct {
 // New checks o and builds the service.
 func New(o Options) (*Service, error) {
 	if o.ScratchDir == "" && o.Database != "" {
-		o.ScratchDir = filepath.Join(filepath.Dir(o.Database), "backup-scratch")
+		o.ScratchDir = filepath.Join(filepath.Dir(o.Database), "backups", ".scratch")
 	}
 	if err := o.Validate(); err != nil {
 		return nil, err

@@ -135,7 +135,7 @@ func TestBackupStoresVerifiedCopyInEveryTier(t *testing.T) {
 		}
 	}
 	// The scratch copy is gone.
-	entries, _ := os.ReadDir(filepath.Join(filepath.Dir(d.path), "backup-scratch"))
+	entries, _ := os.ReadDir(filepath.Join(filepath.Dir(d.path), "backups", ".scratch"))
 	if len(entries) != 0 {
 		t.Errorf("scratch directory holds %v after the backup", entries)
 	}

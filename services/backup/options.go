@@ -45,7 +45,8 @@ type Options struct {
 	Database string
 	// ScratchDir holds the snapshot while it is checked and compressed; on
 	// the data volume (it needs about the database's size). Default:
-	// <database dir>/backup-scratch.
+	// <database dir>/backups/.scratch. Only the service writes there: what
+	// it finds at start is the leftover of a crash and is removed.
 	ScratchDir string
 	// Tiers are written in order; at least one.
 	Tiers []TierConfig

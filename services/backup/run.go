@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -59,6 +58,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("backup: %w", err)
 	}
 	s.loadLast(ctx)
+	s.clearScratch()
 	if err := s.installSchedule(ctx); err != nil {
 		return err
 	}
@@ -362,11 +362,9 @@ func (s *Service) ListAll(ctx context.Context) Listing {
 	out := Listing{At: s.o.Now().UTC()}
 	for _, tc := range s.o.Tiers {
 		tl := TierListing{Tier: tc.Tier.Name(), Location: tc.Tier.Location(), Retention: tc.Retention, Copies: []Copy{}}
-		copies, err := List(ctx, tc.Tier)
-		if err != nil {
+		if copies, err := List(ctx, tc.Tier); err != nil {
 			tl.Error = err.Error()
-		} else {
-			sort.Slice(copies, func(i, j int) bool { return copies[i].Name < copies[j].Name })
+		} else if copies != nil {
 			tl.Copies = copies
 		}
 		out.Tiers = append(out.Tiers, tl)

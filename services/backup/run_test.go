@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -106,6 +107,15 @@ func TestAPIBackupAndList(t *testing.T) {
 	clock := testclock.New(t0)
 	o := options(d, []backup.TierConfig{{Tier: hot, Retention: backup.DefaultHotRetention}, {Tier: warm, Retention: backup.DefaultWarmRetention}}, clock.Now)
 	o.Conn, o.Schedule = nc, backup.ScheduleOff
+	// A crash mid-backup left a snapshot in the scratch directory.
+	scratch := filepath.Join(filepath.Dir(d.path), "backups", ".scratch")
+	leftover := filepath.Join(scratch, "snapshot-1764813600000000000.db")
+	if err := os.MkdirAll(scratch, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(leftover, []byte("half a database"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	runService(t, newService(t, o))
 
 	var rep backup.Report
@@ -118,6 +128,9 @@ func TestAPIBackupAndList(t *testing.T) {
 	})
 	if !rep.OK() || rep.Trigger != backup.TriggerRequest || rep.Watermark != 3 || len(rep.Tiers) != 2 {
 		t.Fatalf("backup reply %+v", rep)
+	}
+	if _, err := os.Stat(leftover); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the leftover snapshot is still there (%v)", err)
 	}
 	msg, err := nc.Request(candles.SubjectAPIBackupList, nil, 10*time.Second)
 	if err != nil {

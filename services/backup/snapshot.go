@@ -119,9 +119,11 @@ func compress(ctx context.Context, src, dst string, m *Manifest) error {
 	defer out.Close()
 	stored := sha256.New()
 	storedN := &countingWriter{w: io.MultiWriter(out, stored)}
-	// One encoder goroutine: a backup must not take the CPU the writer
-	// and the fetchers need.
-	enc, err := zstd.NewWriter(storedN, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	// A backup must not take the CPU the writer and the fetchers need.
+	// One encoder goroutine and its lower-memory mode: it runs inside
+	// `candlekeep up`, held to a memory budget.
+	enc, err := zstd.NewWriter(storedN, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return fmt.Errorf("compress: %w", err)
 	}
@@ -140,6 +142,22 @@ func compress(ctx context.Context, src, dst string, m *Manifest) error {
 	m.DBBytes, m.DBSHA256 = n, hex.EncodeToString(db.Sum(nil))
 	m.Bytes, m.SHA256 = storedN.n, hex.EncodeToString(stored.Sum(nil))
 	return out.Close()
+}
+
+// clearScratch removes what a crashed backup left in the scratch
+// directory: only the service writes there.
+func (s *Service) clearScratch() {
+	entries, err := os.ReadDir(s.o.ScratchDir)
+	if err != nil {
+		return // missing: nothing to clear; otherwise the next snapshot says why
+	}
+	for _, e := range entries {
+		if e.Type().IsRegular() && (strings.HasPrefix(e.Name(), "snapshot-") || strings.HasPrefix(e.Name(), objectPrefix) || strings.HasPrefix(e.Name(), ".snapshot-")) {
+			if err := os.Remove(filepath.Join(s.o.ScratchDir, e.Name())); err == nil {
+				s.log.Info("removed the leftover of an interrupted backup", "path", filepath.Join(s.o.ScratchDir, e.Name()))
+			}
+		}
+	}
 }
 
 // removeDB removes a scratch database and the -wal/-shm files a reader
