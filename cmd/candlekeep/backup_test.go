@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -219,4 +221,59 @@ func startUpConfig(t testing.TB, cfg upConfig, log *slog.Logger) string {
 		return nil
 	})
 	return url
+}
+
+// TestBackupServiceAlone runs `candlekeep backup` on its own against a
+// running system: refused while CANDLES keeps batches too briefly for the
+// schedule (the message names the setting), then serving once it is raised.
+func TestBackupServiceAlone(t *testing.T) {
+	_, simURL := startSim(t, sim.Options{})
+	dataDir := t.TempDir()
+	url := startUp(t, dataDir, testFetcherOptions(simURL)) // no backup tier inside up
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"config", "set", "candles-max-age=24h", "--nats-url", url}, &out, &errOut, noEnv); code != 0 {
+		t.Fatalf("config set: exit %d: %s", code, errOut.String())
+	}
+	args := []string{"backup", "--nats-url", url, "--data-dir", dataDir, "--log-format", "json"}
+	errOut.Reset()
+	if code := run(context.Background(), args, &out, &errOut, noEnv); code != 1 {
+		t.Fatalf("backup with a 24h CANDLES retention and a daily schedule: exit %d, want 1\n%s", code, errOut.String())
+	}
+	if !strings.Contains(errOut.String(), "candlekeep config set candles-max-age=") {
+		t.Fatalf("the refusal does not say which setting to change:\n%s", errOut.String())
+	}
+
+	if code := run(context.Background(), []string{"config", "set", "candles-max-age=720h", "--nats-url", url}, &out, &errOut, noEnv); code != 0 {
+		t.Fatalf("config set: exit %d: %s", code, errOut.String())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var svcErr lockedBuffer
+	go func() { done <- run(ctx, args, io.Discard, &svcErr, noEnv) }()
+	nc := connect(t, url)
+	checkfor.Check(t, 20*time.Second, 50*time.Millisecond, func() error {
+		_, err := nc.Request(candles.SubjectAPIBackupList, nil, time.Second)
+		return err
+	})
+	out.Reset()
+	if code := run(context.Background(), []string{"backup", "now", "--nats-url", url}, &out, &errOut, noEnv); code != 0 {
+		t.Fatalf("backup now: exit %d\n%s%s", code, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), "hot") || !strings.Contains(out.String(), "verified") {
+		t.Fatalf("backup now:\n%s", out.String())
+	}
+	hot := filepath.Join(dataDir, "backups", "hot")
+	entries, err := os.ReadDir(hot)
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("%s holds %v (%v), want one copy and its manifest", hot, entries, err)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("backup service exit %d on stop:\n%s", code, svcErr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("backup service did not stop within 30s")
+	}
 }
