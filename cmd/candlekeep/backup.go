@@ -44,7 +44,7 @@ func (c backupConfig) enabled() bool {
 // <data-dir>/backups/hot, resolved by resolve once --data-dir is known.
 func (c *backupConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.HotDir, "backup-hot-dir", "", `hot backup tier, on the data volume (default <data-dir>/backups/hot; "off" for none)`)
-	fs.StringVar(&c.WarmDir, "backup-warm-dir", "", "warm backup tier: a directory on a second disk (default none)")
+	fs.StringVar(&c.WarmDir, "backup-warm-dir", "", "warm backup tier: an existing directory on a second disk (default none); a missing one fails the tier (unmounted disk)")
 	fs.StringVar(&c.S3URL, "backup-s3-url", "", "cold backup tier: s3://bucket/prefix of any S3-compatible store; credentials from the standard AWS environment and files only (default none)")
 	fs.StringVar(&c.S3Endpoint, "backup-s3-endpoint", "", "S3 endpoint URL for S3-compatible stores (MinIO, Ceph, R2…); empty: AWS")
 	fs.StringVar(&c.S3Region, "backup-s3-region", "", "bucket region (default AWS_REGION or the AWS profile's, else "+s3.DefaultRegion+")")
@@ -102,7 +102,9 @@ func (c backupConfig) tiers(ctx context.Context) ([]backup.TierConfig, error) {
 		out = append(out, backup.TierConfig{Tier: t, Retention: c.HotRetention})
 	}
 	if c.WarmDir != "" {
-		t, err := file.New(backup.TierWarm, c.WarmDir)
+		// The second disk's directory must be there: a missing one is an
+		// unmounted disk, not a directory to create on the first.
+		t, err := file.New(backup.TierWarm, c.WarmDir, file.MustExist())
 		if err != nil {
 			return nil, fmt.Errorf("--backup-warm-dir: %w", err)
 		}

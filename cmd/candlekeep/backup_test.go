@@ -55,11 +55,11 @@ func TestBackupNowAndListThroughUp(t *testing.T) {
 	s3srv := backuptest.StartS3(t, "candles")
 	_, simURL := startSim(t, sim.Options{})
 
-	dataDir := t.TempDir()
+	dataDir, warmDir := t.TempDir(), t.TempDir() // the warm tier's directory exists: a mounted disk
 	fo := testFetcherOptions(simURL)
 	fo.Symbols, fo.Intervals, fo.Lookback = []string{"BTCUSDT", "ETHUSDT"}, []string{"4h"}, 50
 	cfg := upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo, Writer: writer.DefaultOptions(),
-		Backup: backupConfig{WarmDir: filepath.Join(t.TempDir(), "warm"), S3URL: "s3://candles/prod", S3Endpoint: s3srv.URL,
+		Backup: backupConfig{WarmDir: warmDir, S3URL: "s3://candles/prod", S3Endpoint: s3srv.URL,
 			S3Class: "STANDARD", HotRetention: backup.DefaultHotRetention, WarmRetention: backup.DefaultWarmRetention,
 			ColdRetention: backup.DefaultColdRetention, Schedule: "off", MinInterval: time.Hour}}
 	cfg.Backup.resolve(dataDir)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,13 +173,13 @@ func TestTierFailsAlone(t *testing.T) {
 	nc, _, ev := startNATS(t)
 	root := t.TempDir()
 	tt := newThreeTiers(t, root)
-	// The warm disk is not there: its path runs through a regular file, so
-	// not even root can create it. The bucket is down.
-	blocker := filepath.Join(root, "second-disk")
-	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+	// The warm disk is not mounted: its directory is missing. The bucket
+	// is down.
+	warmDir := filepath.Join(root, "mnt", "second-disk")
+	warm, err := file.New(backup.TierWarm, warmDir, file.MustExist())
+	if err != nil {
 		t.Fatal(err)
 	}
-	warm := fileTier(t, backup.TierWarm, filepath.Join(blocker, "warm"))
 	tiers := []backup.TierConfig{tt.configs[0], {Tier: warm, Retention: backup.DefaultWarmRetention}, tt.configs[2]}
 	clock := testclock.New(t0)
 	o := options(d, tiers, clock.Now)
@@ -201,7 +202,7 @@ func TestTierFailsAlone(t *testing.T) {
 		for _, e := range ev.ofKind("backup.failed") {
 			failed[e["tier"].(string)], _ = e["reason"].(string)
 		}
-		if len(failed) != 2 || failed["warm"] == "" || failed["cold"] == "" {
+		if len(failed) != 2 || !strings.Contains(failed["warm"], "is its disk mounted?") || failed["cold"] == "" {
 			return errors.New("backup.failed for warm and cold not (yet) seen")
 		}
 		if len(ev.ofKind("backup.completed")) != 1 || ev.ofKind("backup.completed")[0]["tier"] != "hot" {
@@ -214,7 +215,7 @@ func TestTierFailsAlone(t *testing.T) {
 	if n := len(complete(t, tt.cold)); n != 0 {
 		t.Fatalf("cold holds %d complete copies after its outage, want none", n)
 	}
-	if err := os.Remove(blocker); err != nil {
+	if err := os.MkdirAll(warmDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(time.Hour)

@@ -29,14 +29,25 @@ const tmpPrefix = ".tmp-"
 // Tier keeps objects as files in one directory.
 type Tier struct {
 	name, dir string
+	mustExist bool
 }
 
 var _ backup.Tier = (*Tier)(nil)
 
+// Option changes how a Tier treats its directory.
+type Option func(*Tier)
+
+// MustExist makes Put refuse a missing directory instead of creating it:
+// for a directory on another disk (the warm tier), where a missing
+// directory most likely means the disk is not mounted, and creating it
+// would put the "second disk" copies on the first.
+func MustExist() Option { return func(t *Tier) { t.mustExist = true } }
+
 // New returns the tier name ("hot", "warm") in dir. The directory is
-// created (0700) on the first Put, not here: a missing second disk fails
-// that tier's backups, not the service's start.
-func New(name, dir string) (*Tier, error) {
+// created (0700, with its parents) on the first Put unless MustExist, not
+// here: a missing directory fails that tier's backups, not the service's
+// start.
+func New(name, dir string, opts ...Option) (*Tier, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("%s tier: no directory", name)
 	}
@@ -44,7 +55,11 @@ func New(name, dir string) (*Tier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s tier %s: %w", name, dir, err)
 	}
-	return &Tier{name: name, dir: abs}, nil
+	t := &Tier{name: name, dir: abs}
+	for _, o := range opts {
+		o(t)
+	}
+	return t, nil
 }
 
 // Name is the tier's role.
@@ -71,7 +86,11 @@ func (t *Tier) Put(ctx context.Context, name string, r io.Reader, size int64) (e
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(t.dir, DirMode); err != nil {
+	if t.mustExist {
+		if fi, err := os.Stat(t.dir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("%s tier: directory %s is missing or not a directory (is its disk mounted?); create it (mode 0700) to use it: %v", t.name, t.dir, err)
+		}
+	} else if err := os.MkdirAll(t.dir, DirMode); err != nil {
 		return fmt.Errorf("%s tier: %w", t.name, err)
 	}
 	// MkdirAll leaves an existing directory's mode alone; a backup

@@ -64,3 +64,27 @@ func TestPutShortReaderLeavesNothing(t *testing.T) {
 		t.Fatalf("directory holds %v after a failed Put, want nothing", entries)
 	}
 }
+
+func TestMustExistRefusesAMissingDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mnt", "second-disk")
+	tier, err := file.New("warm", dir, file.MustExist())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = tier.Put(context.Background(), "obj", strings.NewReader("data"), 4)
+	if err == nil || !strings.Contains(err.Error(), "is its disk mounted?") {
+		t.Fatalf("Put into a missing directory: %v, want a refusal asking about the disk", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the missing directory was created (%v)", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := tier.Put(context.Background(), "obj", strings.NewReader("data"), 4); err != nil {
+		t.Fatalf("Put once the directory is there: %v", err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != file.DirMode {
+		t.Fatalf("dir mode %v (%v), want %v", fi.Mode().Perm(), err, file.DirMode)
+	}
+}
