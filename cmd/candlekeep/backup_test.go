@@ -277,3 +277,23 @@ func TestBackupServiceAlone(t *testing.T) {
 		t.Fatal("backup service did not stop within 30s")
 	}
 }
+
+func TestRetentionFlagTakesDays(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		bad  bool
+	}{
+		{in: "14d", want: 14 * 24 * time.Hour},
+		{in: "36h", want: 36 * time.Hour},
+		{in: "90d", want: 90 * 24 * time.Hour},
+		{in: "0d", bad: true},
+		{in: "two weeks", bad: true},
+	} {
+		var d days
+		err := d.Set(tc.in)
+		if tc.bad != (err != nil) || (!tc.bad && time.Duration(d) != tc.want) {
+			t.Errorf("Set(%q) = %s, %v; want %s (bad %v)", tc.in, time.Duration(d), err, tc.want, tc.bad)
+		}
+	}
+}

@@ -319,3 +319,52 @@ func TestDamagedCopyIsRefused(t *testing.T) {
 		})
 	}
 }
+
+func TestIncompleteCopiesArePrunedAfterADay(t *testing.T) {
+	hot := fileTier(t, "hot", filepath.Join(t.TempDir(), "hot"))
+	ctx := context.Background()
+	// An upload that never got its manifest.
+	name := backup.ObjectName(t0, 9)
+	if err := hot.Put(ctx, name, strings.NewReader("partial"), 7); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		after time.Duration
+		left  int
+	}{{23 * time.Hour, 1}, {24 * time.Hour, 0}} {
+		if _, err := backup.Prune(ctx, hot, backup.DefaultHotRetention, t0.Add(tc.after)); err != nil {
+			t.Fatal(err)
+		}
+		copies, err := backup.List(ctx, hot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(copies) != tc.left {
+			t.Fatalf("%s after the failed upload: %d copies left, want %d", tc.after, len(copies), tc.left)
+		}
+	}
+}
+
+func TestSchedulePeriod(t *testing.T) {
+	for _, tc := range []struct {
+		schedule string
+		want     time.Duration
+	}{
+		{"0 0 2 * * *", 24 * time.Hour},
+		{"0 2 * * *", 24 * time.Hour},
+		{"@every 6h", 6 * time.Hour},
+		{"@hourly", time.Hour},
+		{"@weekly", 7 * 24 * time.Hour},
+		{"@monthly", 31 * 24 * time.Hour},
+		{"0 0 2 * * 1,4", 4 * 24 * time.Hour}, // Monday and Thursday: the longest gap is Thursday to Monday
+		{"off", 0},
+	} {
+		got, err := backup.SchedulePeriod(tc.schedule, t0)
+		if err != nil || got != tc.want {
+			t.Errorf("SchedulePeriod(%q) = %s, %v; want %s", tc.schedule, got, err, tc.want)
+		}
+	}
+	if _, err := backup.SchedulePeriod("at two", t0); err == nil || !strings.Contains(err.Error(), "--backup-schedule") {
+		t.Errorf("a bad schedule: %v, want an error naming --backup-schedule", err)
+	}
+}
