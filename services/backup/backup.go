@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -101,9 +102,25 @@ type TierResult struct {
 // integrity check, compression, then per tier the data object, its
 // read-back check and the manifest, then the tier's retention. Each tier
 // succeeds or fails alone, with backup.completed or backup.failed.
+//
+// The work runs on an OS thread of its own at the lowest CPU and I/O
+// priority, so the writer keeps its pace while the whole database is read,
+// checked, compressed and written.
 func (s *Service) Backup(ctx context.Context, trigger string) Report {
 	s.run.Lock()
 	defer s.run.Unlock()
+	done := make(chan Report, 1)
+	go func() {
+		// Never unlocked: the thread, and its lowered priority, end with
+		// this goroutine.
+		runtime.LockOSThread()
+		lowerPriority(s.log)
+		done <- s.backup(ctx, trigger)
+	}()
+	return <-done
+}
+
+func (s *Service) backup(ctx context.Context, trigger string) Report {
 	now := s.o.Now()
 	s.mu.Lock()
 	s.lastAttempt = now
