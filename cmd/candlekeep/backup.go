@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/services/backup"
 	"github.com/candlekeep/candlekeep/services/backup/file"
 	"github.com/candlekeep/candlekeep/services/backup/s3"
@@ -178,6 +179,16 @@ func serveBackup(ctx context.Context, natsURL, dbPath string, c backupConfig, m 
 		if err != nil {
 			return err
 		}
+		// The guarantee is checked at start; a later change that breaks it
+		// is reported at once rather than at the next start.
+		cfg.OnChange(func(key string, st cluster.Settings) {
+			if key != "candles-max-age" {
+				return
+			}
+			if err := backup.CheckRetention(c.Schedule, c.MinInterval, st.CandlesMaxAge, time.Now()); err != nil {
+				log.Error("the changed candles-max-age breaks the backup guarantee; a restore may not find every batch to replay", "err", err)
+			}
+		})
 		return following(ctx, cfg, s.Run)
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -267,6 +268,16 @@ func TestBackupServiceAlone(t *testing.T) {
 	if err != nil || len(entries) != 2 {
 		t.Fatalf("%s holds %v (%v), want one copy and its manifest", hot, entries, err)
 	}
+	// Shortening the retention while it runs is reported at once.
+	if code := run(context.Background(), []string{"config", "set", "candles-max-age=24h", "--nats-url", url}, &out, &errOut, noEnv); code != 0 {
+		t.Fatalf("config set: exit %d: %s", code, errOut.String())
+	}
+	checkfor.Check(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(svcErr.String(), "breaks the backup guarantee") {
+			return errors.New("no error logged for the shortened candles-max-age")
+		}
+		return nil
+	})
 	cancel()
 	select {
 	case code := <-done:
