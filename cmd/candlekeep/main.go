@@ -36,6 +36,7 @@ func commands() []command {
 		{"fetcher", "the fetcher service, connected to --nats-url", runFetcher},
 		{"writer", "the writer service, connected to --nats-url", runWriter},
 		{"monitor", "the monitor (health checks, metrics, alerts), connected to --nats-url", runMonitor},
+		{"backup", "the backup service (verified hot/warm/S3 copies), connected to --nats-url; backup now | backup ls", runBackup},
 		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
 		{"coverage", "what the database holds per pair: complete, missing, stale, known gaps (exit 1 if not all complete)", runCoverage},
 		{"health", "the six health checks and the firing alerts, from the monitor (exit 0 healthy, 1 problems, 2 cannot tell)", runHealth},
