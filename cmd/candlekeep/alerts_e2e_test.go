@@ -8,7 +8,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/sim"
+	"github.com/candlekeep/candlekeep/pkg/store/storetest"
 )
 
 // End-to-end alert tests: the real binary runs `candlekeep up` against the
@@ -372,3 +375,159 @@ func TestAlertDataStale(t *testing.T) {
 	r.inbox.assertExactly(t, "CandlekeepDataStale", "critical")
 }
 
+
+// The database file is damaged while candlekeep is down (pages in the
+// middle of the candles b-tree overwritten): the writer's check at start
+// finds it, and CandlekeepDatabaseCorrupt fires at the monitor's next
+// evaluation (the test asserts it arrives, not how fast: BenchmarkFaultToSlack
+// measures that). Following the runbook (move the file aside, start again:
+// the writer rebuilds it from CANDLES) resolves it once.
+func TestAlertDatabaseCorrupt(t *testing.T) {
+	r := newAlertRig(t, sim.Options{}, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1h", "--lookback", "1000", "--catch-up=false")
+	dbPath := filepath.Join(r.dataDir, databaseFile)
+	r.start()
+	done := r.sync(`{}`)
+	if done.PairsOK != 2 || done.Candles != 2000 {
+		t.Fatalf("sync.completed = %+v", done)
+	}
+	r.stop()
+	if _, err := storetest.CorruptCandles(dbPath, 4); err != nil {
+		t.Fatal(err)
+	}
+
+	startedAt := time.Now().Add(-time.Second)
+	r.start()
+	ev := watchEventsSince(t, r.nc, startedAt)
+	var failed candles.IntegrityFailed
+	ev.wait(t, candles.KindIntegrityFailed, "", time.Minute, &failed)
+	r.inbox.waitFor(t, "CandlekeepDatabaseCorrupt", "FIRING", 30*time.Second)
+	r.waitHealth(1, 10*time.Second, func(hr candles.HealthReport) error {
+		if c := checkNamed(hr, "integrity"); c.Status != candles.CheckFail || c.Value != "damaged" {
+			return fmt.Errorf("integrity %+v", c)
+		}
+		if !firing(hr, "CandlekeepDatabaseCorrupt") {
+			return fmt.Errorf("CandlekeepDatabaseCorrupt not among the firing alerts: %+v", hr.Firing)
+		}
+		return nil
+	})
+
+	// The runbook: stop, move the file aside, start again.
+	r.stop()
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if err := os.Rename(dbPath+suffix, dbPath+suffix+".corrupt"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	r.start()
+	r.inbox.waitFor(t, "CandlekeepDatabaseCorrupt", "RESOLVED", 30*time.Second)
+	standInBackup(t, r.nc, time.Now())
+	r.waitHealth(0, time.Minute, func(hr candles.HealthReport) error {
+		if c := checkNamed(hr, "integrity"); c.Status != candles.CheckOK {
+			return fmt.Errorf("integrity %+v", c)
+		}
+		return nil
+	})
+	if n := rowCount(t, dbPath); n != 2000 {
+		t.Fatalf("the rebuilt database holds %d candles, want 2000", n)
+	}
+	r.inbox.assertExactly(t, "CandlekeepDatabaseCorrupt", "critical")
+}
+
+// A run still open past --sync-timeout (1s here; the exchange answers in
+// 700ms and one pair is fetched at a time) is closed with sync.timeout:
+// CandlekeepSyncTimeout fires once, and resolves once the (scaled) 1 h
+// window, 3.6s, holds no timeout any more.
+func TestAlertSyncTimeout(t *testing.T) {
+	r := newAlertRig(t, sim.Options{}, "--symbols", "BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT", "--intervals", "4h", "--lookback", "5",
+		"--catch-up=false", "--fetch-concurrency", "1", "--sync-timeout", "1s")
+	r.start()
+	r.simAdmin(http.MethodPost, "/sim/latency", `{"latency":"700ms"}`)
+	ev := watchEvents(t, r.nc)
+	acc := requestSync(t, r.nc, `{}`)
+	var to candles.SyncTimeout
+	ev.wait(t, candles.KindSyncTimeout, acc.RunID, time.Minute, &to)
+	if len(to.OpenPairs) == 0 || to.PairsOK+len(to.OpenPairs) != 4 {
+		t.Fatalf("sync.timeout = %+v", to)
+	}
+	r.inbox.waitFor(t, "CandlekeepSyncTimeout", "FIRING", 30*time.Second)
+	// The run is closed; what it still fetches lands, quickly now.
+	r.simAdmin(http.MethodPost, "/sim/latency", `{"latency":"0s"}`)
+	r.inbox.waitFor(t, "CandlekeepSyncTimeout", "RESOLVED", 30*time.Second)
+	r.inbox.assertExactly(t, "CandlekeepSyncTimeout", "critical")
+}
+
+// The exchange bans the IP (418) during a sync: the fetcher pauses and
+// announces ratelimit.banned; CandlekeepRateLimitAbuse fires once and
+// resolves once the (scaled) 1 h window, 3.6s, holds no ban any more.
+func TestAlertRateLimitBan(t *testing.T) {
+	r := newAlertRig(t, sim.Options{}, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "4h", "--lookback", "5", "--catch-up=false")
+	r.start()
+	r.simAdmin(http.MethodPost, "/sim/faults", `{"kind":"ban","path":"/api/v3/klines","count":1,"retry_after":"1s"}`)
+	ev := watchEvents(t, r.nc)
+	done := r.sync(`{}`)
+	if done.PairsOK != 2 {
+		t.Fatalf("sync.completed = %+v", done)
+	}
+	if got := len(ev.of(candles.KindRateLimitBanned, "")); got != 1 {
+		t.Fatalf("%d ratelimit.banned events, want 1", got)
+	}
+	r.inbox.waitFor(t, "CandlekeepRateLimitAbuse", "FIRING", 30*time.Second)
+	r.inbox.waitFor(t, "CandlekeepRateLimitAbuse", "RESOLVED", 30*time.Second)
+	r.inbox.assertExactly(t, "CandlekeepRateLimitAbuse", "warning")
+}
+
+// A configured symbol the exchange does not list fails with -1121
+// (pair.failed): CandlekeepPipelineErrors fires for the failure and, once
+// the pair has stayed incomplete for the (scaled) 30 min, 1.8s,
+// CandlekeepMissingSymbols too; one message each. Dropping the symbol from
+// the configuration resolves both, once each.
+func TestAlertMissingSymbol(t *testing.T) {
+	r := newAlertRig(t, sim.Options{}, "--symbols", "BTCUSDT,NOSUCHUSDT", "--intervals", "4h", "--lookback", "5", "--catch-up=false")
+	r.start()
+	ev := watchEvents(t, r.nc)
+	done := r.sync(`{}`)
+	if done.PairsOK != 1 || done.PairsFailed != 1 {
+		t.Fatalf("sync.completed = %+v", done)
+	}
+	var pf candles.PairFailed
+	ev.wait(t, candles.KindPairFailed, "", time.Minute, &pf)
+	if pf.Symbol != "NOSUCHUSDT" {
+		t.Fatalf("pair.failed = %+v", pf)
+	}
+	r.inbox.waitFor(t, "CandlekeepPipelineErrors", "FIRING", 30*time.Second)
+	r.inbox.waitFor(t, "CandlekeepMissingSymbols", "FIRING", 30*time.Second)
+
+	if code, out, errOut := runCmd(t, "config", "set", "symbols=BTCUSDT", "--nats-url", r.natsURL); code != 0 {
+		t.Fatalf("config set: exit %d\n%s%s", code, out, errOut)
+	}
+	r.inbox.waitFor(t, "CandlekeepMissingSymbols", "RESOLVED", 30*time.Second)
+	r.inbox.waitFor(t, "CandlekeepPipelineErrors", "RESOLVED", 30*time.Second)
+	r.inbox.assertExactly(t, "CandlekeepMissingSymbols", "warning")
+	r.inbox.assertExactly(t, "CandlekeepPipelineErrors", "info")
+}
+
+// A pair the exchange keeps failing (503 on every klines request for
+// ETHUSDT) fails after --max-attempts: CandlekeepPipelineErrors fires once
+// and resolves once the (scaled) 1 h window, 3.6s, holds no failure. The
+// pair's data from the first sync is still fresh and complete, so
+// CandlekeepMissingSymbols says nothing.
+func TestAlertPairFailures(t *testing.T) {
+	r := newAlertRig(t, sim.Options{}, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "4h", "--lookback", "5", "--catch-up=false",
+		"--max-attempts", "2")
+	r.start()
+	if done := r.sync(`{}`); done.PairsOK != 2 {
+		t.Fatalf("first sync.completed = %+v", done)
+	}
+	r.simAdmin(http.MethodPost, "/sim/faults", `{"kind":"status","path":"/api/v3/klines","symbol":"ETHUSDT","status":503}`)
+	done := r.sync(`{}`)
+	if done.PairsOK != 1 || done.PairsFailed != 1 {
+		t.Fatalf("sync.completed with a failing pair = %+v", done)
+	}
+	r.inbox.waitFor(t, "CandlekeepPipelineErrors", "FIRING", 30*time.Second)
+	r.simAdmin(http.MethodDelete, "/sim/faults", "")
+	r.inbox.waitFor(t, "CandlekeepPipelineErrors", "RESOLVED", 30*time.Second)
+	r.inbox.assertExactly(t, "CandlekeepPipelineErrors", "info")
+	if got := r.inbox.of("CandlekeepMissingSymbols"); len(got) != 0 {
+		t.Errorf("CandlekeepMissingSymbols messages for a pair whose data is complete: %v", got)
+	}
+}
