@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,6 +45,7 @@ const (
 // and the fallback text.
 type inboxMsg struct {
 	Alert, Kind, Severity, Text string
+	At                          time.Time // when the webhook got it
 }
 
 func (m inboxMsg) String() string { return m.Alert + " " + m.Kind + " (" + m.Severity + ")" }
@@ -57,12 +60,13 @@ type alertInbox struct {
 	bad  []string // bodies that are not a Block Kit message as the monitor sends
 }
 
-func newAlertInbox(t *testing.T) *alertInbox {
+func newAlertInbox(t testing.TB) *alertInbox {
 	t.Helper()
 	in := &alertInbox{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		m, err := decodeSlack(body)
+		m.At = time.Now()
 		in.mu.Lock()
 		in.raw = append(in.raw, string(body))
 		if err != nil || r.Method != http.MethodPost {
@@ -147,16 +151,19 @@ func (in *alertInbox) all() []inboxMsg {
 }
 
 // waitFor waits until a message of kind about alert arrived.
-func (in *alertInbox) waitFor(t *testing.T, alert, kind string, timeout time.Duration) {
+func (in *alertInbox) waitFor(t testing.TB, alert, kind string, timeout time.Duration) inboxMsg {
 	t.Helper()
-	checkfor.Check(t, timeout, 50*time.Millisecond, func() error {
+	var got inboxMsg
+	checkfor.Check(t, timeout, 10*time.Millisecond, func() error {
 		for _, m := range in.of(alert) {
 			if m.Kind == kind {
+				got = m
 				return nil
 			}
 		}
 		return fmt.Errorf("no %s %s message; the webhook has %v", alert, kind, in.all())
 	})
+	return got
 }
 
 // assertExactly checks that the messages about alert are exactly one
@@ -173,7 +180,7 @@ func (in *alertInbox) assertExactly(t *testing.T, alert, severity string, kinds 
 	}
 	got := in.of(alert)
 	for i := range got {
-		got[i].Text = ""
+		got[i].Text, got[i].At = "", time.Time{}
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("%s: the webhook got %v, want exactly %v", alert, got, want)
@@ -188,24 +195,47 @@ func (in *alertInbox) assertExactly(t *testing.T, alert, severity string, kinds 
 // alertRig is `candlekeep up` (the real binary) against an in-process
 // simulator, with the monitor posting to an alertInbox.
 type alertRig struct {
-	t       *testing.T
+	t       testing.TB
 	sim     *sim.Sim
 	simURL  string
 	inbox   *alertInbox
 	dataDir string
-	args    []string // the flags of every start, after the common ones
-	up      *proc
-	natsURL string
-	nc      *nats.Conn
+	// eval and timeScale are --eval-interval and --rule-time-scale.
+	eval, timeScale string
+	args            []string // the flags of every start, after the common ones
+	up              *proc
+	natsURL         string
+	nc              *nats.Conn
+	// firstBan is when the simulator first answered 418 (UnixNano; 0: never).
+	firstBan atomic.Int64
 }
 
-func newAlertRig(t *testing.T, so sim.Options, args ...string) *alertRig {
+func newAlertRig(t testing.TB, so sim.Options, args ...string) *alertRig {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end with processes; runs without -short")
 	}
-	s, simURL := startSim(t, so)
-	return &alertRig{t: t, sim: s, simURL: simURL, inbox: newAlertInbox(t), dataDir: t.TempDir(), args: args}
+	r := &alertRig{t: t, sim: sim.New(so), inbox: newAlertInbox(t), dataDir: t.TempDir(), args: args,
+		eval: alertEval, timeScale: alertTimeScale}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.sim.ServeHTTP(&banClock{ResponseWriter: w, first: &r.firstBan}, req)
+	}))
+	t.Cleanup(func() { r.sim.Close(); srv.Close() })
+	r.simURL = srv.URL
+	return r
+}
+
+// banClock notes when a 418 is first sent.
+type banClock struct {
+	http.ResponseWriter
+	first *atomic.Int64
+}
+
+func (b *banClock) WriteHeader(code int) {
+	if code == http.StatusTeapot {
+		b.first.CompareAndSwap(0, time.Now().UnixNano())
+	}
+	b.ResponseWriter.WriteHeader(code)
 }
 
 // start runs `candlekeep up` on the rig's data directory (new NATS and
@@ -217,7 +247,7 @@ func (r *alertRig) start() {
 	natsAddr := freeAddr(t)
 	args := append([]string{"up", "--data-dir", r.dataDir, "--nats-listen", natsAddr, "--http-listen", freeAddr(t),
 		"--sync-schedule", "off", "--retry-base", "100ms", "--log-format", "json",
-		"--eval-interval", alertEval, "--rule-time-scale", alertTimeScale, "--slack-webhook-url", r.inbox.url}, r.args...)
+		"--eval-interval", r.eval, "--rule-time-scale", r.timeScale, "--slack-webhook-url", r.inbox.url}, r.args...)
 	r.up = start(t, []string{"CANDLEKEEP_BINANCE_URL=" + r.simURL}, args...)
 	r.natsURL = "nats://" + natsAddr
 	checkfor.Check(t, 30*time.Second, 50*time.Millisecond, func() error {
@@ -245,7 +275,15 @@ func (r *alertRig) start() {
 func (r *alertRig) stop() {
 	r.t.Helper()
 	r.nc.Close()
-	stopProc(r.t, r.up)
+	_ = r.up.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.up.done:
+		if r.up.err != nil {
+			r.t.Fatalf("candlekeep up exited with %v after SIGTERM; output:\n%s", r.up.err, r.up.out)
+		}
+	case <-time.After(30 * time.Second):
+		r.t.Fatalf("candlekeep up did not stop within 30s of SIGTERM; output:\n%s", r.up.out)
+	}
 }
 
 // simAdmin sends one request to the simulator's admin API.
@@ -374,7 +412,6 @@ func TestAlertDataStale(t *testing.T) {
 	})
 	r.inbox.assertExactly(t, "CandlekeepDataStale", "critical")
 }
-
 
 // The database file is damaged while candlekeep is down (pages in the
 // middle of the candles b-tree overwritten): the writer's check at start
