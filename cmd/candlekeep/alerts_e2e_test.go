@@ -505,8 +505,10 @@ func TestAlertRateLimitBan(t *testing.T) {
 	if done.PairsOK != 2 {
 		t.Fatalf("sync.completed = %+v", done)
 	}
-	if got := len(ev.of(candles.KindRateLimitBanned, "")); got != 1 {
-		t.Fatalf("%d ratelimit.banned events, want 1", got)
+	// Requests in flight when the ban starts may each meet the 418: one
+	// ban, announced at least once, and one alert whatever the count.
+	if got := len(ev.of(candles.KindRateLimitBanned, "")); got < 1 {
+		t.Fatal("no ratelimit.banned event")
 	}
 	r.inbox.waitFor(t, "CandlekeepRateLimitAbuse", "FIRING", 30*time.Second)
 	r.inbox.waitFor(t, "CandlekeepRateLimitAbuse", "RESOLVED", 30*time.Second)
