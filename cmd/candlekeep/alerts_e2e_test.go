@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -45,7 +46,10 @@ const (
 // and the fallback text.
 type inboxMsg struct {
 	Alert, Kind, Severity, Text string
-	At                          time.Time // when the webhook got it
+	// Group is the group key the context line names ("… group `k`"): a
+	// resolved message names the group of the firing it ends.
+	Group string
+	At    time.Time // when the webhook got it
 }
 
 func (m inboxMsg) String() string { return m.Alert + " " + m.Kind + " (" + m.Severity + ")" }
@@ -89,6 +93,8 @@ func newAlertInbox(t testing.TB) *alertInbox {
 	return in
 }
 
+var groupRE = regexp.MustCompile("group `([^`]+)`")
+
 // decodeSlack reads the monitor's Block Kit message: a header block
 // "<emoji> <alert> <kind>" and a section whose fields hold "*Severity*\n…".
 func decodeSlack(body []byte) (inboxMsg, error) {
@@ -102,6 +108,9 @@ func decodeSlack(body []byte) (inboxMsg, error) {
 			Fields []struct {
 				Text string `json:"text"`
 			} `json:"fields"`
+			Elements []struct {
+				Text any `json:"text"`
+			} `json:"elements"`
 		} `json:"blocks"`
 	}
 	if err := json.Unmarshal(body, &msg); err != nil {
@@ -120,6 +129,14 @@ func decodeSlack(body []byte) (inboxMsg, error) {
 			for _, f := range b.Fields {
 				if s, ok := strings.CutPrefix(f.Text, "*Severity*\n"); ok {
 					m.Severity = s
+				}
+			}
+		case b.Type == "context":
+			for _, e := range b.Elements {
+				if text, ok := e.Text.(string); ok {
+					if g := groupRE.FindStringSubmatch(text); g != nil {
+						m.Group = g[1]
+					}
 				}
 			}
 		}
@@ -167,8 +184,8 @@ func (in *alertInbox) waitFor(t testing.TB, alert, kind string, timeout time.Dur
 }
 
 // assertExactly checks that the messages about alert are exactly one
-// FIRING and one RESOLVED (or the kinds given), with severity, and that
-// every body was a message the monitor makes.
+// FIRING and one RESOLVED (or the kinds given), with severity, all naming
+// the same group, and that every body was a message the monitor makes.
 func (in *alertInbox) assertExactly(t *testing.T, alert, severity string, kinds ...string) {
 	t.Helper()
 	if len(kinds) == 0 {
@@ -179,8 +196,15 @@ func (in *alertInbox) assertExactly(t *testing.T, alert, severity string, kinds 
 		want = append(want, inboxMsg{Alert: alert, Kind: k, Severity: severity})
 	}
 	got := in.of(alert)
+	var group string
 	for i := range got {
-		got[i].Text, got[i].At = "", time.Time{}
+		if i == 0 {
+			group = got[0].Group
+		}
+		if got[i].Group == "" || got[i].Group != group {
+			t.Errorf("%s: message %d names group %q, the first %q: not paired", alert, i, got[i].Group, group)
+		}
+		got[i].Text, got[i].Group, got[i].At = "", "", time.Time{}
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("%s: the webhook got %v, want exactly %v", alert, got, want)
