@@ -437,12 +437,13 @@ func TestAlertDataStale(t *testing.T) {
 	r.inbox.assertExactly(t, "CandlekeepDataStale", "critical")
 }
 
-// The database file is damaged while candlekeep is down (pages in the
-// middle of the candles b-tree overwritten): the writer's check at start
-// finds it, and CandlekeepDatabaseCorrupt fires at the monitor's next
-// evaluation (the test asserts it arrives, not how fast: BenchmarkFaultToSlack
-// measures that). Following the runbook (move the file aside, start again:
-// the writer rebuilds it from CANDLES) resolves it once.
+// The database file is damaged under the running writer (pages in the
+// middle of the candles b-tree overwritten): the quick_check the monitor
+// asks the writer for at each evaluation finds it (integrity.failed), and
+// CandlekeepDatabaseCorrupt fires (the test asserts it arrives, not how
+// fast: BenchmarkFaultToSlack measures that). Following the runbook (stop,
+// move the file aside, start again: the writer rebuilds it from CANDLES)
+// resolves it once.
 func TestAlertDatabaseCorrupt(t *testing.T) {
 	r := newAlertRig(t, sim.Options{}, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1h", "--lookback", "1000", "--catch-up=false")
 	dbPath := filepath.Join(r.dataDir, databaseFile)
@@ -451,16 +452,19 @@ func TestAlertDatabaseCorrupt(t *testing.T) {
 	if done.PairsOK != 2 || done.Candles != 2000 {
 		t.Fatalf("sync.completed = %+v", done)
 	}
-	r.stop()
-	if _, err := storetest.CorruptCandles(dbPath, 4); err != nil {
-		t.Fatal(err)
-	}
-
+	// The disk goes bad under the running writer (the checkpoint that
+	// CorruptCandles needs waits for a moment without readers).
 	startedAt := time.Now().Add(-time.Second)
-	r.start()
+	checkfor.Check(t, 30*time.Second, 50*time.Millisecond, func() error {
+		_, err := storetest.CorruptCandles(dbPath, 4)
+		return err
+	})
 	ev := watchEventsSince(t, r.nc, startedAt)
 	var failed candles.IntegrityFailed
 	ev.wait(t, candles.KindIntegrityFailed, "", time.Minute, &failed)
+	if failed.Database != dbPath || len(failed.Problems) == 0 {
+		t.Fatalf("integrity.failed = %+v", failed)
+	}
 	r.inbox.waitFor(t, "CandlekeepDatabaseCorrupt", "FIRING", 30*time.Second)
 	r.waitHealth(1, 10*time.Second, func(hr candles.HealthReport) error {
 		if c := checkNamed(hr, "integrity"); c.Status != candles.CheckFail || c.Value != "damaged" {
