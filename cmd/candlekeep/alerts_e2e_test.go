@@ -383,7 +383,7 @@ func (r *alertRig) waitHealth(code int, timeout time.Duration, ok func(candles.H
 	return hr
 }
 
-func firing(hr candles.HealthReport, alert string) bool {
+func firingIn(hr candles.HealthReport, alert string) bool {
 	return slices.ContainsFunc(hr.Firing, func(a candles.AlertEvent) bool { return a.Alert == alert })
 }
 
@@ -402,7 +402,7 @@ func TestAlertDataStale(t *testing.T) {
 		if c := checkNamed(hr, "freshness"); c.Status != candles.CheckFail || c.Value != "2/2 pairs stale" {
 			return fmt.Errorf("freshness %+v", c)
 		}
-		if !firing(hr, "CandlekeepDataStale") {
+		if !firingIn(hr, "CandlekeepDataStale") {
 			return fmt.Errorf("CandlekeepDataStale not among the firing alerts: %+v", hr.Firing)
 		}
 		return nil
@@ -417,7 +417,7 @@ func TestAlertDataStale(t *testing.T) {
 		if hr.At.Before(restarted.Add(5 * 200 * time.Millisecond)) {
 			return fmt.Errorf("report at %v: not five evaluations after the restart yet", hr.At)
 		}
-		if !firing(hr, "CandlekeepDataStale") {
+		if !firingIn(hr, "CandlekeepDataStale") {
 			return fmt.Errorf("CandlekeepDataStale not among the firing alerts after the restart: %+v", hr.Firing)
 		}
 		return nil
@@ -429,7 +429,7 @@ func TestAlertDataStale(t *testing.T) {
 	r.sync(`{}`)
 	r.inbox.waitFor(t, "CandlekeepDataStale", "RESOLVED", 30*time.Second)
 	r.waitHealth(0, time.Minute, func(hr candles.HealthReport) error {
-		if firing(hr, "CandlekeepDataStale") {
+		if firingIn(hr, "CandlekeepDataStale") {
 			return fmt.Errorf("CandlekeepDataStale still firing: %+v", hr.Firing)
 		}
 		return nil
@@ -470,7 +470,7 @@ func TestAlertDatabaseCorrupt(t *testing.T) {
 		if c := checkNamed(hr, "integrity"); c.Status != candles.CheckFail || c.Value != "damaged" {
 			return fmt.Errorf("integrity %+v", c)
 		}
-		if !firing(hr, "CandlekeepDatabaseCorrupt") {
+		if !firingIn(hr, "CandlekeepDatabaseCorrupt") {
 			return fmt.Errorf("CandlekeepDatabaseCorrupt not among the firing alerts: %+v", hr.Firing)
 		}
 		return nil

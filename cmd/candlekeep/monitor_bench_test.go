@@ -118,7 +118,7 @@ func BenchmarkMetricsScrape10000Pairs(b *testing.B) {
 			url := "http://" + tc.addr + "/metrics"
 			var body string
 			checkfor.Check(b, 2*time.Minute, 200*time.Millisecond, func() error {
-				body = scrape(b, url)
+				body = getMetrics(b, url)
 				if n := strings.Count(body, "\ncandlekeep_pair_staleness_seconds{"); n != 10000 {
 					return fmt.Errorf("%s has evaluated %d pairs' staleness, not 10,000 yet", tc.name, n)
 				}
@@ -127,15 +127,15 @@ func BenchmarkMetricsScrape10000Pairs(b *testing.B) {
 			var took []time.Duration
 			for range 20 {
 				t0 := time.Now()
-				scrape(b, url)
+				getMetrics(b, url)
 				took = append(took, time.Since(t0))
 			}
 			slices.Sort(took)
 			median := (took[9] + took[10]) / 2
 			report("GET /metrics with 10,000 pairs configured, %-24s (%d lines, %.1f MB; process peak RSS %.0f MB): median of 20 %6.1f ms, slowest %6.1f ms (target < 100 ms: %s)",
-				tc.name, strings.Count(body, "\n"), float64(len(body))/1e6, peakRSS(b, tc.p.cmd.Process.Pid), ms(median), ms(took[19]),
+				tc.name, strings.Count(body, "\n"), float64(len(body))/1e6, peakRSS(b, tc.p.cmd.Process.Pid), millis(median), millis(took[19]),
 				verdict(median < 100*time.Millisecond))
-			b.ReportMetric(ms(median), "scrape-ms-"+strings.Fields(tc.name)[len(strings.Fields(tc.name))-1])
+			b.ReportMetric(millis(median), "scrape-ms-"+strings.Fields(tc.name)[len(strings.Fields(tc.name))-1])
 		}
 	}
 }
@@ -163,10 +163,10 @@ func waitAnswers(b *testing.B, nc *nats.Conn, subjects ...string) {
 	}
 }
 
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// scrape GETs url and returns the body; anything but 200 is fatal.
-func scrape(b *testing.B, url string) string {
+// getMetrics GETs url and returns the body; anything but 200 is fatal.
+func getMetrics(b *testing.B, url string) string {
 	resp, err := http.Get(url)
 	if err != nil {
 		b.Fatal(err)
