@@ -116,6 +116,10 @@ func TestResourcesHealThemselves(t *testing.T) {
 		if got := m.Header.Get("Nats-Schedule"); got != "0 0 1 * * *" {
 			return fmt.Errorf("schedule %q in the recreated SYNC, want %q", got, schedule)
 		}
+		// The backup service's schedule lives in SYNC too: it puts it back.
+		if _, err := s.GetLastMsgForSubject(ctx, candles.SubjectBackupSchedule); err != nil {
+			return fmt.Errorf("no backup schedule in the recreated SYNC: %w", err)
+		}
 		return nil
 	})
 

@@ -193,15 +193,17 @@ func (s *Service) consumer(ctx context.Context, stream, durable, subject string)
 // consume takes cons's messages until ctx ends. They are acknowledged once
 // taken in: the trigger is remembered and the backup loop acts on it (a
 // trigger lost to a crash is made up by the next sync or tick). When the
-// consumer disappears (deleted, or its stream with it) it is created again,
-// streams first, and consuming resumes.
+// consumer disappears (deleted, or its stream with it) it is created again
+// once the stream is back (its owner recreates it), and consuming resumes.
 func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, stream, durable, subject string, fn func()) error {
 	for ctx.Err() == nil {
 		if cons == nil {
+			// The streams belong to the fetcher and the writer, which put
+			// a lost one back with its schedule and say so
+			// (resource.recreated); recreating it here first would hide
+			// that, so the backup service only waits for it.
 			var err error
-			if err = candles.EnsureStreams(ctx, s.js, s.o.Streams); err == nil {
-				cons, err = s.consumer(ctx, stream, durable, subject)
-			}
+			cons, err = s.consumer(ctx, stream, durable, subject)
 			if err != nil {
 				if ctx.Err() == nil {
 					s.log.Warn("cannot recreate the backup trigger consumer; retrying", "consumer", durable, "err", err)
@@ -210,6 +212,12 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, stream, 
 				continue
 			}
 			s.log.Warn("backup trigger consumer recreated", "consumer", durable, "stream", stream)
+			// A recreated SYNC came back without the backup schedule.
+			if stream == candles.StreamSync {
+				if err := s.installSchedule(ctx); err != nil && ctx.Err() == nil {
+					s.log.Warn("reinstall the backup schedule; the next recreation tries again", "err", err)
+				}
+			}
 		}
 		it, err := cons.Messages()
 		if err != nil {
