@@ -41,13 +41,16 @@ func TestOperationsRunbookCommandsWork(t *testing.T) {
 	fo.Symbols, fo.Intervals, fo.Lookback = []string{"BTCUSDT", "ETHUSDT", "SOLUSDT"}, []string{"4h"}, 50
 	fo.SyncSchedule = "@daily" // the runbook reads and changes it
 	dataDir := t.TempDir()
-	natsURL := startUp(t, dataDir, fo)
+	// up with its monitor, as `candlekeep up` runs by default.
+	natsURL, _ := startUpMonitored(t, dataDir, fo, testMonitorSettings(t))
 	nc := connect(t, natsURL)
 	ev := watchEvents(t, nc)
 	// The runbook reads events and coverage, so have one run done first.
 	acc := requestSync(t, nc, `{}`)
 	var done candles.SyncCompleted
 	ev.wait(t, candles.KindSyncCompleted, acc.RunID, time.Minute, &done)
+	// `candlekeep health` exits 0 only with a recent verified backup.
+	standInBackup(t, nc, time.Now())
 	natsCLI(t)
 	work := t.TempDir()
 	if err := os.Mkdir(filepath.Join(work, "bin"), 0o755); err != nil {
@@ -97,7 +100,7 @@ func TestOperationsRunbookCommandsWork(t *testing.T) {
 
 // longRunning matches the commands a runbook test does not run: make
 // targets and processes that serve until stopped.
-var longRunning = regexp.MustCompile(`^(make |.*&\s*$|(CANDLEKEEP_\S+=\S+ )*bin/candlekeep (up|writer|fetcher|sim)\b)`)
+var longRunning = regexp.MustCompile(`^(make |.*&\s*$|(CANDLEKEEP_\S+=\S+ )*bin/candlekeep (up|writer|fetcher|monitor|sim)\b)`)
 
 // runbookCommands returns the runnable commands inside ```sh blocks (lines
 // continued with a backslash joined), without trailing comments except an

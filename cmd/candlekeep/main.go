@@ -35,8 +35,12 @@ func commands() []command {
 		{"up", "embedded NATS + fetcher + writer in one process (what `make run` starts)", runUp},
 		{"fetcher", "the fetcher service, connected to --nats-url", runFetcher},
 		{"writer", "the writer service, connected to --nats-url", runWriter},
+		{"monitor", "the monitor (health checks, metrics, alerts), connected to --nats-url", runMonitor},
 		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
 		{"coverage", "what the database holds per pair: complete, missing, stale, known gaps (exit 1 if not all complete)", runCoverage},
+		{"health", "the six health checks and the firing alerts, from the monitor (exit 0 healthy, 1 problems, 2 cannot tell)", runHealth},
+		{"status", "sync runs in progress (live on a terminal) and the last runs, from the monitor", runStatus},
+		{"sync", "request a sync, follow it and print a per-pair report (exit 0 ok, 1 failed, 124 timeout, 2 bad flags or no answer)", runSync},
 		{"config", "read or change the cluster-wide settings stored in JetStream (get | set)", runConfig},
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/fetcher"
+	"github.com/candlekeep/candlekeep/services/monitor"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
 
@@ -185,4 +186,38 @@ func withConn(ctx context.Context, natsURL, name string, log *slog.Logger, fn fu
 		nc.Close()
 	}
 	return runErr
+}
+
+// serveMonitor connects to natsURL and runs the monitor until ctx ends. It
+// reads the cluster configuration and never writes it: a monitor started
+// first must not seed settings the other services would then follow.
+func serveMonitor(ctx context.Context, natsURL string, ms monitorSettings, log *slog.Logger) error {
+	log = log.With("service", "monitor")
+	ms.Receivers.logReceivers(log)
+	return withConn(ctx, natsURL, "candlekeep-monitor", log, func(nc *nats.Conn) error {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("jetstream: %w", err)
+		}
+		lctx, cancel := context.WithTimeout(ctx, joinTimeout)
+		s, err := storedSettings(lctx, js)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("read the cluster configuration: %w", err)
+		}
+		o := monitor.DefaultOptions()
+		o.Conn, o.Logger = nc, log
+		o.HTTPListen, o.EvalInterval, o.MaxStaleness = ms.HTTPListen, ms.EvalInterval, ms.MaxStaleness
+		o.RepeatInterval, o.Receivers, o.Ready = ms.RepeatInterval, ms.Notifiers, ms.Ready
+		o.RuleTimeScale = ms.RuleTimeScale
+		o.Replicas = s.StreamReplicas
+		if ms.Now != nil {
+			o.Now = ms.Now
+		}
+		m, err := monitor.New(o)
+		if err != nil {
+			return err
+		}
+		return m.Run(ctx)
+	})
 }

@@ -32,6 +32,8 @@ type upConfig struct {
 	// Member is how up joins the cluster configuration; zero means "every
 	// setting as Fetcher has it" (in-process callers).
 	Member membership
+	// Monitor, if set, runs the monitor too (nil: not in this process).
+	Monitor *monitorSettings
 	// Ready, if set, is called with the embedded server's client URL once
 	// every service runs (tests use it with --nats-listen 127.0.0.1:-1).
 	Ready func(natsURL string)
@@ -45,7 +47,10 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 			"config get); the others keep their stored values. It keeps the sync schedule\n"+
 			"in place and, if stored data is older than one interval, starts a catch-up.\n"+
 			"The database is <data-dir>/candles.db. Stop it with Ctrl-C or SIGTERM: work in\n"+
-			"flight is handed back to the streams, nothing is lost.", stderr)
+			"flight is handed back to the streams, nothing is lost.\n\n"+
+			"It runs the monitor too (health checks, /metrics on --http-listen, alerts to\n"+
+			"the receivers below) unless --monitor=false, for a deployment that runs\n"+
+			"candlekeep monitor apart.", stderr)
 	var lf logFlags
 	lf.register(fs)
 	var cf clusterFlags
@@ -54,6 +59,9 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 	ff.register(fs)
 	var mf memoryFlag
 	mf.register(fs)
+	var monf monitorFlags
+	monf.register(fs)
+	runMon := fs.Bool("monitor", true, "run the monitor in this process (false when candlekeep monitor runs apart)")
 	cfg := upConfig{Writer: writer.DefaultOptions()}
 	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir, "directory of candles.db and the NATS store (created 0700)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", defaultNATSListen, "host:port of the embedded nats-server, for the nats CLI and split services")
@@ -71,6 +79,14 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 	if err := cfg.Fetcher.ValidateConfig(); err != nil {
 		fmt.Fprintf(stderr, "candlekeep up: %v\n(see candlekeep up --help)\n", err)
 		return 2
+	}
+	if *runMon {
+		ms, err := monf.settings(getenv)
+		if err != nil {
+			fmt.Fprintf(stderr, "candlekeep up: %v\n(see candlekeep up --help)\n", err)
+			return 2
+		}
+		cfg.Monitor = &ms
 	}
 	mf.apply()
 	if err := up(ctx, cfg, log); err != nil {
@@ -140,10 +156,45 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	g.Go(func() error { return serveLeasedWriter(gctx, url, dbPath, cfg.Writer, m, log, false) })
 	g.Go(func() error { return serveFetcher(gctx, url, cfg.Fetcher, m, log) })
 	g.Go(func() error { return watchStore(gctx, ns, url, filepath.Join(cfg.DataDir, "nats"), log) })
+	if cfg.Monitor != nil {
+		g.Go(func() error { superviseMonitor(gctx, url, *cfg.Monitor, log); return nil })
+	}
 	if cfg.Ready != nil {
 		cfg.Ready(url)
 	}
 	return g.Wait()
+}
+
+// Backoff of a monitor that stopped inside `up`.
+const (
+	monitorRestartMin = time.Second
+	monitorRestartMax = time.Minute
+)
+
+// superviseMonitor runs the monitor inside `up` until ctx ends. The monitor
+// only observes: when it stops (its --http-listen port taken, NATS trouble)
+// the fetcher and the writer keep going, the error is logged, and the
+// monitor starts again after a backoff, so it comes back without a restart
+// of the pipeline. Meanwhile `candlekeep health` says no monitor answers.
+func superviseMonitor(ctx context.Context, url string, ms monitorSettings, log *slog.Logger) {
+	wait := monitorRestartMin
+	for {
+		started := time.Now()
+		err := serveMonitor(ctx, url, ms, log)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(started) > monitorRestartMax {
+			wait = monitorRestartMin // it ran a good while: a new failure
+		}
+		log.Error("monitor stopped; the fetcher and the writer keep running; restarting it", "service", "monitor", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, monitorRestartMax)
+	}
 }
 
 // watchStore keeps the embedded server's JetStream working through a full

@@ -131,11 +131,18 @@ type SyncWaiting struct {
 }
 
 // PairCompleted: the writer applied the last page of a pair in a run.
+// The counts are as in SyncCompleted, for this pair alone: CandlesNew were
+// not stored before the run, CandlesRefetched (Candles − CandlesNew) were
+// fetched again, and Repaired (part of CandlesNew) filled holes the gap
+// audit found.
 type PairCompleted struct {
 	EventHeader
-	Symbol   string `json:"symbol"`
-	Interval string `json:"interval"`
-	Candles  int64  `json:"candles"`
+	Symbol           string `json:"symbol"`
+	Interval         string `json:"interval"`
+	Candles          int64  `json:"candles"`
+	CandlesNew       int64  `json:"candles_new"`
+	CandlesRefetched int64  `json:"candles_refetched"`
+	Repaired         int64  `json:"repaired"`
 }
 
 // PairFailed: a pair of a run could not be fetched; the others go on.

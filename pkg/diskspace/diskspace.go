@@ -19,6 +19,16 @@ func Free(path string) uint64 {
 	return st.Bavail * uint64(st.Bsize)
 }
 
+// Size returns the total bytes of the filesystem holding path; 0 when it
+// cannot be read. With Free it tells how full the filesystem is.
+func Size(path string) uint64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * uint64(st.Bsize)
+}
+
 // IsFull reports whether err is a write that failed for lack of space: the
 // ENOSPC of the operating system, or the way SQLite (SQLITE_FULL) and
 // nats-server word it.

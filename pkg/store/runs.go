@@ -179,7 +179,7 @@ func (s *Store) MarkAnnounced(ctx context.Context, runID string) error {
 // PendingPairCompletions returns a pair.completed event for every pair made
 // ok by a final batch and not yet marked announced, oldest first.
 func (s *Store) PendingPairCompletions(ctx context.Context) ([]candles.PairCompleted, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT run_id, symbol, interval, candles, resolved_at FROM run_pairs
+	rows, err := s.r.QueryContext(ctx, `SELECT run_id, symbol, interval, candles, inserted, repaired, resolved_at FROM run_pairs
 WHERE status = 'ok' AND announced = 0 ORDER BY resolved_at, run_id, symbol, interval`)
 	if err != nil {
 		return nil, fmt.Errorf("pending pair completions: %w", err)
@@ -190,9 +190,13 @@ WHERE status = 'ok' AND announced = 0 ORDER BY resolved_at, run_id, symbol, inte
 		var ev candles.PairCompleted
 		var runID string
 		var resolved sql.NullString
-		if err := rows.Scan(&runID, &ev.Symbol, &ev.Interval, &ev.Candles, &resolved); err != nil {
+		if err := rows.Scan(&runID, &ev.Symbol, &ev.Interval, &ev.Candles, &ev.CandlesNew, &ev.Repaired, &resolved); err != nil {
 			return nil, fmt.Errorf("pending pair completions: %w", err)
 		}
+		// As in runSummary: a candle is new once, however often a retried
+		// job re-published its page.
+		ev.CandlesNew = min(ev.CandlesNew, ev.Candles)
+		ev.CandlesRefetched = ev.Candles - ev.CandlesNew
 		ev.EventHeader = candles.NewHeader(candles.KindPairCompleted, runID)
 		if resolved.Valid {
 			if ev.Time, err = parseTime(resolved.String); err != nil {

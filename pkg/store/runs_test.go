@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -198,7 +199,7 @@ func TestPendingPairCompletions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want := candles.PairCompleted{EventHeader: candles.NewHeader(candles.KindPairCompleted, "r1"), Symbol: "BTCUSDT", Interval: "4h", Candles: 6}
+	want := candles.PairCompleted{EventHeader: candles.NewHeader(candles.KindPairCompleted, "r1"), Symbol: "BTCUSDT", Interval: "4h", Candles: 6, CandlesNew: 6}
 	want.Time = at(2)
 	got, err := s.PendingPairCompletions(ctx)
 	if err != nil {
@@ -410,5 +411,22 @@ func TestRunRepairAndGapCounts(t *testing.T) {
 	}
 	if got := ann[0]; got.Repaired != 2 || got.GapsRecorded != 3 || got.Candles != 14 || got.PairsOK != 2 {
 		t.Errorf("sync.completed = %+v, want repaired 2, gaps_recorded 3, candles 14, 2 pairs ok", got)
+	}
+	// Each pair.completed carries the pair's share of those counts.
+	pcs, err := s.PendingPairCompletions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, pc := range pcs {
+		got = append(got, fmt.Sprintf("%s candles=%d new=%d refetched=%d repaired=%d", pc.Symbol, pc.Candles, pc.CandlesNew, pc.CandlesRefetched, pc.Repaired))
+	}
+	want := []string{
+		// 8 + 3 candles; slot 2 of the repair batch was stored already.
+		"BTCUSDT candles=11 new=10 refetched=1 repaired=2",
+		"ETHUSDT candles=3 new=3 refetched=0 repaired=0",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("pair.completed:\n got %q\nwant %q", got, want)
 	}
 }

@@ -184,6 +184,10 @@ type Fetcher struct {
 	clock exchangeClock
 	// latency is the measured klines round trip, for dry-run estimates.
 	latency latencyEWMA
+	// id names this process in the shared weight budget and its STATS.
+	id string
+	// stats counts the requests to the exchange (stats.go).
+	stats exchangeStats
 	// Opened by Run: the shared JetStream KV state.
 	board    *board
 	locks    *pairLocks
@@ -219,6 +223,7 @@ func New(o Options) (*Fetcher, error) {
 		api:        binance.New(o.BinanceURL, hc),
 		pacer:      newPacer(o.WeightLimit, time.Minute, klinesWeight*o.Concurrency, o.Now),
 		banRewatch: make(chan struct{}, 1),
+		id:         fetcherID(),
 	}
 	f.clock.now = o.Now
 	f.pacer.offset = f.clock.offsetEstimate // weight windows follow the exchange's clock
@@ -252,6 +257,8 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 		Name:        ServiceName,
 		Version:     ServiceVersion,
 		Description: "takes candle sync requests and fetches klines from Binance",
+		// The monitor reads the requests to the exchange from STATS.
+		StatsHandler: f.statsHandler,
 	})
 	if err != nil {
 		return fmt.Errorf("register micro service: %w", err)
@@ -322,7 +329,9 @@ func (f *Fetcher) readWeightLimit(ctx context.Context) {
 		f.log.Warn("cannot read the weight limit now (an exchange ban is in force); pacing with the default", "limit", f.o.WeightLimit)
 		return
 	}
+	began := time.Now()
 	limit, window, r, err := f.api.WeightLimit(ctx, sym)
+	f.stats.sent(time.Since(began), err)
 	f.pacer.observe(r.UsedWeight)
 	if err != nil {
 		f.noteLimits(ctx, f.log, candles.Job{}, err)

@@ -590,6 +590,7 @@ func (f *Fetcher) klines(ctx context.Context, log *slog.Logger, job candles.Job,
 	iv := candles.MustInterval(job.Interval)
 	began := time.Now()
 	raw, r, err := f.api.Klines(ctx, job.Symbol, job.Interval, from, until-1, f.o.PageLimit)
+	f.stats.sent(time.Since(began), err)
 	if err == nil {
 		f.latency.observe(time.Since(began))
 	}
@@ -907,7 +908,9 @@ func (c *exchangeClock) exchangeNow(ctx context.Context, f *Fetcher) (time.Time,
 	if err := f.pacer.wait(ctx, 1); err != nil {
 		return time.Time{}, err
 	}
+	began := time.Now()
 	t, r, err := f.api.ServerTime(ctx)
+	f.stats.sent(time.Since(began), err)
 	f.pacer.observe(r.UsedWeight)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read the exchange's clock: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -61,6 +62,11 @@ type pacer struct {
 	// the pacer counts alone with a share of the limit.
 	fallbackUntil time.Time
 	fallback      bool
+
+	// reserved is the weight wait let through since the start, lastUsed
+	// the exchange's last X-MBX-USED-WEIGHT-1M: the fetcher's STATS
+	// (stats.go) read them without the lock.
+	reserved, lastUsed atomic.Int64
 }
 
 func newPacer(limit int, window time.Duration, reserve int, now func() time.Time) *pacer {
@@ -111,6 +117,7 @@ func (p *pacer) wait(ctx context.Context, weight int) error {
 			continue
 		}
 		if d <= 0 {
+			p.reserved.Add(int64(weight))
 			return nil
 		}
 		t := time.NewTimer(min(d, pauseCheck))
@@ -270,6 +277,7 @@ func (p *pacer) observe(used int) {
 	if used < 0 {
 		return
 	}
+	p.lastUsed.Store(int64(used))
 	p.mu.Lock()
 	now := p.now()
 	xnow := p.exchangeTime(now)

@@ -583,6 +583,7 @@ func (f *Fetcher) firstCandle(ctx context.Context, symbol, interval string) (int
 	iv := candles.MustInterval(interval)
 	began := time.Now()
 	cs, r, err := f.api.Klines(ctx, symbol, interval, iv.Align(listingFloor), f.o.Now().UnixMilli(), 1)
+	f.stats.sent(time.Since(began), err)
 	if err == nil {
 		f.latency.observe(time.Since(began))
 	}

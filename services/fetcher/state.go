@@ -29,6 +29,6 @@ func (f *Fetcher) openState(ctx context.Context) error {
 	b.rewatch = f.banRewatch
 	f.board, f.locks, f.progress = b, locks, progress
 	// Every request's weight is reserved on the board from now on.
-	f.pacer.share(&sharedBudget{kv: b.kv, id: fetcherID()}, f.log)
+	f.pacer.share(&sharedBudget{kv: b.kv, id: f.id}, f.log)
 	return nil
 }

@@ -157,6 +157,9 @@ func (w *Writer) markDamaged(check string, err error) {
 		DetectedAt:  w.o.Now().UTC(),
 		Hint:        fmt.Sprintf(RecoveryHint, path),
 	}
+	// Stamped here, not by PublishEvent, so candles.api.database reports
+	// the event as it was published.
+	ev.Time = ev.DetectedAt
 	w.dmg.ev = ev
 	close(w.dmg.done)
 	stop := w.dmg.stop
@@ -203,7 +206,10 @@ func (w *Writer) publishDamage(ctx context.Context) bool {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sideEffectTimeout)
 	defer cancel()
 	id := "integrity.failed:" + ev.Database + ":" + ev.DetectedAt.Format(time.RFC3339Nano)
-	if err := candles.PublishEvent(pctx, w.js, ev, id, ev.DetectedAt); err != nil {
+	// A copy: PublishEvent stamps the header it is given, and ev is shared
+	// with candles.api.database, which reads it concurrently.
+	pub := *ev
+	if err := candles.PublishEvent(pctx, w.js, &pub, id, ev.DetectedAt); err != nil {
 		w.log.Error("publish integrity.failed; will retry", "database", ev.Database, "err", err)
 		return false
 	}

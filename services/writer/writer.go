@@ -169,6 +169,10 @@ type Writer struct {
 	// consumers are the durable consumers this writer has had, so one
 	// that disappears is reported as recreated (resource.recreated).
 	consumers consumerSet
+	// holder names this writer in candles.api.database (database.go).
+	holder string
+	// count is the last candle count candles.api.database made.
+	count candleCount
 }
 
 // New checks o and returns a Writer.
@@ -180,7 +184,7 @@ func New(o Options) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("writer: jetstream: %w", err)
 	}
-	w := &Writer{o: o, js: js, log: o.Logger}
+	w := &Writer{o: o, js: js, log: o.Logger, holder: holderID(o.Active)}
 	w.p.st = o.Store
 	w.dmg.done = make(chan struct{})
 	return w, nil
@@ -241,6 +245,12 @@ func (w *Writer) Run(ctx context.Context) error {
 	if err := svc.AddEndpoint("replay", micro.ContextHandler(hctx, w.handleReplay),
 		micro.WithEndpointSubject(candles.SubjectAPIReplay)); err != nil {
 		return fmt.Errorf("writer: add replay endpoint: %w", err)
+	}
+	// Only the lease holder runs this service, so exactly one writer
+	// answers for the database.
+	if err := svc.AddEndpoint("database", micro.ContextHandler(hctx, w.handleDatabase),
+		micro.WithEndpointSubject(candles.SubjectAPIDatabase)); err != nil {
+		return fmt.Errorf("writer: add database endpoint: %w", err)
 	}
 
 	w.announce(ctx) // does nothing on a damaged database

@@ -291,9 +291,10 @@ func TestRunCompletesOnce(t *testing.T) {
 		if err := json.Unmarshal(e, &pc); err != nil {
 			t.Fatal(err)
 		}
-		completed = append(completed, fmt.Sprintf("%s %s/%s %d", pc.RunID, pc.Symbol, pc.Interval, pc.Candles))
+		completed = append(completed, fmt.Sprintf("%s %s/%s %d new=%d refetched=%d repaired=%d",
+			pc.RunID, pc.Symbol, pc.Interval, pc.Candles, pc.CandlesNew, pc.CandlesRefetched, pc.Repaired))
 	}
-	if want := []string{"run-1 BTCUSDT/4h 5", "run-1 ETHUSDT/4h 4"}; strings.Join(completed, ",") != strings.Join(want, ",") {
+	if want := []string{"run-1 BTCUSDT/4h 5 new=5 refetched=0 repaired=0", "run-1 ETHUSDT/4h 4 new=4 refetched=0 repaired=0"}; strings.Join(completed, ",") != strings.Join(want, ",") {
 		t.Errorf("pair.completed = %v, want %v", completed, want)
 	}
 	h.assertDB()
@@ -514,9 +515,10 @@ func TestCoverageEndpoint(t *testing.T) {
 		if err := json.Unmarshal(resp.Data, &info); err != nil {
 			t.Fatal(err)
 		}
-		if info.Name != "candlekeep-writer" || info.Version != "0.1.0" || len(info.Endpoints) != 2 ||
+		if info.Name != "candlekeep-writer" || info.Version != "0.1.0" || len(info.Endpoints) != 3 ||
 			info.Endpoints[0].Name != "coverage" || info.Endpoints[0].Subject != candles.SubjectAPICoverage ||
-			info.Endpoints[1].Name != "replay" || info.Endpoints[1].Subject != candles.SubjectAPIReplay {
+			info.Endpoints[1].Name != "replay" || info.Endpoints[1].Subject != candles.SubjectAPIReplay ||
+			info.Endpoints[2].Name != "database" || info.Endpoints[2].Subject != candles.SubjectAPIDatabase {
 			t.Errorf("info = %+v", info)
 		}
 	})

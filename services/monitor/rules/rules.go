@@ -41,6 +41,9 @@ type Rule struct {
 	Expr string
 	// Summary is the annotation template of rules.yml; Runbook its link.
 	Summary, Runbook string
+	// Window is the widest range Expr takes increase() over (0 for none):
+	// a History must keep at least that, see MinRetention.
+	Window time.Duration
 	// Eval is Expr evaluated by hand: one Sample per alerting series, with
 	// the labels Prometheus' result would have.
 	Eval func(q Querier) []Sample
