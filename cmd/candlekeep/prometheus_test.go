@@ -56,7 +56,11 @@ func TestPrometheusAlertmanagerAndDashboard(t *testing.T) {
 	upProc := start(t, []string{"CANDLEKEEP_LOOKBACK=48", "CANDLEKEEP_BINANCE_URL=http://" + simAddr},
 		"up", "--data-dir", t.TempDir(), "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT",
 		"--intervals", "1h,4h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json",
-		"--http-listen", httpAddr, "--eval-interval", "1s")
+		"--http-listen", httpAddr, "--eval-interval", "1s",
+		// The monitor's own Slack receiver (its notification counters are on
+		// the dashboard) posts to a path of its own, so its messages cannot
+		// be taken for Alertmanager's.
+		"--slack-webhook-url", hooks.URL+"/monitor-slack")
 	waitHTTP(t, "http://"+httpAddr+"/metrics", upProc)
 
 	promDir := t.TempDir()
