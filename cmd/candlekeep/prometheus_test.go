@@ -156,7 +156,8 @@ scrape_configs:
 	// no backup service runs in this test.
 	_, queries := loadDashboard(t)
 	mayBeEmpty := map[string]string{
-		"candlekeep_backup_age_seconds": "no backup service runs, so no verified backup exists",
+		"candlekeep_backup_age_seconds":                           "no backup service runs, so no verified backup exists",
+		"candlekeep_backup_last_success_timestamp_seconds * 1000": "no backup service runs, so no verified backup exists",
 	}
 	for expr := range mayBeEmpty {
 		if !slices.ContainsFunc(queries, func(q panelQuery) bool { return q.Expr == expr }) {
