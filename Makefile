@@ -1,6 +1,6 @@
 # candlekeep — two commands on a fresh machine: `make run` and `make test`.
 GO            ?= go
-MODULES       := pkg services/fetcher services/writer services/monitor cmd/candlekeep
+MODULES       := pkg services/fetcher services/writer services/monitor services/backup cmd/candlekeep
 NATS_CLI      := github.com/nats-io/natscli/nats@v0.5.0
 TOOLS         := $(CURDIR)/.tools
 BIN           := $(CURDIR)/bin/candlekeep

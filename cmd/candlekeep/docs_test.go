@@ -14,6 +14,7 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/sim"
+	"github.com/candlekeep/candlekeep/services/writer"
 )
 
 // Every command in the sh blocks of README.md and docs/operations.md runs,
@@ -41,8 +42,15 @@ func TestOperationsRunbookCommandsWork(t *testing.T) {
 	fo.Symbols, fo.Intervals, fo.Lookback = []string{"BTCUSDT", "ETHUSDT", "SOLUSDT"}, []string{"4h"}, 50
 	fo.SyncSchedule = "@daily" // the runbook reads and changes it
 	dataDir := t.TempDir()
-	// up with its monitor, as `candlekeep up` runs by default.
-	natsURL, _ := startUpMonitored(t, dataDir, fo, testMonitorSettings(t))
+	// up with its monitor and its backup service (default hot tier), as
+	// `candlekeep up` runs by default: the README shows health, status and
+	// candlekeep backup now / ls.
+	bc := backupConfig{Schedule: "off", MinInterval: time.Hour, HotRetention: 14 * 24 * time.Hour,
+		WarmRetention: 30 * 24 * time.Hour, ColdRetention: 90 * 24 * time.Hour}
+	bc.resolve(dataDir)
+	ms := testMonitorSettings(t)
+	natsURL := startUpConfig(t, upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo,
+		Writer: writer.DefaultOptions(), Backup: bc, Monitor: &ms}, testLogger(t))
 	nc := connect(t, natsURL)
 	ev := watchEvents(t, nc)
 	// The runbook reads events and coverage, so have one run done first.

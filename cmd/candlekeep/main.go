@@ -36,11 +36,13 @@ func commands() []command {
 		{"fetcher", "the fetcher service, connected to --nats-url", runFetcher},
 		{"writer", "the writer service, connected to --nats-url", runWriter},
 		{"monitor", "the monitor (health checks, metrics, alerts), connected to --nats-url", runMonitor},
+		{"backup", "the backup service (verified hot/warm/S3 copies), connected to --nats-url; backup now | backup ls", runBackup},
 		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
 		{"coverage", "what the database holds per pair: complete, missing, stale, known gaps (exit 1 if not all complete)", runCoverage},
 		{"health", "the six health checks and the firing alerts, from the monitor (exit 0 healthy, 1 problems, 2 cannot tell)", runHealth},
 		{"status", "sync runs in progress (live on a terminal) and the last runs, from the monitor", runStatus},
 		{"sync", "request a sync, follow it and print a per-pair report (exit 0 ok, 1 failed, 124 timeout, 2 bad flags or no answer)", runSync},
+		{"sla", "the SLA audit of a window (default the last 30 days) from EVENTS: table, --json or --html page (exit 1 if a target was missed)", runSLA},
 		{"config", "read or change the cluster-wide settings stored in JetStream (get | set)", runConfig},
 	}
 }

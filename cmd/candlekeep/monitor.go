@@ -34,6 +34,7 @@ type monitorFlags struct {
 	repeat        time.Duration
 	ruleTimeScale float64
 	receivers     receiverFlags
+	sla           slaScheduleFlag
 }
 
 func (m *monitorFlags) register(fs *flag.FlagSet) {
@@ -43,6 +44,7 @@ func (m *monitorFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&m.repeat, "alert-repeat-interval", defaultRepeat, "how often a still-firing CRITICAL alert is sent again")
 	fs.Float64Var(&m.ruleTimeScale, "rule-time-scale", 1, "multiplies every alert rule's for and window: for demos and tests (0 < scale <= 1)")
 	m.receivers.register(fs)
+	m.sla.register(fs)
 }
 
 // monitorSettings are the monitor's validated settings. Receivers holds
@@ -53,7 +55,9 @@ type monitorSettings struct {
 	MaxStaleness   time.Duration
 	RepeatInterval time.Duration
 	RuleTimeScale  float64
-	Receivers      receiverSpec
+	// SLASchedule is --sla-schedule ("" runs no audit).
+	SLASchedule string
+	Receivers   receiverSpec
 	// Notifiers are the receivers built from Receivers.
 	Notifiers map[string]notify.Notifier
 	// Ready, if set, is called with the HTTP listener's address once the
@@ -67,7 +71,10 @@ type monitorSettings struct {
 // error names the flag and says what is allowed.
 func (m *monitorFlags) settings(getenv env) (monitorSettings, error) {
 	s := monitorSettings{HTTPListen: m.httpListen, EvalInterval: m.evalInterval, MaxStaleness: m.maxStaleness,
-		RepeatInterval: m.repeat, RuleTimeScale: m.ruleTimeScale}
+		RepeatInterval: m.repeat, RuleTimeScale: m.ruleTimeScale, SLASchedule: m.sla.value}
+	if err := m.sla.check(); err != nil {
+		return s, err
+	}
 	if host, port, err := net.SplitHostPort(m.httpListen); err != nil || !validPort(port) {
 		return s, fmt.Errorf("--http-listen %q: want host:port, such as %s", m.httpListen, defaultMonitorListen)
 	} else if host == "" {

@@ -61,6 +61,8 @@ func TestBadMonitorFlagsAreRefusedAtStart(t *testing.T) {
 		{"rule time scale zero", []string{"--rule-time-scale", "0"}, nil, []string{"--rule-time-scale 0", "above 0 and at most 1"}},
 		{"rule time scale above one", []string{"--rule-time-scale", "1.5"}, nil, []string{"--rule-time-scale 1.5", "above 0 and at most 1"}},
 		{"rule time scale NaN", []string{"--rule-time-scale", "NaN"}, nil, []string{"--rule-time-scale NaN", "above 0 and at most 1"}},
+		{"sla schedule with 3 fields", []string{"--sla-schedule", "3 1 *"}, nil, []string{`--sla-schedule "3 1 *"`, "3 fields"}},
+		{"sla schedule every half second", nil, map[string]string{"CANDLEKEEP_SLA_SCHEDULE": "@every 500ms"}, []string{`--sla-schedule "@every 500ms"`, "at least 1s"}},
 		{"http listen without a port", []string{"--http-listen", "127.0.0.1"}, nil, []string{`--http-listen "127.0.0.1"`, "host:port"}},
 		{"http listen without a host", []string{"--http-listen", ":9468"}, nil, []string{`--http-listen ":9468"`, "give the host"}},
 		{"smtp addr without from and to", []string{"--smtp-addr", "smtp.example.com:587"}, nil,

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
+	"github.com/candlekeep/candlekeep/pkg/testlog"
 )
 
 // These tests drive the real binary as separate processes, as a user does.
@@ -83,22 +83,8 @@ type proc struct {
 	err  error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a log sink the test reads while it is written.
+type syncBuffer = testlog.Buffer
 
 // start runs the binary with args and extra environment; at cleanup it is
 // stopped with SIGTERM and must exit 0.

@@ -209,7 +209,7 @@ func serveMonitor(ctx context.Context, natsURL string, ms monitorSettings, log *
 		o.Conn, o.Logger = nc, log
 		o.HTTPListen, o.EvalInterval, o.MaxStaleness = ms.HTTPListen, ms.EvalInterval, ms.MaxStaleness
 		o.RepeatInterval, o.Receivers, o.Ready = ms.RepeatInterval, ms.Notifiers, ms.Ready
-		o.RuleTimeScale = ms.RuleTimeScale
+		o.RuleTimeScale, o.SLASchedule = ms.RuleTimeScale, ms.SLASchedule
 		o.Replicas = s.StreamReplicas
 		if ms.Now != nil {
 			o.Now = ms.Now

@@ -402,7 +402,8 @@ func follow(ctx context.Context, o followOptions) (syncReport, bool) {
 // so far and from now on (the run began at most since ago).
 func followHint(w io.Writer, runID, url string, since time.Duration) {
 	minutes := int(since.Minutes()) + 1
-	fmt.Fprintf(w, "Follow it with the nats CLI (its events so far, then live):\n  nats --server %s sub --stream EVENTS --since %dm 'candles.events.>' | grep '\"run_id\":\"%s\"'\n",
+	fmt.Fprintf(w, "Watch its progress with\n  candlekeep status --nats-url %s\n", url)
+	fmt.Fprintf(w, "or follow it with the nats CLI (its events so far, then live):\n  nats --server %s sub --stream EVENTS --since %dm 'candles.events.>' | grep '\"run_id\":\"%s\"'\n",
 		url, minutes, runID)
 	fmt.Fprintf(w, "It ends with sync.completed (or sync.timeout); then check the data with\n  candlekeep coverage --nats-url %s\n", url)
 }

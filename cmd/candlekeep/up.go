@@ -29,6 +29,9 @@ type upConfig struct {
 	NATSListen string
 	Fetcher    fetcher.Options
 	Writer     writer.Options
+	// Backup configures the backup service; its zero value runs none
+	// (runUp defaults the hot tier to <data-dir>/backups/hot).
+	Backup backupConfig
 	// Member is how up joins the cluster configuration; zero means "every
 	// setting as Fetcher has it" (in-process callers).
 	Member membership
@@ -42,15 +45,17 @@ type upConfig struct {
 func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) int {
 	fs := flagSet("up", "candlekeep up [flags]",
 		"Runs an embedded nats-server (JetStream, file store under --data-dir) with the\n"+
-			"fetcher and the writer in one process. Settings given here explicitly (flag or\n"+
-			"CANDLEKEEP_* variable) are written to the cluster configuration (candlekeep\n"+
-			"config get); the others keep their stored values. It keeps the sync schedule\n"+
-			"in place and, if stored data is older than one interval, starts a catch-up.\n"+
-			"The database is <data-dir>/candles.db. Stop it with Ctrl-C or SIGTERM: work in\n"+
-			"flight is handed back to the streams, nothing is lost.\n\n"+
-			"It runs the monitor too (health checks, /metrics on --http-listen, alerts to\n"+
-			"the receivers below) unless --monitor=false, for a deployment that runs\n"+
-			"candlekeep monitor apart.", stderr)
+			"fetcher, the writer, the monitor and the backup service in one process.\n"+
+			"Settings given here explicitly (flag or CANDLEKEEP_* variable) are written to\n"+
+			"the cluster configuration (candlekeep config get); the others keep their stored\n"+
+			"values. It keeps the sync schedule in place and, if stored data is older than\n"+
+			"one interval, starts a catch-up. The database is <data-dir>/candles.db;\n"+
+			"verified backups go to <data-dir>/backups/hot (--backup-hot-dir off for none)\n"+
+			"and to --backup-warm-dir / --backup-s3-url when given. The monitor serves\n"+
+			"health checks and /metrics on --http-listen and sends alerts to the receivers\n"+
+			"below, unless --monitor=false (a deployment that runs candlekeep monitor apart).\n"+
+			"Stop it with Ctrl-C or SIGTERM: work in flight is handed back to the streams,\n"+
+			"nothing is lost.", stderr)
 	var lf logFlags
 	lf.register(fs)
 	var cf clusterFlags
@@ -66,9 +71,11 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir, "directory of candles.db and the NATS store (created 0700)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", defaultNATSListen, "host:port of the embedded nats-server, for the nats CLI and split services")
 	fs.BoolVar(&cfg.Writer.RebindSource, "rebind-source", false, rebindSourceUsage)
+	cfg.Backup.register(fs)
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
+	cfg.Backup.resolve(cfg.DataDir)
 	log, err := lf.logger(stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "candlekeep up:", err)
@@ -87,6 +94,12 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 			return 2
 		}
 		cfg.Monitor = &ms
+	}
+	if cfg.Backup.enabled() {
+		if err := cfg.Backup.validate(); err != nil {
+			fmt.Fprintf(stderr, "candlekeep up: %v\n(see candlekeep up --help)\n", err)
+			return 2
+		}
 	}
 	mf.apply()
 	if err := up(ctx, cfg, log); err != nil {
@@ -158,6 +171,9 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	g.Go(func() error { return watchStore(gctx, ns, url, filepath.Join(cfg.DataDir, "nats"), log) })
 	if cfg.Monitor != nil {
 		g.Go(func() error { superviseMonitor(gctx, url, *cfg.Monitor, log); return nil })
+	}
+	if cfg.Backup.enabled() {
+		g.Go(func() error { return serveBackup(gctx, url, dbPath, cfg.Backup, m, log) })
 	}
 	if cfg.Ready != nil {
 		cfg.Ready(url)

@@ -23,7 +23,8 @@ type StreamOptions struct {
 	// CandlesMaxAge is how long CANDLES keeps batches. It is the recovery
 	// log, so it must outlive the backup interval.
 	CandlesMaxAge time.Duration
-	// EventsMaxAge is how long EVENTS keeps events.
+	// EventsMaxAge is how long EVENTS keeps events; the monthly SLA audit
+	// reads a month of them, so less than MinEventsMaxAge is warned about.
 	EventsMaxAge time.Duration
 	// DuplicateWindow is how long a Nats-Msg-Id is remembered for dedupe.
 	DuplicateWindow time.Duration
@@ -32,7 +33,7 @@ type StreamOptions struct {
 // Defaults for StreamOptions.
 const (
 	DefaultCandlesMaxAge   = 30 * 24 * time.Hour
-	DefaultEventsMaxAge    = 30 * 24 * time.Hour
+	DefaultEventsMaxAge    = 40 * 24 * time.Hour
 	DefaultDuplicateWindow = 15 * time.Minute
 	syncMaxAge             = 7 * 24 * time.Hour
 	jobsMaxAge             = 24 * time.Hour

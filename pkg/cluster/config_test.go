@@ -16,6 +16,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
+	"github.com/candlekeep/candlekeep/pkg/testlog"
 )
 
 func setup(t *testing.T) jetstream.JetStream {
@@ -138,7 +139,7 @@ func TestExplicitFlagsOfAFollowerDoNotWin(t *testing.T) {
 	if f.Current().SyncSchedule != "@every 15s" || stored(t, js)["sync-schedule"] != "@every 15s" {
 		t.Errorf("follower's flag won: %q / %q", f.Current().SyncSchedule, stored(t, js)["sync-schedule"])
 	}
-	if !logs.contains(`"flag":"--sync-schedule"`) || !logs.contains(`candlekeep config set sync-schedule=`) {
+	if !strings.Contains(logs.String(), `"flag":"--sync-schedule"`) || !strings.Contains(logs.String(), `candlekeep config set sync-schedule=`) {
 		t.Errorf("no clear warning about the disagreement: %s", logs.String())
 	}
 	// up again with another explicit value: it wins and says so.
@@ -226,22 +227,5 @@ func TestSetValidatesBeforeWriting(t *testing.T) {
 	}
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b = append(s.b, p...)
-	return len(p), nil
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return string(s.b)
-}
-
-func (s *syncBuf) contains(sub string) bool { return strings.Contains(s.String(), sub) }
+// syncBuf is a log sink the test reads while it is written.
+type syncBuf = testlog.Buffer

@@ -221,7 +221,7 @@ func Keys() []Key {
 		{"candles-max-age", "how long the CANDLES stream (the recovery log) keeps batches; must outlive the backup interval",
 			func(s *Settings) string { return s.CandlesMaxAge.String() },
 			durSetter(func(s *Settings) *time.Duration { return &s.CandlesMaxAge }, time.Hour)},
-		{"events-max-age", "how long the EVENTS stream keeps events",
+		{"events-max-age", "how long the EVENTS stream keeps events (the monthly SLA audit needs at least 35 days)",
 			func(s *Settings) string { return s.EventsMaxAge.String() },
 			durSetter(func(s *Settings) *time.Duration { return &s.EventsMaxAge }, time.Hour)},
 	}

@@ -253,6 +253,21 @@ func checkIntegrityOf(s snapshot) candles.Check {
 	return c
 }
 
+// storedCandles is the candle count: the owner recounts the table at most
+// every 30 s, so the configured pairs' own counts (coverage, exact at each
+// evaluation) are a floor, and a fresh database is not judged by a count
+// taken before its first sync.
+func (s snapshot) storedCandles() int64 {
+	var stored int64
+	for _, p := range s.Pairs {
+		stored += s.Coverage[p].Count
+	}
+	if s.DB != nil {
+		return max(s.DB.Candles, stored)
+	}
+	return stored
+}
+
 func checkSizeOf(s snapshot) candles.Check {
 	threshold := fmt.Sprintf("candles ≥ half of expected; disk free ≥ %d %%", int(diskWarnFraction*100))
 	if s.DB == nil {
@@ -260,15 +275,11 @@ func checkSizeOf(s snapshot) candles.Check {
 	}
 	db := s.DB
 	c := candles.Check{Name: checkSize, AsOf: s.DBAt, Status: candles.CheckOK}
-	// The owner recounts the table at most every 30 s; the configured
-	// pairs' own counts (coverage, exact at each evaluation) are a floor,
-	// so a fresh database is not judged by a count taken before its sync.
-	var expected, stored int64
+	var expected int64
 	for _, p := range s.Pairs {
 		expected += s.Coverage[p].Expected
-		stored += s.Coverage[p].Count
 	}
-	rows := max(db.Candles, stored)
+	rows := s.storedCandles()
 	c.Threshold = fmt.Sprintf("candles ≥ %d (half of %d expected); disk free ≥ %d %%", expected/2, expected, int(diskWarnFraction*100))
 	free := 0.0
 	if db.DiskSizeBytes > 0 {

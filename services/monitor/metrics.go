@@ -215,7 +215,7 @@ func (c *collector) collectSnapshot(ch chan<- prometheus.Metric, s *snapshot) {
 	if db := s.DB; db != nil {
 		gauge(ch, d.diskFree, float64(db.DiskFreeBytes))
 		gauge(ch, d.diskSize, float64(db.DiskSizeBytes))
-		gauge(ch, d.candlesStored, float64(db.Candles))
+		gauge(ch, d.candlesStored, float64(s.storedCandles()))
 		gauge(ch, d.runsInProgress, float64(len(db.Runs)))
 		gauge(ch, d.dbSize, float64(db.FileBytes))
 		gauge(ch, d.dbWAL, float64(db.WALBytes))

@@ -22,6 +22,7 @@ import (
 	"github.com/candlekeep/candlekeep/services/monitor/alerts"
 	"github.com/candlekeep/candlekeep/services/monitor/notify"
 	"github.com/candlekeep/candlekeep/services/monitor/rules"
+	"github.com/candlekeep/candlekeep/services/monitor/sla"
 )
 
 // Defaults of the options.
@@ -73,6 +74,10 @@ type Options struct {
 	Version string
 	// Ready, if set, is called with the bound HTTP address once listening.
 	Ready func(addr string)
+	// SLASchedule is --sla-schedule: when the monthly SLA audit runs (a
+	// cron installed as a JetStream message schedule, "off" removes it);
+	// "" runs no audit and leaves the schedule alone.
+	SLASchedule string
 }
 
 // DefaultOptions returns the production options (Conn and Logger unset).
@@ -88,6 +93,7 @@ func DefaultOptions() Options {
 		Source:         host,
 		Version:        DefaultVersion,
 		Now:            time.Now,
+		SLASchedule:    sla.DefaultSchedule,
 	}
 }
 
@@ -116,6 +122,11 @@ func (o Options) Validate() error {
 	}
 	if o.Replicas < 1 || o.Replicas > 5 {
 		errs = append(errs, fmt.Errorf("--stream-replicas %d: want 1 to 5", o.Replicas))
+	}
+	if o.SLASchedule != "" {
+		if _, _, err := sla.ParseSchedule(o.SLASchedule, time.Time{}); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if o.Version == "" {
 		errs = append(errs, errors.New("monitor: no service version"))
@@ -161,6 +172,8 @@ type Monitor struct {
 	replayed     bool
 	// alerter is set once Run created it.
 	alerter *alerts.Alerter
+	// fresh records the freshness history (evaluation goroutine only).
+	fresh *freshnessRecorder
 }
 
 // New validates o and builds a Monitor; Run starts it.
@@ -188,6 +201,7 @@ func New(o Options) (*Monitor, error) {
 	m := &Monitor{o: o, log: o.Logger, js: js, hist: rules.NewHistory(retention),
 		ev: newEventState(), everSeen: map[string]bool{}}
 	m.appendHistory = m.hist.Append
+	m.fresh = &freshnessRecorder{js: js, log: o.Logger.With("component", "freshness")}
 	if err := o.Registry.Register(m.newCollector()); err != nil {
 		return nil, fmt.Errorf("monitor: register metrics: %w", err)
 	}
@@ -223,6 +237,15 @@ func (m *Monitor) Run(ctx context.Context) error {
 	m.mu.Lock()
 	m.alerter = alerter
 	m.mu.Unlock()
+	checkEventsRetention(ctx, m.js, m.log)
+	var auditor *sla.Auditor
+	if m.o.SLASchedule != "" {
+		auditor, err = sla.NewAuditor(sla.AuditorOptions{JS: m.js, Schedule: m.o.SLASchedule, Sender: disp,
+			Targets: sla.DefaultTargets(), Source: m.o.Source, Logger: m.log.With("component", "sla"), Now: m.o.Now})
+		if err != nil {
+			return fmt.Errorf("monitor: --sla-schedule: %w", err)
+		}
+	}
 
 	var ln net.Listener
 	if m.o.HTTPListen != "" {
@@ -256,6 +279,9 @@ func (m *Monitor) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return m.watchAdvisories(gctx) })
 	g.Go(func() error { return disp.Run(gctx) })
+	if auditor != nil {
+		g.Go(func() error { m.runAuditor(gctx, auditor); return nil })
+	}
 	g.Go(func() error { return m.pollDatabase(gctx, func() { close(asked) }) })
 	g.Go(func() error {
 		// The first evaluation waits for the replay, and a little for the
@@ -305,6 +331,26 @@ func (m *Monitor) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// auditRetry is how long the monitor waits before starting the SLA
+// audit again after it stopped on an error (e.g. no SYNC stream yet).
+const auditRetry = time.Minute
+
+// runAuditor runs the monthly SLA audit until ctx ends; an error (the SYNC
+// stream missing, NATS trouble) is logged and the audit started again, never
+// stopping the monitor.
+func (m *Monitor) runAuditor(ctx context.Context, a *sla.Auditor) {
+	for {
+		err := a.Run(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		m.log.Warn("the monthly SLA audit stopped; starting it again", "err", err, "retry_in", auditRetry)
+		if !sleep(ctx, auditRetry) {
+			return
+		}
+	}
 }
 
 // backfill writes the replayed hour's counter samples into the rules'
@@ -393,6 +439,7 @@ func (m *Monitor) evaluate(ctx context.Context) {
 		m.log.Warn("gather metrics", "err", err)
 	}
 	m.appendHistory(now, mfs)
+	m.fresh.record(ctx, *s)
 	if alerter != nil {
 		if q := m.hist.At(now); q != nil {
 			if err := alerter.Evaluate(ctx, q); err != nil && ctx.Err() == nil {

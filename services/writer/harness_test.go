@@ -1,7 +1,6 @@
 package writer_test
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -24,6 +23,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
 	"github.com/candlekeep/candlekeep/pkg/store"
+	"github.com/candlekeep/candlekeep/pkg/testlog"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
 
@@ -70,23 +70,8 @@ func newHarness(t *testing.T) *harness {
 	return h
 }
 
-// logBuffer collects the writer's logs for assertions and failure output.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// logBuffer is a log sink the test reads while it is written.
+type logBuffer = testlog.Buffer
 
 // running is one writer process.
 type running struct {

@@ -1,7 +1,6 @@
 package notify_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
 	"github.com/candlekeep/candlekeep/pkg/testclock"
+	"github.com/candlekeep/candlekeep/pkg/testlog"
 	"github.com/candlekeep/candlekeep/services/monitor/notify"
 	"github.com/candlekeep/candlekeep/services/monitor/notify/slack"
 )
@@ -440,24 +440,8 @@ func TestDispatcherOptionsValidate(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer the Dispatcher's goroutines may log to
-// while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a log sink the test reads while it is written.
+type syncBuffer = testlog.Buffer
 
 func TestDispatcherExpiresSentMarkers(t *testing.T) {
 	js := jetStream(t)

@@ -21,6 +21,10 @@ const (
 	Repeat Kind = "repeat"
 	// Resolved: every alert of the group stopped firing.
 	Resolved Kind = "resolved"
+	// Report: a periodic report (the monthly SLA audit), about no alert
+	// group: Summary is its headline and Details its lines. Receivers
+	// that page (PagerDuty) do not send it.
+	Report Kind = "report"
 )
 
 // Notification is one message about one alert group: the alerts of one rule
@@ -49,6 +53,8 @@ type Notification struct {
 	ResolvedAt time.Time `json:"resolved_at,omitzero"`
 	// Runbook is the link to what the on-call does (docs/alerts.md#…).
 	Runbook string `json:"runbook"`
+	// Details are a Report's lines (one per figure), empty for alerts.
+	Details []string `json:"details,omitempty"`
 	// Source names the system that sends it (host, cluster), for a
 	// receiver that serves several.
 	Source string `json:"source,omitempty"`

@@ -225,6 +225,9 @@ func Body(n notify.Notification, now time.Time) string {
 	if len(n.Members) > 0 {
 		line("Members", fmt.Sprintf("%d: %s", len(n.Members), notify.FormatMembers(n.Members, notify.MaxMembers)))
 	}
+	if len(n.Details) > 0 {
+		b.WriteString("\n" + strings.Join(n.Details, "\n") + "\n\n")
+	}
 	line("Runbook", n.Runbook)
 	line("Group", n.GroupKey)
 	line("Source", n.Source)

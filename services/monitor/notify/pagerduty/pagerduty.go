@@ -164,6 +164,9 @@ func severity(s string) string {
 
 // Notify sends n's event.
 func (p *Notifier) Notify(ctx context.Context, n notify.Notification) (bool, error) {
+	if n.Kind == notify.Report {
+		return false, nil // a report is read, not paged
+	}
 	if n.GroupKey == "" {
 		return false, fmt.Errorf("pagerduty: %s has no group key to dedup on", n.ID)
 	}

@@ -209,3 +209,24 @@ func TestOptionsValidate(t *testing.T) {
 		t.Errorf("New with the default URL: %v", err)
 	}
 }
+
+// A report (the monthly SLA audit) is read, not paged: nothing is sent
+// and the Dispatcher counts it delivered.
+func TestReportIsNotPaged(t *testing.T) {
+	api := newEventsAPI(t, http.StatusAccepted, nil, `{"status":"success"}`)
+	n := notify.Notification{ID: "sla.report:1", GroupKey: "sla.report", Kind: notify.Report, Alert: "SLA audit", Summary: "3 missed"}
+	retry, err := notifier(t, api.srv.URL).Notify(context.Background(), n)
+	if retry || err != nil {
+		t.Fatalf("Notify = %v, %v; want false, nil", retry, err)
+	}
+	// The trigger that follows is the first body the API got: the report
+	// sent nothing before it.
+	if _, err := notifier(t, api.srv.URL).Notify(context.Background(), stale(notify.Firing)); err != nil {
+		t.Fatal(err)
+	}
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	if len(api.bodies) != 1 || api.bodies[0]["event_action"] != "trigger" {
+		t.Fatalf("the API got %v, want only the alert's trigger", api.bodies)
+	}
+}

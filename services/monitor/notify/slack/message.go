@@ -22,6 +22,9 @@ const (
 // a resolved message with the firing one it ends. Text is the fallback
 // shown in notifications and by clients without blocks.
 func Message(n notify.Notification, now time.Time) *slack.WebhookMessage {
+	if n.Kind == notify.Report {
+		return reportMessage(n)
+	}
 	header := fmt.Sprintf("%s %s %s", emoji(n), n.Alert, n.Kind.Title())
 
 	since := "unknown"
@@ -69,6 +72,26 @@ func Message(n notify.Notification, now time.Time) *slack.WebhookMessage {
 		Text:   fallback(n),
 		Blocks: &slack.Blocks{BlockSet: blocks},
 	}
+}
+
+// reportMessage builds a Report's message: its headline, its lines and
+// where it came from; no alert facts, no pairing.
+func reportMessage(n notify.Notification) *slack.WebhookMessage {
+	blocks := []slack.Block{
+		slack.NewHeaderBlock(slack.NewTextBlockObject(slack.PlainTextType, clip("📋 "+n.Alert, maxHeader), true, false)),
+	}
+	if n.Summary != "" {
+		blocks = append(blocks, slack.NewSectionBlock(mrkdwn(n.Summary), nil, nil))
+	}
+	if len(n.Details) > 0 {
+		blocks = append(blocks, slack.NewSectionBlock(mrkdwn(strings.Join(n.Details, "\n")), nil, nil))
+	}
+	line := "Report `" + n.GroupKey + "`"
+	if n.Source != "" {
+		line += " · " + n.Source
+	}
+	blocks = append(blocks, slack.NewContextBlock("report", mrkdwn(line)))
+	return &slack.WebhookMessage{Text: n.Alert + ": " + n.Summary, Blocks: &slack.Blocks{BlockSet: blocks}}
 }
 
 // pairing is the context line that ties a group's messages together.
