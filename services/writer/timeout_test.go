@@ -58,10 +58,11 @@ func TestRunDeadlineTimesOutOnce(t *testing.T) {
 		got.PairsOK != 1 || got.PairsFailed != 1 || got.V != candles.Version {
 		t.Errorf("sync.timeout = %+v", got)
 	}
-	if !strings.Contains(h.logs.String(), `level=WARN msg="sync timed out" run_id=run-late`) ||
-		!strings.Contains(h.logs.String(), `open_pairs=[SOLUSDT/4h]`) {
-		t.Error("the timeout was not logged at Warn with the run and its open pairs")
-	}
+	// The line is logged once the event is out, so wait for it too.
+	eventually(t, "the timeout logged at Warn with the run and its open pairs", func() bool {
+		return strings.Contains(h.logs.String(), `level=WARN msg="sync timed out" run_id=run-late`) &&
+			strings.Contains(h.logs.String(), `open_pairs=[SOLUSDT/4h]`)
+	})
 
 	// The last final batch arrives late: written, but the run stays closed.
 	last := h.publish(batch("run-late", "SOLUSDT", 1, true, series(t0+2*h4, 2, 0)), "")
