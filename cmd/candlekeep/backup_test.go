@@ -161,48 +161,6 @@ func TestBackupFlagsRefused(t *testing.T) {
 	}
 }
 
-// startUpConfig runs up in-process with cfg, as startUp does, and waits
-// for the backup service to answer.
-func startUpConfig(t testing.TB, cfg upConfig, log *slog.Logger) string {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	cfg.Ready = func(url string) { ready <- url }
-	go func() { done <- up(ctx, cfg, log) }()
-	var url string
-	select {
-	case url = <-ready:
-	case err := <-done:
-		cancel()
-		t.Fatalf("up stopped at start: %v", err)
-	case <-time.After(30 * time.Second):
-		cancel()
-		t.Fatal("up did not start within 30s")
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("up returned %v on shutdown", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("up did not stop within 30s of cancel")
-		}
-	})
-	nc := connect(t, url)
-	checkfor.Check(t, 20*time.Second, 50*time.Millisecond, func() error {
-		for _, subj := range []string{candles.SubjectAPICoverage, candles.SubjectAPISync, candles.SubjectAPIBackupList} {
-			if _, err := nc.Request(subj, []byte(`{"probe":1}`), time.Second); err != nil {
-				return fmt.Errorf("%s: %w", subj, err)
-			}
-		}
-		return nil
-	})
-	return url
-}
-
 // TestBackupServiceAlone runs `candlekeep backup` on its own against a
 // running system: refused while CANDLES keeps batches too briefly for the
 // schedule (the message names the setting), then serving once it is raised.

@@ -58,12 +58,21 @@ func testFetcherOptions(binanceURL string) fetcher.Options {
 // returns its client URL; it is stopped, and must stop cleanly, at cleanup.
 func startUp(t testing.TB, dataDir string, fo fetcher.Options) string {
 	t.Helper()
+	return startUpConfig(t, upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo,
+		Writer: writer.DefaultOptions()}, testLogger(t))
+}
+
+// startUpConfig runs up in-process with cfg and returns its client URL once
+// the writer, the fetcher and (when cfg runs it) the backup service answer
+// (a 400 to a probe is an answer); up is stopped, and must stop cleanly, at
+// cleanup.
+func startUpConfig(t testing.TB, cfg upConfig, log *slog.Logger) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	cfg := upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo, Writer: writer.DefaultOptions(),
-		Ready: func(url string) { ready <- url }}
-	go func() { done <- up(ctx, cfg, testLogger(t)) }()
+	cfg.Ready = func(url string) { ready <- url }
+	go func() { done <- up(ctx, cfg, log) }()
 	var url string
 	select {
 	case url = <-ready:
@@ -85,21 +94,19 @@ func startUp(t testing.TB, dataDir string, fo fetcher.Options) string {
 			t.Error("up did not stop within 30s of cancel")
 		}
 	})
-	// Wait until both services answer.
-	nc := connect(t, url)
-	deadline := time.Now().Add(20 * time.Second)
-	// The fetcher answers an invalid request with a 400: enough to know it is up.
-	for _, subj := range []string{candles.SubjectAPICoverage, candles.SubjectAPISync} {
-		for {
-			if _, err := nc.Request(subj, []byte(`{"probe":1}`), time.Second); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s does not answer", subj)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+	subjects := []string{candles.SubjectAPICoverage, candles.SubjectAPISync}
+	if cfg.Backup.enabled() {
+		subjects = append(subjects, candles.SubjectAPIBackupList)
 	}
+	nc := connect(t, url)
+	checkfor.Check(t, 20*time.Second, 50*time.Millisecond, func() error {
+		for _, subj := range subjects {
+			if _, err := nc.Request(subj, []byte(`{"probe":1}`), time.Second); err != nil {
+				return fmt.Errorf("%s: %w", subj, err)
+			}
+		}
+		return nil
+	})
 	return url
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -45,39 +44,8 @@ func startUpMonitored(t *testing.T, dataDir string, fo fetcher.Options, ms monit
 	t.Helper()
 	addr := make(chan string, 8) // the monitor may start more than once
 	ms.Ready = func(a string) { addr <- a }
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	cfg := upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo, Writer: writer.DefaultOptions(),
-		Monitor: &ms, Ready: func(url string) { ready <- url }}
-	go func() { done <- up(ctx, cfg, testLogger(t)) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("up returned %v on shutdown", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("up did not stop within 30s of cancel")
-		}
-	})
-	select {
-	case natsURL = <-ready:
-	case err := <-done:
-		done <- err
-		t.Fatalf("up stopped at start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("up did not start within 30s")
-	}
-	// The writer and the fetcher answer (a 400 to a probe is an answer).
-	nc := connect(t, natsURL)
-	for _, subj := range []string{candles.SubjectAPICoverage, candles.SubjectAPISync} {
-		checkfor.Check(t, 20*time.Second, 50*time.Millisecond, func() error {
-			_, err := nc.Request(subj, []byte(`{"probe":1}`), time.Second)
-			return err
-		})
-	}
+	natsURL = startUpConfig(t, upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo,
+		Writer: writer.DefaultOptions(), Monitor: &ms}, testLogger(t))
 	return natsURL, addr
 }
 
