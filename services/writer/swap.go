@@ -2,6 +2,7 @@ package writer
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -249,7 +250,10 @@ func (w *Writer) identify() *fileIdentity {
 	return &fileIdentity{path: p.Path(), fi: fi}
 }
 
-// gone reports an error when the path no longer names the file opened.
+// gone reports an error when the path no longer names the file opened, or
+// the file shrank: SQLite grows a database file and never shrinks it
+// without a VACUUM, which the writer never runs on it, so a smaller file
+// was truncated from outside and its tail is lost.
 func (id *fileIdentity) gone() error {
 	if id == nil {
 		return nil
@@ -260,6 +264,45 @@ func (id *fileIdentity) gone() error {
 	}
 	if err == nil && !os.SameFile(fi, id.fi) {
 		return fmt.Errorf("the database file %s was replaced by another file while open", id.path)
+	}
+	if err == nil && fi.Size() < id.fi.Size() {
+		return fmt.Errorf("the database file %s was truncated from %d to %d bytes while open", id.path, id.fi.Size(), fi.Size())
+	}
+	if err == nil {
+		id.fi = fi
+		return shortOfHeader(id.path, fi.Size())
+	}
+	return nil
+}
+
+// shortOfHeader reports a file shorter than its SQLite header says: the
+// header's page count times the page size (valid when the version-valid-for
+// number matches the change counter) is the size of the database as last
+// checkpointed, and the file is never shorter than that unless it was cut.
+func shortOfHeader(path string, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil // gone() reports a missing file; other errors say nothing
+	}
+	defer f.Close()
+	var h [100]byte
+	if n, err := f.ReadAt(h[:], 0); n < len(h) {
+		if size == 0 {
+			return nil // a database never written to
+		}
+		return fmt.Errorf("the database file %s is %d bytes, shorter than SQLite's header (%v)", path, size, err)
+	}
+	pageSize := int64(binary.BigEndian.Uint16(h[16:18]))
+	if pageSize == 1 {
+		pageSize = 65536
+	}
+	counter, validFor := binary.BigEndian.Uint32(h[24:28]), binary.BigEndian.Uint32(h[92:96])
+	pages := int64(binary.BigEndian.Uint32(h[28:32]))
+	if counter != validFor || pages == 0 {
+		return nil
+	}
+	if want := pages * pageSize; size < want {
+		return fmt.Errorf("the database file %s was truncated: %d bytes, its header says %d pages of %d bytes (%d)", path, size, pages, pageSize, want)
 	}
 	return nil
 }

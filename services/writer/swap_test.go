@@ -112,3 +112,32 @@ func TestDeletedFileIsDamage(t *testing.T) {
 		t.Errorf("integrity.failed = check %q database %q, want file %s", ev.Check, ev.Database, h.dbPath)
 	}
 }
+
+// A database file truncated under the running writer is found by its size
+// (SQLite never shrinks it by itself): integrity.failed with check "file".
+func TestTruncatedFileIsDamage(t *testing.T) {
+	h := newHarness(t)
+	h.start(h.swappable(nil))
+	var last uint64
+	for i := range 5 {
+		last = h.publish(batch("", "BTCUSDT", i, false, series(t0+int64(i*200)*h4, 200, 0)), "").Sequence
+	}
+	h.waitApplied(last)
+	var size int64
+	eventually(t, "the WAL checkpointed into the file", func() bool {
+		fi, err := os.Stat(h.dbPath)
+		size = fi.Size()
+		return err == nil && size > 16384
+	})
+	if err := os.Truncate(h.dbPath, size/2); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "integrity.failed", func() bool { return len(h.events(candles.KindIntegrityFailed)) == 1 })
+	var ev candles.IntegrityFailed
+	if err := json.Unmarshal(h.events(candles.KindIntegrityFailed)[0], &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Check != "file" {
+		t.Errorf("integrity.failed check %q (%v), want file", ev.Check, ev.Problems)
+	}
+}
