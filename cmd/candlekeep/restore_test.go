@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/sim"
@@ -365,5 +367,90 @@ func TestDrillLeavesProductionUntouched(t *testing.T) {
 	}
 	if len(r.ev.of(candles.KindRestoreCompleted, "")) != 0 {
 		t.Error("the drill published restore.completed")
+	}
+}
+
+// --auto-restore=false only alerts: the incident is recorded as alerted
+// and nothing is restored. An integrity.failed delivered again for an
+// incident already handled (a restart, a redelivery) restores nothing more.
+func TestAutoRestoreOnceAndOff(t *testing.T) {
+	for _, auto := range []bool{false, true} {
+		t.Run(fmt.Sprintf("auto-restore=%v", auto), func(t *testing.T) {
+			r := newRestoreRig(t, backupConfig{AutoRestore: auto})
+			r.backfillAndBackUp(1)
+			if err := os.Remove(r.dbPath); err != nil {
+				t.Fatal(err)
+			}
+			var failed candles.IntegrityFailed
+			r.ev.wait(t, candles.KindIntegrityFailed, "", time.Minute, &failed)
+			nc := connect(t, r.url)
+			js, err := jetstream.New(nc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			state := func(want string) {
+				t.Helper()
+				checkfor.Check(t, 2*time.Minute, 20*time.Millisecond, func() error {
+					kv, err := js.KeyValue(ctx, backup.IncidentsBucket)
+					if err != nil {
+						return err
+					}
+					e, err := kv.Get(ctx, backup.IncidentKey(failed))
+					if err != nil {
+						return err
+					}
+					if string(e.Value()) != want {
+						return fmt.Errorf("incident %s", e.Value())
+					}
+					return nil
+				})
+			}
+			if !auto {
+				state(backup.IncidentAlerted)
+				if n := len(r.ev.of(candles.KindRestoreStarted, "")); n != 0 {
+					t.Fatalf("%d restore.started with --auto-restore=false", n)
+				}
+				if _, err := os.Stat(r.dbPath); !os.IsNotExist(err) {
+					t.Fatalf("the database path changed with --auto-restore=false: %v", err)
+				}
+				return
+			}
+			state(backup.IncidentCompleted)
+			// The same incident again: handled once the consumer has acked
+			// it, and still one restore.
+			again := failed
+			if err := candles.PublishEvent(ctx, js, &again, "again", failed.DetectedAt); err != nil {
+				t.Fatal(err)
+			}
+			stream, err := js.Stream(ctx, candles.StreamEvents)
+			if err != nil {
+				t.Fatal(err)
+			}
+			last := stream.CachedInfo().State.LastSeq
+			if info, err := stream.Info(ctx); err == nil {
+				last = info.State.LastSeq
+			}
+			checkfor.Check(t, 30*time.Second, 20*time.Millisecond, func() error {
+				c, err := js.Consumer(ctx, candles.StreamEvents, "backup-auto-restore")
+				if err != nil {
+					return err
+				}
+				info, err := c.Info(ctx)
+				if err != nil {
+					return err
+				}
+				if info.AckFloor.Stream < last && info.NumPending+uint64(info.NumAckPending) > 0 {
+					return fmt.Errorf("auto-restore consumer acked to %d, pending %d/%d", info.AckFloor.Stream, info.NumPending, info.NumAckPending)
+				}
+				return nil
+			})
+			if n := len(r.ev.of(candles.KindRestoreStarted, "")); n != 1 {
+				t.Errorf("%d restore.started for one incident delivered twice, want 1", n)
+			}
+			if !strings.Contains(r.logs.String(), "integrity.failed already handled") {
+				t.Error("the second delivery was not reported as already handled")
+			}
+		})
 	}
 }
