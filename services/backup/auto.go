@@ -119,7 +119,8 @@ func (s *Service) onIntegrityFailed(ctx context.Context, kv jetstream.KeyValue, 
 	}
 	key := IncidentKey(ev)
 	log := s.log.With("incident", key, "database", ev.Database, "detected_at", ev.DetectedAt, "check", ev.Check)
-	if e, err := kv.Get(ctx, key); err == nil && string(e.Value()) != IncidentStarted {
+	e, err := kv.Get(ctx, key)
+	if err == nil && string(e.Value()) != IncidentStarted {
 		log.Info("integrity.failed already handled", "state", string(e.Value()))
 		return
 	}
@@ -133,8 +134,17 @@ func (s *Service) onIntegrityFailed(ctx context.Context, kv jetstream.KeyValue, 
 		log.Info("integrity.failed, but the writer's database is sound now (restored or replaced already): nothing to do")
 		return
 	}
-	if _, err := kv.Put(ctx, key, []byte(IncidentStarted)); err != nil {
-		log.Warn("record the incident", "err", err)
+	// Claim the incident: a create, or an update at the revision read for
+	// one left "started" by a service that died; of two backup services
+	// only one wins.
+	if err == nil {
+		_, err = kv.Update(ctx, key, []byte(IncidentStarted), e.Revision())
+	} else {
+		_, err = kv.Create(ctx, key, []byte(IncidentStarted))
+	}
+	if err != nil {
+		log.Info("integrity.failed taken by another backup service, or not recorded: not restoring twice", "err", err)
+		return
 	}
 	log.Warn("database damaged: restoring the newest verified copy by itself (--auto-restore)")
 	rep, err := s.Restore(ctx, RestoreRequest{Reason: ReasonAuto, Incident: ev.Database + " " + ev.DetectedAt.UTC().Format(time.RFC3339Nano),
