@@ -187,6 +187,8 @@ func TestUpRestoresItselfAfterDamage(t *testing.T) {
 				r.ev.wait(t, candles.KindSyncCompleted, done.SyncRunID, 2*time.Minute, &sc)
 			}
 			assertSame(t, readDB(t, r.dbPath), want)
+			t.Logf("%s: restored from %s, RTO %.2fs from the damage's detection, %d batches replayed",
+				tc.name, done.Tier, done.RTOSeconds, done.BatchesReplayed)
 			// Once per incident.
 			if n := len(r.ev.of(candles.KindRestoreCompleted, "")); n != 1 {
 				t.Errorf("%d restore.completed events, want 1", n)
@@ -453,4 +455,45 @@ func TestAutoRestoreOnceAndOff(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The same through the real binary: bin/candlekeep up, the database file
+// deleted under it, and it recovers by itself from its hot copy, with the
+// batches written after the backup replayed from CANDLES.
+func TestBinaryUpRestoresItselfAfterDelete(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end with processes; runs without -short")
+	}
+	clock := testclock.New(exchangeNow)
+	s, simURL := startSim(t, sim.Options{Now: clock.Now})
+	nc, ev, dbPath := binaryUp(t, simURL, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1h", "--catch-up=false",
+		"--backup-schedule", "off", "--drill-schedule", "off")
+	natsUntil(t, nc.ConnectedUrl(), "candlekeep-backup", "micro", "ls")
+	syncRange := func(from, to time.Time) {
+		t.Helper()
+		acc := requestSync(t, nc, fmt.Sprintf(`{"start":%q,"end":%q}`, from.Format(time.RFC3339), to.Format(time.RFC3339)))
+		var done candles.SyncCompleted
+		ev.wait(t, candles.KindSyncCompleted, acc.RunID, 2*time.Minute, &done)
+	}
+	syncRange(restoreFrom, restoreMid)
+	var bc candles.BackupCompleted
+	ev.wait(t, candles.KindBackupCompleted, "", time.Minute, &bc)
+	syncRange(restoreMid, restoreTo)
+	want := truth(s, restorePair, "1h", restoreFrom, restoreTo)
+	assertSame(t, readDB(t, dbPath), want)
+
+	if err := os.Remove(dbPath); err != nil {
+		t.Fatal(err)
+	}
+	var done candles.RestoreCompleted
+	ev.wait(t, candles.KindRestoreCompleted, "", 2*time.Minute, &done)
+	if done.Reason != backup.ReasonAuto || done.Watermark != bc.Watermark || done.BatchesReplayed == 0 || done.CandlesReplayed <= 0 {
+		t.Errorf("restore.completed = %+v, want an automatic restore of the copy at %d with a replay", done, bc.Watermark)
+	}
+	if done.SyncRunID != "" {
+		var sc candles.SyncCompleted
+		ev.wait(t, candles.KindSyncCompleted, done.SyncRunID, 2*time.Minute, &sc)
+	}
+	assertSame(t, readDB(t, dbPath), want)
+	t.Logf("restore from hot after the file was deleted: RTO %.2fs, %d batches replayed", done.RTOSeconds, done.BatchesReplayed)
 }

@@ -162,19 +162,27 @@ func (s *Service) onIntegrityFailed(ctx context.Context, kv jetstream.KeyValue, 
 }
 
 // stillDamaged asks the writer (candles.api.database) whether its
-// database is damaged now. No answer counts as damaged: the restore then
-// says why it cannot reach the writer.
+// database is damaged now. An answer with an error other than a pause (the
+// file cannot even be measured: deleted, say) counts as damaged, and so
+// does no answer: the restore then says why it cannot reach the writer.
 func (s *Service) stillDamaged(ctx context.Context) bool {
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
 		msg, err := s.o.Conn.RequestWithContext(rctx, candles.SubjectAPIDatabase, nil)
-		if err == nil && msg.Header.Get(micro.ErrorCodeHeader) == "" {
-			var h candles.DatabaseHealth
-			if json.Unmarshal(msg.Data, &h) == nil {
-				return h.Damaged != nil
+		if err == nil {
+			switch code := msg.Header.Get(micro.ErrorCodeHeader); code {
+			case "":
+				var h candles.DatabaseHealth
+				if json.Unmarshal(msg.Data, &h) == nil {
+					return h.Damaged != nil
+				}
+				return true
+			case "503": // paused for another restore, or stopping: ask again
+			default:
+				s.log.Info("the writer cannot report its database; taking it as damaged", "code", code, "err", msg.Header.Get(micro.ErrorHeader))
+				return true
 			}
-			return true
 		}
 		if rctx.Err() != nil {
 			return true
