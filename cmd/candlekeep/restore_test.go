@@ -255,6 +255,21 @@ func TestRestoreFallsBackThroughTiers(t *testing.T) {
 	})
 	assertSame(t, readDB(t, r.dbPath), want)
 
+	// A copy named by its path (a disk brought from elsewhere), and --at
+	// before any copy: nothing to restore.
+	warmCopies, _ := filepath.Glob(filepath.Join(warmDir, "*.db.zst"))
+	if len(warmCopies) != 1 {
+		t.Fatalf("warm tier holds %v", warmCopies)
+	}
+	rep, code, errOut = restore("--from", warmCopies[0])
+	if code != 0 || rep.Tier != "path" || rep.Backup != filepath.Base(warmCopies[0]) || rep.Watermark != backupWM {
+		t.Fatalf("restore --from %s: exit %d %+v\n%s", warmCopies[0], code, rep, errOut)
+	}
+	assertSame(t, readDB(t, r.dbPath), want)
+	if _, code, errOut = restore("--at", "2020-01-01"); code != 1 || !strings.Contains(errOut, "no valid copy to restore") {
+		t.Fatalf("restore --at before every copy: exit %d\n%s", code, errOut)
+	}
+
 	// Hot and warm gone: cold.
 	for _, dir := range []string{hotDir, warmDir} {
 		files, _ := filepath.Glob(filepath.Join(dir, "*.db.zst*"))
