@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -511,4 +512,59 @@ func TestBinaryUpRestoresItselfAfterDelete(t *testing.T) {
 	}
 	assertSame(t, readDB(t, dbPath), want)
 	t.Logf("restore from hot after the file was deleted: RTO %.2fs, %d batches replayed", done.RTOSeconds, done.BatchesReplayed)
+}
+
+// Split mode: `candlekeep backup` runs as its own service beside the
+// writer (here the one inside `up`, which runs no backup service), and
+// `candlekeep restore` goes through it and the writer's swap endpoint.
+func TestRestoreWithTheBackupServiceApart(t *testing.T) {
+	clock := testclock.New(exchangeNow)
+	s, simURL := startSim(t, sim.Options{Now: clock.Now})
+	dataDir := t.TempDir()
+	dbPath := filepath.Join(dataDir, databaseFile)
+	fo := testFetcherOptions(simURL)
+	fo.Symbols, fo.Intervals = restorePair, []string{"1h"}
+	url := startUp(t, dataDir, fo)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var svcErr lockedBuffer
+	go func() {
+		done <- run(ctx, []string{"backup", "--nats-url", url, "--data-dir", dataDir, "--backup-schedule", "off",
+			"--drill-schedule", "off", "--log-format", "json"}, io.Discard, &svcErr, noEnv)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("backup service exit %d:\n%s", code, svcErr.String())
+		}
+	})
+	nc := connect(t, url)
+	checkfor.Check(t, 20*time.Second, 50*time.Millisecond, func() error {
+		_, err := nc.Request(candles.SubjectAPIBackupList, nil, time.Second)
+		return err
+	})
+	ev := watchEvents(t, nc)
+	syncRange := func(from, to time.Time) {
+		t.Helper()
+		acc := requestSync(t, nc, fmt.Sprintf(`{"start":%q,"end":%q}`, from.Format(time.RFC3339), to.Format(time.RFC3339)))
+		var sc candles.SyncCompleted
+		ev.wait(t, candles.KindSyncCompleted, acc.RunID, 2*time.Minute, &sc)
+	}
+	syncRange(restoreFrom, restoreMid)
+	var bc candles.BackupCompleted
+	ev.wait(t, candles.KindBackupCompleted, "", time.Minute, &bc)
+	syncRange(restoreMid, restoreTo)
+	want := truth(s, restorePair, "1h", restoreFrom, restoreTo)
+
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"restore", "--nats-url", url}, &out, &errOut, noEnv); code != 0 {
+		t.Fatalf("restore: exit %d\n%s%s\n%s", code, out.String(), errOut.String(), svcErr.String())
+	}
+	for _, w := range []string{"restored " + filepath.Base(bc.Location), "from the hot tier", fmt.Sprintf("watermark %d", bc.Watermark),
+		"replayed", "the previous database is kept at " + dbPath + ".corrupt-"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("restore output lacks %q:\n%s", w, out.String())
+		}
+	}
+	assertSame(t, readDB(t, dbPath), want)
 }
