@@ -517,6 +517,8 @@ func TestBinaryUpRestoresItselfAfterDelete(t *testing.T) {
 // Split mode: `candlekeep backup` runs as its own service beside the
 // writer (here the one inside `up`, which runs no backup service), and
 // `candlekeep restore` goes through it and the writer's swap endpoint.
+// CANDLES has lost most batches after the copy: the restore says so, and
+// its gap-audit sync brings their candles back from the exchange.
 func TestRestoreWithTheBackupServiceApart(t *testing.T) {
 	clock := testclock.New(exchangeNow)
 	s, simURL := startSim(t, sim.Options{Now: clock.Now})
@@ -525,11 +527,12 @@ func TestRestoreWithTheBackupServiceApart(t *testing.T) {
 	fo := testFetcherOptions(simURL)
 	fo.Symbols, fo.Intervals = restorePair, []string{"1h"}
 	url := startUp(t, dataDir, fo)
-	ctx, cancel := context.WithCancel(context.Background())
+	svcCtx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	done := make(chan int, 1)
 	var svcErr lockedBuffer
 	go func() {
-		done <- run(ctx, []string{"backup", "--nats-url", url, "--data-dir", dataDir, "--backup-schedule", "off",
+		done <- run(svcCtx, []string{"backup", "--nats-url", url, "--data-dir", dataDir, "--backup-schedule", "off",
 			"--drill-schedule", "off", "--log-format", "json"}, io.Discard, &svcErr, noEnv)
 	}()
 	t.Cleanup(func() {
@@ -555,16 +558,40 @@ func TestRestoreWithTheBackupServiceApart(t *testing.T) {
 	ev.wait(t, candles.KindBackupCompleted, "", time.Minute, &bc)
 	syncRange(restoreMid, restoreTo)
 	want := truth(s, restorePair, "1h", restoreFrom, restoreTo)
+	// CANDLES loses every batch but the last (as if its retention had been
+	// cut below the guarantee): those cannot be replayed, and the
+	// gap-audit sync after the restore fetches them again.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, candles.StreamCandles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(info.State.LastSeq)); err != nil {
+		t.Fatal(err)
+	}
 
 	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"restore", "--nats-url", url}, &out, &errOut, noEnv); code != 0 {
+	if code := run(context.Background(), []string{"restore", "--nats-url", url, "--json"}, &out, &errOut, noEnv); code != 0 {
 		t.Fatalf("restore: exit %d\n%s%s\n%s", code, out.String(), errOut.String(), svcErr.String())
 	}
-	for _, w := range []string{"restored " + filepath.Base(bc.Location), "from the hot tier", fmt.Sprintf("watermark %d", bc.Watermark),
-		"replayed", "the previous database is kept at " + dbPath + ".corrupt-"} {
-		if !strings.Contains(out.String(), w) {
-			t.Errorf("restore output lacks %q:\n%s", w, out.String())
-		}
+	var rep backup.RestoreReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatal(err)
 	}
+	lost := info.State.LastSeq - bc.Watermark - 1
+	if rep.Backup != filepath.Base(bc.Location) || rep.Tier != backup.TierHot || rep.Watermark != bc.Watermark ||
+		rep.BatchesNotInStream != lost || rep.RPOSeconds <= 0 || rep.SyncRunID == "" ||
+		!strings.HasPrefix(rep.MovedAside, dbPath+".corrupt-") {
+		t.Fatalf("restore = %+v, want the hot copy at %d, %d batches not in the stream, a gap-audit sync", rep, bc.Watermark, lost)
+	}
+	var sc candles.SyncCompleted
+	ev.wait(t, candles.KindSyncCompleted, rep.SyncRunID, 2*time.Minute, &sc)
 	assertSame(t, readDB(t, dbPath), want)
 }

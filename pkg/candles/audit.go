@@ -181,6 +181,11 @@ type RestoreDetail struct {
 	// CandlesReplayed is how many more candles the database holds after
 	// the replay than the copy did.
 	CandlesReplayed int64 `json:"candles_replayed"`
+	// BatchesNotInStream counts the batches after the copy's watermark
+	// that CANDLES no longer held (its retention shortened below the
+	// guarantee): the gap-audit sync fetches their candles again from the
+	// exchange, and rpo_seconds spans them.
+	BatchesNotInStream uint64 `json:"batches_not_in_stream,omitempty"`
 	// MovedAside is where the previous database file was kept.
 	MovedAside string        `json:"moved_aside,omitempty"`
 	Skipped    []SkippedCopy `json:"skipped,omitempty"`

@@ -239,6 +239,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (RestoreRepor
 		return fail(err)
 	}
 	rep.MovedAside = swap.MovedAside
+	s.measureLoss(ctx, m, &rep)
 	replayedTo, count, err := s.followReplay(ctx, swap.StreamLast)
 	rep.ReplayedTo = replayedTo
 	if replayedTo > m.Watermark {
@@ -257,6 +258,36 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest) (RestoreRepor
 	s.publish(ctx, &candles.RestoreCompleted{EventHeader: candles.NewHeader(candles.KindRestoreCompleted, ""),
 		Recovery: rep.Recovery, RestoreDetail: rep.RestoreDetail})
 	return rep, nil
+}
+
+// measureLoss finds the batches after the copy's watermark that CANDLES no
+// longer holds: they cannot be replayed, only fetched again (the gap
+// audit). RPOSeconds is the span from the copy to the oldest batch the
+// stream still has (0 when it has every batch after the copy).
+func (s *Service) measureLoss(ctx context.Context, m *Manifest, rep *RestoreReport) {
+	stream, err := s.js.Stream(ctx, candles.StreamCandles)
+	if err != nil {
+		return
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return
+	}
+	st := info.State
+	switch {
+	case st.Msgs == 0 && st.LastSeq > m.Watermark:
+		rep.BatchesNotInStream = st.LastSeq - m.Watermark
+		rep.RPOSeconds = s.o.Now().Sub(m.CreatedAt).Seconds()
+	case st.Msgs > 0 && st.FirstSeq > m.Watermark+1:
+		rep.BatchesNotInStream = st.FirstSeq - m.Watermark - 1
+		if first, err := stream.GetMsg(ctx, st.FirstSeq); err == nil {
+			rep.RPOSeconds = max(0, first.Time.Sub(m.CreatedAt).Seconds())
+		}
+	}
+	if rep.BatchesNotInStream > 0 {
+		s.log.Warn("CANDLES no longer holds every batch after the copy: they are fetched again from the exchange by the gap-audit sync",
+			"batches", rep.BatchesNotInStream, "copy_watermark", m.Watermark, "stream_first", st.FirstSeq)
+	}
 }
 
 // swap asks the writer lease holder to put prepared in place.
