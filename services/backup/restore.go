@@ -95,11 +95,11 @@ func (s *Service) candidates(ctx context.Context, from string, at time.Time) ([]
 	}
 	var out []candidate
 	var skipped []candles.SkippedCopy
-	var errs []error
 	for _, t := range tiers {
 		copies, err := List(ctx, t)
 		if err != nil {
-			errs = append(errs, err)
+			// A tier that cannot be listed (S3 down) is reported and the
+			// next one tried.
 			skipped = append(skipped, candles.SkippedCopy{Tier: t.Name(), Reason: "cannot list: " + err.Error()})
 			continue
 		}
@@ -121,7 +121,6 @@ func (s *Service) candidates(ctx context.Context, from string, at time.Time) ([]
 	if only != "" && len(out) == 0 && len(skipped) == 0 {
 		return nil, nil, fmt.Errorf("--from %s: no candlekeep copy of that name there (want a *.db.zst with its manifest)", from)
 	}
-	_ = errs
 	return out, skipped, nil
 }
 
