@@ -60,7 +60,10 @@ func newRestoreRig(t *testing.T, bc backupConfig) *restoreRig {
 	// The damage is found within a moment, not minutes.
 	wo.QuickCheckEvery, wo.CheckpointEvery = 200*time.Millisecond, 100*time.Millisecond
 	bc.HotRetention, bc.WarmRetention, bc.ColdRetention = backup.DefaultHotRetention, backup.DefaultWarmRetention, backup.DefaultColdRetention
-	bc.Schedule, bc.MinInterval, bc.DrillSchedule = "off", time.Hour, "off"
+	bc.Schedule, bc.MinInterval = "off", time.Hour
+	if bc.DrillSchedule == "" {
+		bc.DrillSchedule = "off"
+	}
 	if bc.S3Class == "" {
 		bc.S3Class = "STANDARD"
 	}
@@ -594,4 +597,18 @@ func TestRestoreWithTheBackupServiceApart(t *testing.T) {
 	var sc candles.SyncCompleted
 	ev.wait(t, candles.KindSyncCompleted, rep.SyncRunID, 2*time.Minute, &sc)
 	assertSame(t, readDB(t, dbPath), want)
+}
+
+// --drill-schedule runs drills by itself: a JetStream message schedule
+// ticks, the backup service drills and publishes drill.completed.
+func TestDrillOnSchedule(t *testing.T) {
+	r := newRestoreRig(t, backupConfig{DrillSchedule: "@every 1s"})
+	backupWM := r.backfillAndBackUp(1)
+	var ev candles.DrillCompleted
+	r.ev.waitMatch(t, candles.KindDrillCompleted, time.Minute, &ev, func() bool {
+		return len(ev.Tiers) == 1 && ev.Tiers[0].Watermark == backupWM
+	})
+	if !ev.OK || ev.Tiers[0].Tier != backup.TierHot || !ev.Tiers[0].OK {
+		t.Errorf("scheduled drill.completed = %+v", ev)
+	}
 }
