@@ -84,6 +84,27 @@ func (s *Service) autoRestore(ctx context.Context, cons jetstream.Consumer) erro
 		return fmt.Errorf("backup: incidents bucket: %w", err)
 	}
 	for ctx.Err() == nil {
+		if cons == nil {
+			// EVENTS or the consumer was deleted: the writer makes EVENTS
+			// again; then the consumer is made again, from autoLookback
+			// ago, so damage reported meanwhile is still acted on.
+			err = nil
+			if !s.awaitStream(ctx, candles.StreamEvents) && ctx.Err() == nil {
+				err = candles.EnsureStreams(ctx, s.js, s.o.Streams)
+			}
+			if err == nil {
+				cons, err = s.autoConsumer(ctx)
+			}
+			if err != nil {
+				cons = nil
+				if ctx.Err() == nil {
+					s.log.Warn("cannot recreate the auto-restore consumer; retrying", "err", err)
+					sleep(ctx, time.Second)
+				}
+				continue
+			}
+			s.log.Warn("auto-restore consumer recreated", "consumer", consumerAuto)
+		}
 		it, err := cons.Messages()
 		if err != nil {
 			return fmt.Errorf("backup: consume %s: %w", consumerAuto, err)
@@ -93,6 +114,11 @@ func (s *Service) autoRestore(ctx context.Context, cons jetstream.Consumer) erro
 			msg, err := it.Next()
 			if err != nil {
 				if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					break
+				}
+				if _, cerr := s.js.Consumer(ctx, candles.StreamEvents, consumerAuto); errors.Is(cerr, jetstream.ErrConsumerNotFound) ||
+					errors.Is(cerr, jetstream.ErrStreamNotFound) {
+					cons = nil
 					break
 				}
 				sleep(ctx, 200*time.Millisecond)

@@ -233,8 +233,15 @@ func (s *Service) consumer(ctx context.Context, stream, durable, subject string)
 func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, stream, durable, subject string, fn func()) error {
 	for ctx.Err() == nil {
 		if cons == nil {
+			exists := s.awaitStream(ctx, stream)
+			if ctx.Err() != nil {
+				continue
+			}
 			var err error
-			if err = candles.EnsureStreams(ctx, s.js, s.o.Streams); err == nil {
+			if !exists {
+				err = candles.EnsureStreams(ctx, s.js, s.o.Streams)
+			}
+			if err == nil {
 				cons, err = s.consumer(ctx, stream, durable, subject)
 			}
 			if err != nil {
@@ -282,6 +289,27 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, stream, 
 		it.Stop()
 	}
 	return nil
+}
+
+// ownerGrace is how long the backup service leaves a missing stream to
+// its owner (the fetcher for SYNC, the writer for EVENTS), which creates it
+// again and reports it (resource.recreated), before creating it itself.
+const ownerGrace = 10 * time.Second
+
+// awaitStream waits until stream exists, at most ownerGrace, and reports
+// whether it does; if not, the caller creates the streams itself. Only
+// the missing stream is waited for: creating all of them (EnsureStreams)
+// while it exists would silently make another owner's stream deleted
+// meanwhile, which its owner should find and report.
+func (s *Service) awaitStream(ctx context.Context, stream string) bool {
+	deadline := time.Now().Add(ownerGrace)
+	for ctx.Err() == nil && time.Now().Before(deadline) {
+		if _, err := s.js.Stream(ctx, stream); err == nil {
+			return true
+		}
+		sleep(ctx, 200*time.Millisecond)
+	}
+	return false
 }
 
 func sleep(ctx context.Context, d time.Duration) {
