@@ -85,17 +85,11 @@ func (s *Service) autoRestore(ctx context.Context, cons jetstream.Consumer) erro
 	}
 	for ctx.Err() == nil {
 		if cons == nil {
-			// EVENTS or the consumer was deleted: the writer makes EVENTS
-			// again; then the consumer is made again, from autoLookback
-			// ago, so damage reported meanwhile is still acted on.
-			err = nil
-			if !s.awaitStream(ctx, candles.StreamEvents) && ctx.Err() == nil {
-				err = candles.EnsureStreams(ctx, s.js, s.o.Streams)
-			}
-			if err == nil {
-				cons, err = s.autoConsumer(ctx)
-			}
-			if err != nil {
+			// EVENTS or the consumer was deleted: EVENTS belongs to the
+			// writer, which makes it again and says so; once it is back
+			// the consumer is made again, from autoLookback ago, so
+			// damage reported meanwhile is still acted on.
+			if cons, err = s.autoConsumer(ctx); err != nil {
 				cons = nil
 				if ctx.Err() == nil {
 					s.log.Warn("cannot recreate the auto-restore consumer; retrying", "err", err)

@@ -62,13 +62,6 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.installSchedule(ctx); err != nil {
 		return err
 	}
-	drillSchedule := s.o.DrillSchedule
-	if drillSchedule == "" {
-		drillSchedule = ScheduleOff
-	}
-	if err := s.installScheduleOf(ctx, "drill", drillSchedule, candles.SubjectDrillSchedule, candles.SubjectDrillRequest); err != nil {
-		return err
-	}
 	// The consumers exist before the API answers, so whoever sees
 	// candlekeep-backup knows that no sync.completed after it is missed.
 	syncCons, err := s.consumer(ctx, candles.StreamEvents, consumerSync, candles.EventSubject(candles.KindSyncCompleted))
@@ -159,9 +152,17 @@ func (s *Service) loadLast(ctx context.Context) {
 // the Schedule option: left alone when identical (its timer keeps
 // running), replaced when different, removed for "off". The server then
 // publishes one tick per period to SubjectBackupRequest, however many
-// backup services run.
+// backup services run. The drill's schedule (DrillSchedule) lives in SYNC
+// too and is installed with it, so a recreated SYNC gets both back.
 func (s *Service) installSchedule(ctx context.Context) error {
-	return s.installScheduleOf(ctx, "backup", s.o.Schedule, candles.SubjectBackupSchedule, candles.SubjectBackupRequest)
+	if err := s.installScheduleOf(ctx, "backup", s.o.Schedule, candles.SubjectBackupSchedule, candles.SubjectBackupRequest); err != nil {
+		return err
+	}
+	drill := s.o.DrillSchedule
+	if drill == "" {
+		drill = ScheduleOff
+	}
+	return s.installScheduleOf(ctx, "drill", drill, candles.SubjectDrillSchedule, candles.SubjectDrillRequest)
 }
 
 // installScheduleOf installs schedule (or removes it for "off") as the
@@ -228,22 +229,17 @@ func (s *Service) consumer(ctx context.Context, stream, durable, subject string)
 // consume takes cons's messages until ctx ends. They are acknowledged once
 // taken in: the trigger is remembered and the backup loop acts on it (a
 // trigger lost to a crash is made up by the next sync or tick). When the
-// consumer disappears (deleted, or its stream with it) it is created again,
-// streams first, and consuming resumes.
+// consumer disappears (deleted, or its stream with it) it is created again
+// once the stream is back (its owner recreates it), and consuming resumes.
 func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, stream, durable, subject string, fn func()) error {
 	for ctx.Err() == nil {
 		if cons == nil {
-			exists := s.awaitStream(ctx, stream)
-			if ctx.Err() != nil {
-				continue
-			}
+			// The streams belong to the fetcher and the writer, which put
+			// a lost one back with its schedule and say so
+			// (resource.recreated); recreating it here first would hide
+			// that, so the backup service only waits for it.
 			var err error
-			if !exists {
-				err = candles.EnsureStreams(ctx, s.js, s.o.Streams)
-			}
-			if err == nil {
-				cons, err = s.consumer(ctx, stream, durable, subject)
-			}
+			cons, err = s.consumer(ctx, stream, durable, subject)
 			if err != nil {
 				if ctx.Err() == nil {
 					s.log.Warn("cannot recreate the backup trigger consumer; retrying", "consumer", durable, "err", err)
@@ -252,6 +248,12 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, stream, 
 				continue
 			}
 			s.log.Warn("backup trigger consumer recreated", "consumer", durable, "stream", stream)
+			// A recreated SYNC came back without the backup schedule.
+			if stream == candles.StreamSync {
+				if err := s.installSchedule(ctx); err != nil && ctx.Err() == nil {
+					s.log.Warn("reinstall the backup schedule; the next recreation tries again", "err", err)
+				}
+			}
 		}
 		it, err := cons.Messages()
 		if err != nil {
@@ -289,27 +291,6 @@ func (s *Service) consume(ctx context.Context, cons jetstream.Consumer, stream, 
 		it.Stop()
 	}
 	return nil
-}
-
-// ownerGrace is how long the backup service leaves a missing stream to
-// its owner (the fetcher for SYNC, the writer for EVENTS), which creates it
-// again and reports it (resource.recreated), before creating it itself.
-const ownerGrace = 10 * time.Second
-
-// awaitStream waits until stream exists, at most ownerGrace, and reports
-// whether it does; if not, the caller creates the streams itself. Only
-// the missing stream is waited for: creating all of them (EnsureStreams)
-// while it exists would silently make another owner's stream deleted
-// meanwhile, which its owner should find and report.
-func (s *Service) awaitStream(ctx context.Context, stream string) bool {
-	deadline := time.Now().Add(ownerGrace)
-	for ctx.Err() == nil && time.Now().Before(deadline) {
-		if _, err := s.js.Stream(ctx, stream); err == nil {
-			return true
-		}
-		sleep(ctx, 200*time.Millisecond)
-	}
-	return false
 }
 
 func sleep(ctx context.Context, d time.Duration) {
