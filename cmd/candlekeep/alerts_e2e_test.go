@@ -445,7 +445,9 @@ func TestAlertDataStale(t *testing.T) {
 // move the file aside, start again: the writer rebuilds it from CANDLES)
 // resolves it once.
 func TestAlertDatabaseCorrupt(t *testing.T) {
-	r := newAlertRig(t, sim.Options{}, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1h", "--lookback", "1000", "--catch-up=false")
+	// Automatic restore off: this test follows the alert and the runbook
+	// (restore_test.go shows the automatic recovery).
+	r := newAlertRig(t, sim.Options{}, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1h", "--lookback", "1000", "--catch-up=false", "--auto-restore=false")
 	dbPath := filepath.Join(r.dataDir, databaseFile)
 	r.start()
 	done := r.sync(`{}`)

@@ -34,6 +34,10 @@ type backupConfig struct {
 	HotRetention, WarmRetention, ColdRetention time.Duration
 	Schedule                                   string
 	MinInterval                                time.Duration
+	// AutoRestore restores by itself on integrity.failed (default true);
+	// DrillSchedule is the restore drill's schedule.
+	AutoRestore   bool
+	DrillSchedule string
 }
 
 // enabled: at least one tier is configured.
@@ -56,6 +60,8 @@ func (c *backupConfig) register(fs *flag.FlagSet) {
 	fs.Var((*days)(&c.ColdRetention), "backup-cold-retention", "how long the cold tier keeps copies (90d)")
 	fs.StringVar(&c.Schedule, "backup-schedule", backup.DefaultSchedule, `backup schedule, UTC: a 6-field cron with seconds, a 5-field cron, "@every 6h", "@daily"… or "off"; installed as a JetStream message schedule`)
 	fs.DurationVar(&c.MinInterval, "backup-min-interval", backup.DefaultMinInterval, "a completed sync starts a backup at most this often")
+	fs.BoolVar(&c.AutoRestore, "auto-restore", true, "restore the newest verified copy by itself when the database is found damaged (integrity.failed), once per incident; false only alerts")
+	fs.StringVar(&c.DrillSchedule, "drill-schedule", backup.DefaultDrillSchedule, `restore drill schedule, UTC (cron as --backup-schedule, or "off"): the newest copy of each tier restored into a scratch directory and verified`)
 }
 
 // resolve fills the hot tier's default from the data directory.
@@ -80,6 +86,11 @@ func (c backupConfig) validate() error {
 	}
 	if c.MinInterval < time.Minute {
 		return fmt.Errorf("--backup-min-interval %s: at least 1m", c.MinInterval)
+	}
+	if c.DrillSchedule != "" {
+		if _, _, err := cluster.ParseSchedule(c.DrillSchedule, time.Now()); err != nil {
+			return errors.New(strings.ReplaceAll(err.Error(), "--sync-schedule", "--drill-schedule"))
+		}
 	}
 	for _, r := range []struct {
 		name string
@@ -175,6 +186,8 @@ func serveBackup(ctx context.Context, natsURL, dbPath string, c backupConfig, m 
 		o.Schedule, o.MinInterval = c.Schedule, c.MinInterval
 		o.Streams = cfg.Current().Streams()
 		o.Conn, o.Logger, o.Version = nc, log, versionString()
+		o.AutoRestore, o.DrillSchedule = c.AutoRestore, c.DrillSchedule
+		o.PathTier = func(dir string) (backup.Tier, error) { return file.New("path", dir, file.MustExist()) }
 		s, err := backup.New(o)
 		if err != nil {
 			return err

@@ -529,12 +529,7 @@ func waitCatchUp(b *testing.B, natsURL string, since time.Time) candles.SyncComp
 	return sc
 }
 
-// BenchmarkRestore states what is not measured yet.
-func BenchmarkRestore(b *testing.B) {
-	for i := 0; i < b.N; i++ {
-		report("restore of a 1 GB database including replay (target < 60 s): not measured — restore is not built yet (backups are: BenchmarkBackupSnapshot)")
-	}
-}
+// BenchmarkRestore is in restore_bench_test.go.
 
 func peakRSS(b *testing.B, pid int) float64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

@@ -38,6 +38,9 @@ func TestBadFlagsAreRefusedAtStart(t *testing.T) {
 		{"bad log level", []string{"sim", "--log-level", "loud"}, nil, []string{"--log-level", "debug, info, warn or error"}},
 		{"unknown command", []string{"serve"}, nil, []string{`unknown command "serve"`, "Commands:"}},
 		{"memory limit without a number", []string{"writer", "--memory-limit", "lots"}, nil, []string{"--memory-limit", "64MiB", "off"}},
+		{"bad drill schedule", []string{"up", "--drill-schedule", "monthly"}, nil, []string{"--drill-schedule", `"monthly"`}},
+		{"restore from an unknown tier", []string{"restore", "--from", "tepid"}, nil, []string{"--from", `"tepid"`, "hot, warm, cold"}},
+		{"restore at a bad time", []string{"restore", "--at", "yesterday"}, nil, []string{"--at", `"yesterday"`, "RFC 3339"}},
 		{"memory limit too small", []string{"up", "--memory-limit", "1MiB"}, nil, []string{"--memory-limit", "below 16MiB"}},
 	}
 	for _, tt := range tests {

@@ -38,7 +38,8 @@ func TestCorruptDatabaseIsRefusedThenRebuilt(t *testing.T) {
 		natsAddr := freeAddr(t)
 		p := start(t, []string{"CANDLEKEEP_BINANCE_URL=http://" + simAddr},
 			"up", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT",
-			"--intervals", "1h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json")
+			"--intervals", "1h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json",
+			"--auto-restore=false") // this test follows the refusal and the runbook; restore_test.go the automatic restore
 		server := "nats://" + natsAddr
 		natsUntil(t, server, "candlekeep-writer", "micro", "ls")
 		return p, server

@@ -37,6 +37,8 @@ func commands() []command {
 		{"writer", "the writer service, connected to --nats-url", runWriter},
 		{"monitor", "the monitor (health checks, metrics, alerts), connected to --nats-url", runMonitor},
 		{"backup", "the backup service (verified hot/warm/S3 copies), connected to --nats-url; backup now | backup ls", runBackup},
+		{"restore", "restore the newest verified backup under the running writer (--from hot|warm|cold|PATH, --at TIME); exit 1 if no copy verifies", runRestore},
+		{"drill", "restore drill: the newest copy of each tier into a scratch directory, verified and compared with the live database (exit 1 if one fails)", runDrill},
 		{"sim", "the Binance-compatible simulator, for demos and tests", runSim},
 		{"coverage", "what the database holds per pair: complete, missing, stale, known gaps (exit 1 if not all complete)", runCoverage},
 		{"health", "the six health checks and the firing alerts, from the monitor (exit 0 healthy, 1 problems, 2 cannot tell)", runHealth},

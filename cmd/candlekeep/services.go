@@ -152,6 +152,9 @@ func serveLeasedWriter(ctx context.Context, natsURL, dbPath string, o writer.Opt
 			wo := o
 			wo.Conn, wo.Store, wo.Logger, wo.Active = nc, st, log, tk.Event()
 			wo.DatabasePath = abs
+			// A restore swaps a verified copy in under the running writer
+			// (candles.api.writer.swap); the writer closes what it reopens.
+			wo.Reopen = func(ctx context.Context, path string) (writer.Store, error) { return store.Open(ctx, path) }
 			w, err := writer.New(wo)
 			if err != nil {
 				return err

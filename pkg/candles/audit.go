@@ -111,6 +111,7 @@ type Recovery struct {
 type RestoreCompleted struct {
 	EventHeader
 	Recovery
+	RestoreDetail
 }
 
 // DrillCompleted: a restore drill restored the newest backup into a
@@ -120,4 +121,91 @@ type DrillCompleted struct {
 	Recovery
 	OK     bool   `json:"ok"`
 	Reason string `json:"reason,omitempty"`
+	// Tiers is each tier's part of the drill (newest copy of each).
+	Tiers []DrillTier `json:"tiers,omitempty"`
+}
+
+// DrillTier is one tier's restore in a drill.
+type DrillTier struct {
+	Tier string `json:"tier"`
+	Copy string `json:"copy,omitempty"`
+	OK   bool   `json:"ok"`
+	// RTOSeconds is fetch + verify + open of the copy.
+	RTOSeconds float64 `json:"rto_seconds"`
+	Watermark  uint64  `json:"watermark"`
+	Candles    int64   `json:"candles"`
+	// LiveCandles is the live database's count at the drill; PairsBehind
+	// the pairs whose newest candle in the copy is older than the live
+	// one's (the replay would bring them), PairsMissing those the copy
+	// lacks.
+	LiveCandles  int64         `json:"live_candles"`
+	PairsBehind  int           `json:"pairs_behind"`
+	PairsMissing int           `json:"pairs_missing"`
+	Skipped      []SkippedCopy `json:"skipped,omitempty"`
+	Error        string        `json:"error,omitempty"`
+}
+
+// Event kinds of restores and drills besides restore.completed and
+// drill.completed (services/backup, docs/backup.md).
+const (
+	// KindRestoreStarted: a restore began (by request, or automatically on
+	// integrity.failed: Reason says which).
+	KindRestoreStarted = "restore.started"
+	// KindRestoreFailed: no copy could be restored; the database in place
+	// was left as it was.
+	KindRestoreFailed = "restore.failed"
+	// KindDrillFailed: a drill could not prove a tier restores (a
+	// DrillCompleted with OK false).
+	KindDrillFailed = "drill.failed"
+)
+
+// SkippedCopy is a copy a restore or drill did not use, and why (corrupt,
+// truncated, tampered, incomplete).
+type SkippedCopy struct {
+	Tier   string `json:"tier"`
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// RestoreDetail is what a restore event says besides the Recovery figures.
+type RestoreDetail struct {
+	// Reason: "request", "auto-restore" (integrity.failed) ...
+	Reason string `json:"reason,omitempty"`
+	// AgeSeconds is the copy's age when the restore began.
+	AgeSeconds float64 `json:"age_seconds,omitempty"`
+	// Watermark is the copy's CANDLES watermark; ReplayedTo the writer's
+	// watermark once the replay caught up; BatchesReplayed the difference.
+	Watermark       uint64 `json:"watermark"`
+	ReplayedTo      uint64 `json:"replayed_to,omitempty"`
+	BatchesReplayed uint64 `json:"batches_replayed"`
+	// CandlesReplayed is how many more candles the database holds after
+	// the replay than the copy did.
+	CandlesReplayed int64 `json:"candles_replayed"`
+	// BatchesNotInStream counts the batches after the copy's watermark
+	// that CANDLES no longer held (its retention shortened below the
+	// guarantee): the gap-audit sync fetches their candles again from the
+	// exchange, and rpo_seconds spans them.
+	BatchesNotInStream uint64 `json:"batches_not_in_stream,omitempty"`
+	// MovedAside is where the previous database file was kept.
+	MovedAside string        `json:"moved_aside,omitempty"`
+	Skipped    []SkippedCopy `json:"skipped,omitempty"`
+	// Incident is the integrity.failed that started an automatic restore
+	// (its database and detected_at).
+	Incident string `json:"incident,omitempty"`
+	// SyncRunID is the gap-audit sync asked for after the replay.
+	SyncRunID string `json:"sync_run_id,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+// RestoreStarted is restore.started.
+type RestoreStarted struct {
+	EventHeader
+	RestoreDetail
+}
+
+// RestoreFailed is restore.failed.
+type RestoreFailed struct {
+	EventHeader
+	Recovery
+	RestoreDetail
 }

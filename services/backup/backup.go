@@ -33,8 +33,10 @@ type Service struct {
 	// pendingSchedule: a schedule tick waits for the running backup.
 	pendingSchedule bool
 	syncSeen        int // sync.completed events taken in (tests, logs)
-	kick            chan struct{}
-	requests        chan request
+	// pendingDrill: a drill schedule tick waits for the running backup.
+	pendingDrill bool
+	kick         chan struct{}
+	requests     chan request
 }
 
 // New checks o and builds the service.

@@ -24,6 +24,9 @@ const (
 	DefaultHotRetention  = 14 * 24 * time.Hour
 	DefaultWarmRetention = 30 * 24 * time.Hour
 	DefaultColdRetention = 90 * 24 * time.Hour
+	// DefaultDrillSchedule: a restore drill on the 1st of every month at
+	// 04:00:00 UTC, after the nightly backup and the SLA audit.
+	DefaultDrillSchedule = "0 0 4 1 * *"
 	// DefaultPoll is how often a debounced backup checks whether its time
 	// has come.
 	DefaultPoll = time.Second
@@ -69,6 +72,16 @@ type Options struct {
 	Version string
 	// Poll is how often a pending debounced backup looks at the clock.
 	Poll time.Duration
+	// PathTier opens a directory holding a copy as a tier, for a restore
+	// --from PATH (file.New; the file package imports this one).
+	PathTier func(dir string) (Tier, error)
+	// ReplayTimeout bounds how long a restore follows the writer's replay.
+	ReplayTimeout time.Duration
+	// AutoRestore restores by itself on integrity.failed, once per
+	// incident (auto.go); false only alerts.
+	AutoRestore bool
+	// DrillSchedule is the restore drill's schedule (cron) or "off".
+	DrillSchedule string
 }
 
 // DefaultOptions returns the defaults; Database, Tiers and Conn are the
@@ -80,6 +93,10 @@ func DefaultOptions() Options {
 		Now:         time.Now,
 		Version:     "dev",
 		Poll:        DefaultPoll,
+
+		ReplayTimeout: DefaultReplayTimeout,
+		AutoRestore:   true,
+		DrillSchedule: DefaultDrillSchedule,
 	}
 }
 
@@ -113,6 +130,14 @@ func (o *Options) Validate() error {
 	}
 	if o.MinInterval < time.Minute {
 		errs = append(errs, fmt.Errorf("--backup-min-interval %s: at least 1m", o.MinInterval))
+	}
+	if o.ReplayTimeout <= 0 {
+		errs = append(errs, errors.New("replay timeout must be positive"))
+	}
+	if o.DrillSchedule != "" {
+		if _, _, err := cluster.ParseSchedule(o.DrillSchedule, time.Now()); err != nil {
+			errs = append(errs, errors.New(strings.ReplaceAll(err.Error(), "--sync-schedule", "--drill-schedule")))
+		}
 	}
 	if o.Poll <= 0 {
 		errs = append(errs, errors.New("poll interval must be positive"))

@@ -72,6 +72,15 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	drillCons, err := s.consumer(ctx, candles.StreamSync, consumerDrill, candles.SubjectDrillRequest)
+	if err != nil {
+		return err
+	}
+	// integrity.failed, for the automatic restore (auto.go).
+	autoCons, err := s.autoConsumer(ctx)
+	if err != nil {
+		return err
+	}
 	svc, err := micro.AddService(s.o.Conn, micro.Config{
 		Name:        ServiceName,
 		Version:     ServiceVersion,
@@ -91,6 +100,14 @@ func (s *Service) Run(ctx context.Context) error {
 		micro.WithEndpointSubject(candles.SubjectAPIBackupList)); err != nil {
 		return fmt.Errorf("backup: add ls endpoint: %w", err)
 	}
+	if err := svc.AddEndpoint("drill", micro.ContextHandler(hctx, s.handleDrill),
+		micro.WithEndpointSubject(candles.SubjectAPIDrill)); err != nil {
+		return fmt.Errorf("backup: add drill endpoint: %w", err)
+	}
+	if err := svc.AddEndpoint("restore", micro.ContextHandler(hctx, s.handleRestore),
+		micro.WithEndpointSubject(candles.SubjectAPIRestore)); err != nil {
+		return fmt.Errorf("backup: add restore endpoint: %w", err)
+	}
 	var tiers []string
 	for _, t := range s.o.Tiers {
 		tiers = append(tiers, t.Tier.Name()+"="+t.Tier.Location())
@@ -103,6 +120,10 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return s.consume(gctx, schedCons, candles.StreamSync, consumerSchedule, candles.SubjectBackupRequest, s.onSchedule)
 	})
+	g.Go(func() error {
+		return s.consume(gctx, drillCons, candles.StreamSync, consumerDrill, candles.SubjectDrillRequest, s.onDrill)
+	})
+	g.Go(func() error { return s.autoRestore(gctx, autoCons) })
 	g.Go(func() error { return s.loop(gctx) })
 	err = g.Wait()
 	if ctx.Err() != nil {
@@ -131,46 +152,61 @@ func (s *Service) loadLast(ctx context.Context) {
 // the Schedule option: left alone when identical (its timer keeps
 // running), replaced when different, removed for "off". The server then
 // publishes one tick per period to SubjectBackupRequest, however many
-// backup services run.
+// backup services run. The drill's schedule (DrillSchedule) lives in SYNC
+// too and is installed with it, so a recreated SYNC gets both back.
 func (s *Service) installSchedule(ctx context.Context) error {
-	pattern, next, err := cluster.ParseSchedule(s.o.Schedule, s.o.Now())
+	if err := s.installScheduleOf(ctx, "backup", s.o.Schedule, candles.SubjectBackupSchedule, candles.SubjectBackupRequest); err != nil {
+		return err
+	}
+	drill := s.o.DrillSchedule
+	if drill == "" {
+		drill = ScheduleOff
+	}
+	return s.installScheduleOf(ctx, "drill", drill, candles.SubjectDrillSchedule, candles.SubjectDrillRequest)
+}
+
+// installScheduleOf installs schedule (or removes it for "off") as the
+// message schedule on subject, ticking to target; what names it in logs
+// and errors (--<what>-schedule).
+func (s *Service) installScheduleOf(ctx context.Context, what, schedule, subject, target string) error {
+	pattern, next, err := cluster.ParseSchedule(schedule, s.o.Now())
 	if err != nil {
-		return fmt.Errorf("--backup-schedule: %w", err)
+		return fmt.Errorf("--%s-schedule: %w", what, err)
 	}
 	stream, err := s.js.Stream(ctx, candles.StreamSync)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", candles.StreamSync, err)
 	}
-	current, err := stream.GetLastMsgForSubject(ctx, candles.SubjectBackupSchedule)
+	current, err := stream.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		current, err = nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read the backup schedule: %w", err)
+		return fmt.Errorf("read the %s schedule: %w", what, err)
 	}
 	if pattern == ScheduleOff {
 		if current != nil {
-			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(candles.SubjectBackupSchedule)); err != nil {
-				return fmt.Errorf("remove the backup schedule: %w", err)
+			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
+				return fmt.Errorf("remove the %s schedule: %w", what, err)
 			}
-			s.log.Info("backup schedule removed (--backup-schedule off)")
+			s.log.Info(what + " schedule removed (--" + what + "-schedule off)")
 		}
 		return nil
 	}
 	if current != nil && current.Header.Get(headerSchedule) == pattern &&
-		current.Header.Get(headerScheduleTarget) == candles.SubjectBackupRequest {
-		s.log.Info("backup schedule in place", "schedule", pattern, "next", next.Format(time.RFC3339))
+		current.Header.Get(headerScheduleTarget) == target {
+		s.log.Info(what+" schedule in place", "schedule", pattern, "next", next.Format(time.RFC3339))
 		return nil
 	}
-	msg := nats.NewMsg(candles.SubjectBackupSchedule)
+	msg := nats.NewMsg(subject)
 	msg.Header.Set(headerSchedule, pattern)
-	msg.Header.Set(headerScheduleTarget, candles.SubjectBackupRequest)
+	msg.Header.Set(headerScheduleTarget, target)
 	msg.Data = []byte(`{"reason":"schedule"}`)
 	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("install the backup schedule %q: %w", pattern, err)
+		return fmt.Errorf("install the %s schedule %q: %w", what, pattern, err)
 	}
-	s.log.Info("backup schedule installed", "schedule", pattern, "subject", candles.SubjectBackupSchedule,
-		"target", candles.SubjectBackupRequest, "next", next.Format(time.RFC3339))
+	s.log.Info(what+" schedule installed", "schedule", pattern, "subject", subject,
+		"target", target, "next", next.Format(time.RFC3339))
 	return nil
 }
 
@@ -281,6 +317,13 @@ func (s *Service) onSchedule() {
 	s.poke()
 }
 
+func (s *Service) onDrill() {
+	s.mu.Lock()
+	s.pendingDrill = true
+	s.mu.Unlock()
+	s.poke()
+}
+
 func (s *Service) poke() {
 	select {
 	case s.kick <- struct{}{}:
@@ -316,9 +359,14 @@ func (s *Service) loop(ctx context.Context) error {
 			// One backup covers every trigger taken in before it.
 			s.pendingSchedule, s.pendingSync = false, false
 		}
+		drill := s.pendingDrill
+		s.pendingDrill = false
 		s.mu.Unlock()
 		if trigger != "" {
 			s.Backup(ctx, trigger)
+		}
+		if drill {
+			s.Drill(ctx, TriggerSchedule)
 		}
 	}
 }

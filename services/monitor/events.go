@@ -26,6 +26,7 @@ var knownKinds = []string{
 	candles.KindIntegrityFailed, candles.KindResourceRecreated, candles.KindDiskFull, candles.KindDiskRecovered,
 	candles.KindStreamReplaced, candles.KindAlertFiring, candles.KindAlertResolved, candles.KindBackupCompleted,
 	candles.KindBackupFailed, candles.KindRestoreCompleted, candles.KindDrillCompleted,
+	candles.KindRestoreStarted, candles.KindRestoreFailed, candles.KindDrillFailed,
 	candles.KindFreshnessChanged, candles.KindSLAReport,
 	cluster.KindConfigChanged, cluster.KindConfigInvalid,
 }

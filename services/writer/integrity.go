@@ -251,6 +251,7 @@ func (w *Writer) watchIntegrity(ctx context.Context) error {
 		return nil
 	}
 	damaged := w.damagedSignal()
+	id := w.identify() // swap.go: a file deleted or replaced under the writer
 	ckpt := time.NewTicker(w.o.CheckpointEvery)
 	defer ckpt.Stop()
 	quick := time.NewTicker(w.o.QuickCheckEvery)
@@ -291,6 +292,10 @@ func (w *Writer) watchIntegrity(ctx context.Context) error {
 		case <-damaged:
 			return errDamaged
 		case <-ckpt.C:
+			if err := id.gone(); err != nil {
+				w.markDamaged("file", err)
+				continue
+			}
 			st, err := c.CheckpointWAL(ctx)
 			switch {
 			case w.noteErr(err):

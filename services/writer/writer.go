@@ -100,6 +100,10 @@ type Options struct {
 	// writer checks its database (PRAGMA quick_check, integrity_check);
 	// CheckpointEvery how often it checkpoints the WAL (integrity.go).
 	QuickCheckEvery, IntegrityCheckEvery, CheckpointEvery time.Duration
+	// Reopen opens the database file at DatabasePath again: the swap
+	// endpoint (candles.api.writer.swap, swap.go) puts a restored copy
+	// there and reopens it. Nil: swaps are refused.
+	Reopen func(ctx context.Context, path string) (Store, error)
 }
 
 // DefaultOptions returns Options with every default set; Conn and Store
@@ -173,6 +177,8 @@ type Writer struct {
 	holder string
 	// count is the last candle count candles.api.database made.
 	count candleCount
+	// swaps serialises swaps and keeps the stores they opened (swap.go).
+	swaps swapper
 }
 
 // New checks o and returns a Writer.
@@ -225,6 +231,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("writer: add micro service: %w", err)
 	}
+	defer w.closeSwapped() // after the sessions and handlers are done
 	defer func() {
 		if err := svc.Stop(); err != nil {
 			w.log.Warn("stop micro service", "err", err)
@@ -251,6 +258,12 @@ func (w *Writer) Run(ctx context.Context) error {
 	if err := svc.AddEndpoint("database", micro.ContextHandler(hctx, w.handleDatabase),
 		micro.WithEndpointSubject(candles.SubjectAPIDatabase)); err != nil {
 		return fmt.Errorf("writer: add database endpoint: %w", err)
+	}
+
+	// A restore swaps a verified copy in under the running writer.
+	if err := svc.AddEndpoint("swap", micro.ContextHandler(hctx, w.handleSwap),
+		micro.WithEndpointSubject(candles.SubjectAPIWriterSwap)); err != nil {
+		return fmt.Errorf("writer: add swap endpoint: %w", err)
 	}
 
 	w.announce(ctx) // does nothing on a damaged database

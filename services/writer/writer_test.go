@@ -515,10 +515,11 @@ func TestCoverageEndpoint(t *testing.T) {
 		if err := json.Unmarshal(resp.Data, &info); err != nil {
 			t.Fatal(err)
 		}
-		if info.Name != "candlekeep-writer" || info.Version != "0.1.0" || len(info.Endpoints) != 3 ||
+		if info.Name != "candlekeep-writer" || info.Version != "0.1.0" || len(info.Endpoints) != 4 ||
 			info.Endpoints[0].Name != "coverage" || info.Endpoints[0].Subject != candles.SubjectAPICoverage ||
 			info.Endpoints[1].Name != "replay" || info.Endpoints[1].Subject != candles.SubjectAPIReplay ||
-			info.Endpoints[2].Name != "database" || info.Endpoints[2].Subject != candles.SubjectAPIDatabase {
+			info.Endpoints[2].Name != "database" || info.Endpoints[2].Subject != candles.SubjectAPIDatabase ||
+			info.Endpoints[3].Name != "swap" || info.Endpoints[3].Subject != candles.SubjectAPIWriterSwap {
 			t.Errorf("info = %+v", info)
 		}
 	})
