@@ -28,7 +28,7 @@ func TestPrometheusRulesAndAlertmanagerConfig(t *testing.T) {
 		}
 		return string(out)
 	}
-	if out := run(promtool, "check", "rules", "../../deploy/prometheus/rules.yml"); !strings.Contains(out, "SUCCESS: 10 rules found") {
+	if out := run(promtool, "check", "rules", "../../deploy/prometheus/rules.yml"); !strings.Contains(out, "SUCCESS: 11 rules found") {
 		t.Errorf("promtool check rules:\n%s", out)
 	}
 	tests, err := filepath.Glob("../../deploy/prometheus/tests/*.yml")

@@ -116,7 +116,7 @@ func runMonitor(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		"Runs the monitor against --nats-url: the six health checks (candles.api.health,\n"+
 			"/healthz, candlekeep health), the runs' progress (candles.api.status,\n"+
 			"candlekeep status), Prometheus metrics of the whole system on /metrics, and\n"+
-			"the ten alert rules, sent to Slack, e-mail and PagerDuty as configured below\n"+
+			"the eleven alert rules, sent to Slack, e-mail and PagerDuty as configured below\n"+
 			"(docs/monitoring.md, docs/alerts.md). It needs no access to the database file.\n"+
 			"candlekeep up runs one too; run this one when the services run apart.\n\n"+
 			"Secrets (the Slack webhook URL, the SMTP password, the PagerDuty routing key)\n"+

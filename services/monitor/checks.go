@@ -15,6 +15,11 @@ const (
 	integrityCheckMaxAge = 25 * time.Hour
 	// backupMaxAge is the old setup's backup SLA.
 	backupMaxAge = 26 * time.Hour
+	// drillMaxAge: the restore drill runs monthly (--drill-schedule); with
+	// no drill passed for longer than a month and a few days of margin
+	// (a run missed over a restart, a long month) nobody knows whether the
+	// backups still restore.
+	drillMaxAge = 35 * 24 * time.Hour
 	// activitySlack is added to the schedule period and the sync timeout:
 	// a run takes time to start and to report.
 	activitySlack = 10 * time.Minute
@@ -76,8 +81,13 @@ type snapshot struct {
 	BackupSeen        bool
 	BackupServiceSeen bool
 	LastSync          *candles.SyncCompleted
-	// LastBackup is the newest verified backup.completed.
-	LastBackup *candles.BackupCompleted
+	// LastBackup is the newest verified backup.completed; FirstBackupAt
+	// when the oldest verified backup the monitor knows of was taken.
+	LastBackup    *candles.BackupCompleted
+	FirstBackupAt time.Time
+	// LastDrill is the newest restore drill (drill.completed or
+	// drill.failed), LastGoodDrill the newest that passed.
+	LastDrill, LastGoodDrill *candles.DrillCompleted
 
 	Fetchers  []candles.FetcherStats
 	Consumers []consumerState
@@ -315,7 +325,8 @@ func checkSizeOf(s snapshot) candles.Check {
 }
 
 func checkBackupOf(s snapshot) candles.Check {
-	c := candles.Check{Name: checkBackup, Threshold: "newest verified backup < " + backupMaxAge.String(), AsOf: s.Now}
+	c := candles.Check{Name: checkBackup, AsOf: s.Now,
+		Threshold: "newest verified backup < " + backupMaxAge.String() + "; newest restore drill passed, one within " + roundDays(drillMaxAge)}
 	switch {
 	case s.LastBackup != nil:
 		age := s.Now.Sub(s.LastBackup.TakenAt)
@@ -330,7 +341,78 @@ func checkBackupOf(s snapshot) candles.Check {
 	default:
 		c.Status, c.Value, c.Reason = candles.CheckFail, "none", "the backup service runs but no verified backup exists"
 	}
+	drillStatus, drillReason := drillVerdict(s)
+	if drillReason != "" {
+		if rank(drillStatus) > rank(c.Status) {
+			c.Status, c.Reason = drillStatus, drillReason
+		} else if c.Status != candles.CheckOK {
+			c.Reason += "; " + drillReason
+		}
+	}
+	c.Details = drillDetails(s)
 	return c
+}
+
+// drillVerdict is what the restore drills say about the backups: fail when
+// the newest drill failed, warn when backups exist and no drill passed
+// within drillMaxAge (counted from the oldest known backup when none ever
+// passed); "" when the drills give no cause for concern.
+func drillVerdict(s snapshot) (candles.CheckStatus, string) {
+	if d := s.LastDrill; d != nil && drillFailed(d) {
+		why := d.Reason
+		if why == "" {
+			why = "no reason given"
+		}
+		return candles.CheckFail, fmt.Sprintf("the restore drill of %s failed: %s", d.FinishedAt.UTC().Format(time.RFC3339), why)
+	}
+	if s.LastBackup == nil {
+		return candles.CheckOK, ""
+	}
+	if g := s.LastGoodDrill; g != nil {
+		if age := s.Now.Sub(g.FinishedAt); age > drillMaxAge {
+			return candles.CheckWarn, fmt.Sprintf("no restore drill passed for %s (limit %s)", roundDays(age), roundDays(drillMaxAge))
+		}
+		return candles.CheckOK, ""
+	}
+	if !s.FirstBackupAt.IsZero() && s.Now.Sub(s.FirstBackupAt) > drillMaxAge {
+		return candles.CheckWarn, fmt.Sprintf("backups exist since %s and no restore drill has passed (limit %s)",
+			s.FirstBackupAt.UTC().Format(time.DateOnly), roundDays(drillMaxAge))
+	}
+	return candles.CheckOK, ""
+}
+
+// drillDetails describes the newest drill: when, its outcome and its RTO,
+// and each tier's part.
+func drillDetails(s snapshot) []string {
+	d := s.LastDrill
+	if d == nil && !s.BackupSeen {
+		return nil
+	}
+	if d == nil {
+		return []string{"no restore drill yet (candlekeep drill, --drill-schedule)"}
+	}
+	outcome := "passed"
+	if drillFailed(d) {
+		outcome = "failed"
+	}
+	out := []string{fmt.Sprintf("last restore drill %s at %s (%s ago), RTO %.1fs",
+		outcome, d.FinishedAt.UTC().Format(time.RFC3339), roundAge(s.Now.Sub(d.FinishedAt)), d.RTOSeconds)}
+	for _, t := range d.Tiers {
+		if t.OK {
+			out = append(out, fmt.Sprintf("%s: %s restores in %.1fs, %d candles (watermark %d)", t.Tier, t.Copy, t.RTOSeconds, t.Candles, t.Watermark))
+		} else {
+			out = append(out, fmt.Sprintf("%s: %s", t.Tier, t.Error))
+		}
+	}
+	if g := s.LastGoodDrill; drillFailed(d) && g != nil {
+		out = append(out, "last drill that passed: "+g.FinishedAt.UTC().Format(time.RFC3339))
+	}
+	return out
+}
+
+// roundDays formats a long span in days ("35d").
+func roundDays(d time.Duration) string {
+	return fmt.Sprintf("%dd", int(d.Round(24*time.Hour)/(24*time.Hour)))
 }
 
 func checkActivityOf(s snapshot) candles.Check {

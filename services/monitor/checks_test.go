@@ -50,6 +50,27 @@ func healthy() snapshot {
 	}
 }
 
+const noDrillYet = "no restore drill yet (candlekeep drill, --drill-schedule)"
+
+// goodDrill is a drill of two tiers that passed, finished at.
+func goodDrill(at time.Time) *candles.DrillCompleted {
+	return &candles.DrillCompleted{EventHeader: candles.EventHeader{Kind: candles.KindDrillCompleted}, OK: true,
+		Recovery: candles.Recovery{Tier: "hot", Backup: "1.db.zst", StartedAt: at.Add(-3500 * time.Millisecond), FinishedAt: at, RTOSeconds: 3.5},
+		Tiers: []candles.DrillTier{
+			{Tier: "hot", Copy: "1.db.zst", OK: true, RTOSeconds: 1.5, Watermark: 42, Candles: 20},
+			{Tier: "warm", Copy: "1.db.zst", OK: true, RTOSeconds: 2, Watermark: 42, Candles: 20},
+		}}
+}
+
+// failedDrill is a drill whose hot tier did not restore, finished at.
+func failedDrill(at time.Time) *candles.DrillCompleted {
+	d := goodDrill(at)
+	d.Kind, d.OK, d.RTOSeconds = candles.KindDrillFailed, false, 0.5
+	d.Reason = "hot: no copy verifies (2 skipped)"
+	d.Tiers[0] = candles.DrillTier{Tier: "hot", Error: "no copy verifies (2 skipped)"}
+	return d
+}
+
 func TestChecks(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -106,13 +127,44 @@ func TestChecks(t *testing.T) {
 			checkSize, candles.CheckWarn, "1.2 MB, 20 candles, 20.0 GB free (8 %)", nil, "filling up"},
 		{"size fails under 2% free", func(s *snapshot) { s.DB.DiskFreeBytes = 2_000_000_000 },
 			checkSize, candles.CheckFail, "1.2 MB, 20 candles, 2.0 GB free (0 %)", nil, "almost full"},
-		{"backup ok", nil, checkBackup, candles.CheckOK, "3h0m0s ago (hot)", nil, "recent"},
+		{"backup ok", nil, checkBackup, candles.CheckOK, "3h0m0s ago (hot)", []string{noDrillYet}, "recent"},
 		{"backup older than 26h fails", func(s *snapshot) { s.LastBackup.TakenAt = t0.Add(-27 * time.Hour) },
-			checkBackup, candles.CheckFail, "27h0m0s ago (hot)", nil, "older than 26h"},
+			checkBackup, candles.CheckFail, "27h0m0s ago (hot)", []string{noDrillYet}, "older than 26h"},
 		{"no backup service warns", func(s *snapshot) { s.LastBackup, s.BackupSeen = nil, false },
 			checkBackup, candles.CheckWarn, "none", nil, "no backups configured"},
 		{"a backup service without backups fails", func(s *snapshot) { s.LastBackup = nil },
-			checkBackup, candles.CheckFail, "none", nil, "no verified backup"},
+			checkBackup, candles.CheckFail, "none", []string{noDrillYet}, "no verified backup"},
+		{"a drill that passed reports its RTO", func(s *snapshot) { s.LastDrill, s.LastGoodDrill = goodDrill(t0.Add(-48*time.Hour)), goodDrill(t0.Add(-48*time.Hour)) },
+			checkBackup, candles.CheckOK, "3h0m0s ago (hot)", []string{
+				"last restore drill passed at 2026-03-08T12:00:00Z (48h0m0s ago), RTO 3.5s",
+				"hot: 1.db.zst restores in 1.5s, 20 candles (watermark 42)",
+				"warm: 1.db.zst restores in 2.0s, 20 candles (watermark 42)"}, "recent"},
+		{"the newest drill failed fails, naming the tier and cause", func(s *snapshot) {
+			s.LastGoodDrill = goodDrill(t0.Add(-48 * time.Hour))
+			s.LastDrill = failedDrill(t0.Add(-time.Hour))
+		}, checkBackup, candles.CheckFail, "3h0m0s ago (hot)", []string{
+			"last restore drill failed at 2026-03-10T11:00:00Z (1h0m0s ago), RTO 0.5s",
+			"hot: no copy verifies (2 skipped)",
+			"warm: 1.db.zst restores in 2.0s, 20 candles (watermark 42)",
+			"last drill that passed: 2026-03-08T12:00:00Z"},
+			"the restore drill of 2026-03-10T11:00:00Z failed: hot: no copy verifies (2 skipped)"},
+		{"a failed drill and a stale backup fail with both reasons", func(s *snapshot) {
+			s.LastBackup.TakenAt = t0.Add(-27 * time.Hour)
+			s.LastDrill = failedDrill(t0.Add(-time.Hour))
+		}, checkBackup, candles.CheckFail, "27h0m0s ago (hot)", []string{
+			"last restore drill failed at 2026-03-10T11:00:00Z (1h0m0s ago), RTO 0.5s",
+			"hot: no copy verifies (2 skipped)",
+			"warm: 1.db.zst restores in 2.0s, 20 candles (watermark 42)"},
+			"the newest verified backup is older than 26h0m0s; the restore drill of 2026-03-10T11:00:00Z failed: hot: no copy verifies (2 skipped)"},
+		{"no drill passed for 35 days warns", func(s *snapshot) { s.LastDrill, s.LastGoodDrill = goodDrill(t0.Add(-36*24*time.Hour)), goodDrill(t0.Add(-36*24*time.Hour)) },
+			checkBackup, candles.CheckWarn, "3h0m0s ago (hot)", []string{
+				"last restore drill passed at 2026-02-02T12:00:00Z (864h0m0s ago), RTO 3.5s",
+				"hot: 1.db.zst restores in 1.5s, 20 candles (watermark 42)",
+				"warm: 1.db.zst restores in 2.0s, 20 candles (watermark 42)"}, "no restore drill passed for 36d (limit 35d)"},
+		{"backups older than 35 days and never a drill warns", func(s *snapshot) { s.FirstBackupAt = t0.Add(-40 * 24 * time.Hour) },
+			checkBackup, candles.CheckWarn, "3h0m0s ago (hot)", []string{noDrillYet}, "backups exist since 2026-01-29 and no restore drill has passed (limit 35d)"},
+		{"backups younger than 35 days and no drill yet is fine", func(s *snapshot) { s.FirstBackupAt = t0.Add(-30 * 24 * time.Hour) },
+			checkBackup, candles.CheckOK, "3h0m0s ago (hot)", []string{noDrillYet}, "recent"},
 		{"activity ok", nil, checkActivity, candles.CheckOK, "last sync completed 1h59m0s ago", nil, "every service answers"},
 		{"activity fails without a recent sync", func(s *snapshot) { s.LastSync.FinishedAt = t0.Add(-25 * time.Hour) },
 			checkActivity, candles.CheckFail, "last sync completed 25h0m0s ago", nil, "no sync completed for 25h0m0s (limit 24h40m0s)"},

@@ -45,7 +45,10 @@ type counters struct {
 	PairFailures    float64
 	BatchesRejected float64
 	CandlesWritten  float64
-	SyncRuns        map[string]float64 // by outcome
+	// DrillFailures counts drill.failed events (restore drills that could
+	// not prove a tier restores).
+	DrillFailures float64
+	SyncRuns      map[string]float64 // by outcome
 	// SyncDuration is the histogram: counts per bucket (not cumulative),
 	// the +Inf overflow last, and the sum and count.
 	SyncDurationCounts []uint64
@@ -106,6 +109,13 @@ type eventState struct {
 	lastSync   *candles.SyncCompleted
 	lastBackup *candles.BackupCompleted
 	backupSeen bool
+	// firstBackupAt is when the oldest verified backup the monitor knows of
+	// was taken: with no drill ever passed, the drill is overdue once it is
+	// drillMaxAge old.
+	firstBackupAt time.Time
+	// lastDrill is the newest drill's outcome (drill.completed or
+	// drill.failed), lastGoodDrill the newest that passed.
+	lastDrill, lastGoodDrill *candles.DrillCompleted
 	// bannedUntil is the latest end of a ban ratelimit.banned announced.
 	bannedUntil time.Time
 	// runs by run_id: started ones (for reason and deadline) and finished ones.
@@ -164,6 +174,8 @@ func decodeEvent(subject string, data []byte) (kind string, ev any, err error) {
 		target = &candles.BackupFailed{}
 	case candles.KindIntegrityFailed:
 		target = &candles.IntegrityFailed{}
+	case candles.KindDrillCompleted, candles.KindDrillFailed:
+		target = &candles.DrillCompleted{}
 	default:
 		for _, k := range knownKinds {
 			if k == kind {
@@ -235,13 +247,41 @@ func (st *eventState) apply(kind string, ev any) {
 		st.noteBackup(e)
 	case *candles.BackupFailed:
 		st.backupSeen = true
+	case *candles.DrillCompleted:
+		st.backupSeen = true
+		if drillFailed(e) {
+			st.c.DrillFailures++
+		}
+		st.noteDrill(e)
+	}
+}
+
+// drillFailed says whether a drill event reports a failure: drill.failed,
+// or a drill.completed that says it is not OK.
+func drillFailed(e *candles.DrillCompleted) bool {
+	return e.Kind == candles.KindDrillFailed || !e.OK
+}
+
+// noteDrill keeps the newest drill and the newest drill that passed.
+func (st *eventState) noteDrill(e *candles.DrillCompleted) {
+	if st.lastDrill == nil || !e.FinishedAt.Before(st.lastDrill.FinishedAt) {
+		st.lastDrill = e
+	}
+	if !drillFailed(e) && (st.lastGoodDrill == nil || !e.FinishedAt.Before(st.lastGoodDrill.FinishedAt)) {
+		st.lastGoodDrill = e
 	}
 }
 
 // noteBackup keeps the newest verified backup.
 func (st *eventState) noteBackup(e *candles.BackupCompleted) {
-	if e.Verified && (st.lastBackup == nil || e.TakenAt.After(st.lastBackup.TakenAt)) {
+	if !e.Verified {
+		return
+	}
+	if st.lastBackup == nil || e.TakenAt.After(st.lastBackup.TakenAt) {
 		st.lastBackup = e
+	}
+	if st.firstBackupAt.IsZero() || e.TakenAt.Before(st.firstBackupAt) {
+		st.firstBackupAt = e.TakenAt
 	}
 }
 

@@ -37,6 +37,8 @@ type descs struct {
 	integrityOK, serviceUp                        *prometheus.Desc
 	syncTimeouts, rlHits, rlBans                  *prometheus.Desc
 	backupLastSuccess, backupAge                  *prometheus.Desc
+	drillLastOK, drillLastTimestamp               *prometheus.Desc
+	drillLastSuccess, drillLastRTO, drillFailures *prometheus.Desc
 	lastSyncDuration, lastSyncTimestamp           *prometheus.Desc
 	syncDuration                                  *prometheus.Desc
 	lastSyncPairsOK, lastSyncPairsTotal           *prometheus.Desc
@@ -70,6 +72,11 @@ func newDescs() descs {
 		rlBans:              d("ratelimit_bans_total", "ratelimit.banned events (HTTP 418 from the exchange)."),
 		backupLastSuccess:   d("backup_last_success_timestamp_seconds", "When the newest verified backup was taken."),
 		backupAge:           d("backup_age_seconds", "Age of the newest verified backup."),
+		drillLastOK:         d("drill_last_ok", "1 when the newest restore drill proved every tier restores, 0 when it failed."),
+		drillLastTimestamp:  d("drill_last_timestamp_seconds", "When the newest restore drill finished."),
+		drillLastSuccess:    d("drill_last_success_timestamp_seconds", "When the newest restore drill that passed finished."),
+		drillLastRTO:        d("drill_last_rto_seconds", "Duration of the newest restore drill (every tier's fetch, verify and open)."),
+		drillFailures:       d("drill_failures_total", "drill.failed events."),
 		lastSyncDuration:    d("last_sync_duration_seconds", "Duration of the last completed sync."),
 		lastSyncTimestamp:   d("last_sync_timestamp_seconds", "When the last completed sync finished."),
 		syncDuration:        d("sync_duration_seconds", "Durations of completed syncs."),
@@ -136,6 +143,7 @@ func (c *collector) collectCounters(ch chan<- prometheus.Metric, cn counters) {
 	counter(ch, d.rlBans, cn.RateLimitBans)
 	counter(ch, d.pairFailures, cn.PairFailures)
 	counter(ch, d.batchesRejected, cn.BatchesRejected)
+	counter(ch, d.drillFailures, cn.DrillFailures)
 	counter(ch, d.candlesWritten, cn.CandlesWritten)
 	counter(ch, d.eventsInvalid, cn.Invalid)
 	for _, o := range []string{"completed", "failed", "timeout"} {
@@ -229,6 +237,18 @@ func (c *collector) collectSnapshot(ch chan<- prometheus.Metric, s *snapshot) {
 	if b := s.LastBackup; b != nil {
 		gauge(ch, d.backupLastSuccess, unix(b.TakenAt))
 		gauge(ch, d.backupAge, s.Now.Sub(b.TakenAt).Seconds())
+	}
+	if dr := s.LastDrill; dr != nil {
+		ok := 1.0
+		if drillFailed(dr) {
+			ok = 0
+		}
+		gauge(ch, d.drillLastOK, ok)
+		gauge(ch, d.drillLastTimestamp, unix(dr.FinishedAt))
+		gauge(ch, d.drillLastRTO, dr.RTOSeconds)
+	}
+	if g := s.LastGoodDrill; g != nil {
+		gauge(ch, d.drillLastSuccess, unix(g.FinishedAt))
 	}
 	if l := s.LastSync; l != nil {
 		gauge(ch, d.lastSyncDuration, max(l.FinishedAt.Sub(l.StartedAt).Seconds(), 0))

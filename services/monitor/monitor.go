@@ -424,7 +424,8 @@ func (m *Monitor) evaluate(ctx context.Context) {
 		DB: m.db, DBAt: m.dbAt, OwnerAnswering: !m.ownerDown, OwnerProblem: m.ownerProblem,
 		Coverage: m.coverage, CoverageAt: m.coverageAt,
 		Alive: p.alive, BackupSeen: m.everSeen[serviceBackup] || m.ev.backupSeen, BackupServiceSeen: m.everSeen[serviceBackup],
-		LastSync: m.ev.lastSync, LastBackup: m.ev.lastBackup,
+		LastSync: m.ev.lastSync, LastBackup: m.ev.lastBackup, FirstBackupAt: m.ev.firstBackupAt,
+		LastDrill: m.ev.lastDrill, LastGoodDrill: m.ev.lastGoodDrill,
 		Fetchers: p.fetchers, Consumers: p.consumers, BannedUntil: m.ev.bannedUntil,
 	}
 	s.Damage = m.damage

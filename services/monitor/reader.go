@@ -272,7 +272,9 @@ func (m *Monitor) handleEvent(subject string, data []byte) {
 // lastFacts reads, per kind whose newest event matters even when it is older
 // than the replayed hour, the last message on its subject.
 func (m *Monitor) lastFacts(ctx context.Context, stream jetstream.Stream, start time.Time) {
-	for _, kind := range []string{candles.KindSyncCompleted, candles.KindBackupCompleted, candles.KindIntegrityFailed} {
+	m.firstBackup(ctx, stream, start)
+	for _, kind := range []string{candles.KindSyncCompleted, candles.KindBackupCompleted, candles.KindIntegrityFailed,
+		candles.KindDrillCompleted, candles.KindDrillFailed} {
 		msg, err := stream.GetLastMsgForSubject(ctx, candles.EventSubject(kind))
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -302,7 +304,26 @@ func (m *Monitor) lastFacts(ctx context.Context, stream jetstream.Stream, start 
 		case *candles.IntegrityFailed:
 			m.damage = e
 			m.damages++
+		case *candles.DrillCompleted:
+			m.ev.backupSeen = true
+			m.ev.noteDrill(e)
 		}
+		m.mu.Unlock()
+	}
+}
+
+// firstBackup reads the oldest backup.completed EVENTS still holds, when it
+// is older than the replayed hour: how long backups have existed, which
+// makes a drill that never passed overdue (checkBackupOf).
+func (m *Monitor) firstBackup(ctx context.Context, stream jetstream.Stream, start time.Time) {
+	msg, err := stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(candles.EventSubject(candles.KindBackupCompleted)))
+	if err != nil || !msg.Time.Before(start) {
+		return
+	}
+	_, ev, err := decodeEvent(msg.Subject, msg.Data)
+	if e, ok := ev.(*candles.BackupCompleted); ok && err == nil {
+		m.mu.Lock()
+		m.ev.noteBackup(e)
 		m.mu.Unlock()
 	}
 }

@@ -22,7 +22,7 @@ import (
 	"github.com/candlekeep/candlekeep/services/monitor/rules"
 )
 
-// The rules the tests run: three of the ten, with their rules.yml names,
+// The rules the tests run: three of the eleven, with their rules.yml names,
 // severities, fors and summaries, and conditions over the fake metrics.
 const runbookBase = "https://github.com/candlekeep/candlekeep/blob/main/docs/alerts.md#"
 

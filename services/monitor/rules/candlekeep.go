@@ -8,7 +8,7 @@ func runbook(anchor string) string {
 	return "https://github.com/candlekeep/candlekeep/blob/main/docs/alerts.md#" + anchor
 }
 
-// All returns candlekeep's ten rules, in the order of rules.yml. Each Expr,
+// All returns candlekeep's eleven rules, in the order of rules.yml. Each Expr,
 // Summary and Runbook is rules.yml's text word for word, and each Eval
 // computes Expr by hand; TestRulesEqualRulesYML keeps them so.
 func All() []Rule {
@@ -69,6 +69,16 @@ func All() []Rule {
 				now := float64(q.Now().UnixMilli()) / 1000
 				age := mapValues(q.Instant("candlekeep_backup_last_success_timestamp_seconds"), func(v float64) float64 { return now - v })
 				return filter(age, func(v float64) bool { return v > 26*3600 })
+			},
+		},
+		{
+			Name:     "CandlekeepBackupDrillFailed",
+			Severity: "warning",
+			Expr:     "candlekeep_drill_last_ok == 0",
+			Summary:  "the last restore drill failed: a backup tier does not restore",
+			Runbook:  runbook("candlekeepbackupdrillfailed"),
+			Eval: func(q Querier) []Sample {
+				return filter(q.Instant("candlekeep_drill_last_ok"), func(v float64) bool { return v == 0 })
 			},
 		},
 		{

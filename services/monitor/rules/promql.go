@@ -2,7 +2,7 @@ package rules
 
 import "maps"
 
-// The few PromQL operations the ten rules use, with Prometheus' semantics
+// The few PromQL operations the eleven rules use, with Prometheus' semantics
 // for labels and values, so each Rule.Eval reads like its Expr.
 
 // filter keeps the samples whose value passes keep, with their labels and

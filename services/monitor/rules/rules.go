@@ -1,4 +1,4 @@
-// Package rules holds candlekeep's ten alert rules and evaluates them in
+// Package rules holds candlekeep's eleven alert rules and evaluates them in
 // process, over the same metrics and with the same conditions as the
 // Prometheus rules file deploy/prometheus/rules.yml (a test keeps the two
 // equal by running both over the same series).

@@ -40,8 +40,8 @@ func TestRulesEqualRulesYML(t *testing.T) {
 		t.Fatalf("rules.yml has %d groups, want 1", len(file.Groups))
 	}
 	yml, all := file.Groups[0].Rules, All()
-	if len(yml) != len(all) || len(all) != 10 {
-		t.Fatalf("rules.yml has %d rules, All() %d, want 10 each", len(yml), len(all))
+	if len(yml) != len(all) || len(all) != 11 {
+		t.Fatalf("rules.yml has %d rules, All() %d, want 11 each", len(yml), len(all))
 	}
 	for i, y := range yml {
 		r := all[i]
@@ -87,7 +87,7 @@ func TestRulesEqualRulesYML(t *testing.T) {
 // cmd/candlekeep's TestPrometheusRulesAndAlertmanagerConfig).
 func TestRulesAgreeWithPromtoolTests(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join(deployDir, "tests", "*.yml"))
-	if err != nil || len(files) < 10 {
+	if err != nil || len(files) < 11 {
 		t.Fatalf("want a promtool test file per rule, found %d (%v)", len(files), err)
 	}
 	rs := All()
