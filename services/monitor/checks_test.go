@@ -134,7 +134,9 @@ func TestChecks(t *testing.T) {
 			checkBackup, candles.CheckWarn, "none", nil, "no backups configured"},
 		{"a backup service without backups fails", func(s *snapshot) { s.LastBackup = nil },
 			checkBackup, candles.CheckFail, "none", []string{noDrillYet}, "no verified backup"},
-		{"a drill that passed reports its RTO", func(s *snapshot) { s.LastDrill, s.LastGoodDrill = goodDrill(t0.Add(-48*time.Hour)), goodDrill(t0.Add(-48*time.Hour)) },
+		{"a drill that passed reports its RTO", func(s *snapshot) {
+			s.LastDrill, s.LastGoodDrill = goodDrill(t0.Add(-48*time.Hour)), goodDrill(t0.Add(-48*time.Hour))
+		},
 			checkBackup, candles.CheckOK, "3h0m0s ago (hot)", []string{
 				"last restore drill passed at 2026-03-08T12:00:00Z (48h0m0s ago), RTO 3.5s",
 				"hot: 1.db.zst restores in 1.5s, 20 candles (watermark 42)",
@@ -156,7 +158,9 @@ func TestChecks(t *testing.T) {
 			"hot: no copy verifies (2 skipped)",
 			"warm: 1.db.zst restores in 2.0s, 20 candles (watermark 42)"},
 			"the newest verified backup is older than 26h0m0s; the restore drill of 2026-03-10T11:00:00Z failed: hot: no copy verifies (2 skipped)"},
-		{"no drill passed for 35 days warns", func(s *snapshot) { s.LastDrill, s.LastGoodDrill = goodDrill(t0.Add(-36*24*time.Hour)), goodDrill(t0.Add(-36*24*time.Hour)) },
+		{"no drill passed for 35 days warns", func(s *snapshot) {
+			s.LastDrill, s.LastGoodDrill = goodDrill(t0.Add(-36*24*time.Hour)), goodDrill(t0.Add(-36*24*time.Hour))
+		},
 			checkBackup, candles.CheckWarn, "3h0m0s ago (hot)", []string{
 				"last restore drill passed at 2026-02-02T12:00:00Z (864h0m0s ago), RTO 3.5s",
 				"hot: 1.db.zst restores in 1.5s, 20 candles (watermark 42)",
