@@ -600,3 +600,77 @@ func TestAlertPairFailures(t *testing.T) {
 		t.Errorf("CandlekeepMissingSymbols messages for a pair whose data is complete: %v", got)
 	}
 }
+
+// A restore drill fails: every hot copy is damaged on disk (bytes in the
+// middle overwritten, so no sha256 matches) and `candlekeep drill` finds
+// nothing that restores: drill.failed, the backup check fails naming the
+// tier, and CandlekeepBackupDrillFailed fires once. A fresh backup and a
+// drill that passes resolve it once.
+func TestAlertBackupDrillFailed(t *testing.T) {
+	r := newAlertRig(t, sim.Options{}, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "4h", "--lookback", "20", "--catch-up=false")
+	r.start()
+	r.sync(`{}`)
+	cli := func(wantCode int, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(binary(t), append(args, "--nats-url", r.natsURL)...)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != wantCode {
+			t.Fatalf("candlekeep %v: exit %d, want %d\n%s", args, code, wantCode, out)
+		}
+		return string(out)
+	}
+	cli(0, "backup", "now")
+
+	hotDir := filepath.Join(r.dataDir, "backups", "hot")
+	copies, err := filepath.Glob(filepath.Join(hotDir, "*.zst"))
+	if err != nil || len(copies) == 0 {
+		t.Fatalf("no hot copies in %s (%v)", hotDir, err)
+	}
+	for _, c := range copies {
+		f, err := os.OpenFile(c, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(bytes.Repeat([]byte{0xA5}, 64), fi.Size()/2); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	out := cli(1, "drill")
+	if !strings.Contains(out, "hot") {
+		t.Errorf("drill output does not name the hot tier:\n%s", out)
+	}
+	r.inbox.waitFor(t, "CandlekeepBackupDrillFailed", "FIRING", 30*time.Second)
+	r.waitHealth(1, 10*time.Second, func(hr candles.HealthReport) error {
+		c := checkNamed(hr, "backup")
+		if c.Status != candles.CheckFail || !strings.Contains(c.Reason, "failed: hot: no copy verifies") {
+			return fmt.Errorf("backup check %+v", c)
+		}
+		if !firingIn(hr, "CandlekeepBackupDrillFailed") {
+			return fmt.Errorf("CandlekeepBackupDrillFailed not among the firing alerts: %+v", hr.Firing)
+		}
+		return nil
+	})
+
+	cli(0, "backup", "now")
+	cli(0, "drill")
+	r.inbox.waitFor(t, "CandlekeepBackupDrillFailed", "RESOLVED", 30*time.Second)
+	r.waitHealth(0, time.Minute, func(hr candles.HealthReport) error {
+		if c := checkNamed(hr, "backup"); c.Status != candles.CheckOK || len(c.Details) == 0 || !strings.HasPrefix(c.Details[0], "last restore drill passed") {
+			return fmt.Errorf("backup check %+v", c)
+		}
+		return nil
+	})
+	r.inbox.assertExactly(t, "CandlekeepBackupDrillFailed", "warning")
+}

@@ -32,8 +32,8 @@ func TestPrometheusRulesAndAlertmanagerConfig(t *testing.T) {
 		t.Errorf("promtool check rules:\n%s", out)
 	}
 	tests, err := filepath.Glob("../../deploy/prometheus/tests/*.yml")
-	if err != nil || len(tests) != 10 {
-		t.Fatalf("want one promtool test file per rule (10), found %d: %v", len(tests), err)
+	if err != nil || len(tests) != 11 {
+		t.Fatalf("want one promtool test file per rule (11), found %d: %v", len(tests), err)
 	}
 	run(promtool, append([]string{"test", "rules"}, tests...)...)
 	if out := run(amtool, "check-config", "../../deploy/alertmanager/alertmanager.yml"); !strings.Contains(out, "SUCCESS") {
