@@ -24,6 +24,13 @@ type S3 struct {
 	Down atomic.Bool
 	// Requests counts the requests that reached the server.
 	Requests atomic.Int64
+	// Multipart uploads seen: created (POST ?uploads), parts accepted
+	// (PUT ?partNumber), completed (POST ?uploadId) and aborted (DELETE
+	// ?uploadId).
+	UploadsCreated, PartsUploaded, UploadsCompleted, UploadsAborted atomic.Int64
+	// FailPartsAfter, when > 0, answers 500 InternalError to every part
+	// after that many were accepted: an upload cut off part-way.
+	FailPartsAfter atomic.Int64
 }
 
 // StartS3 serves an S3 server with the bucket already created; it stops
@@ -43,6 +50,26 @@ func StartS3(t testing.TB, bucket string) *S3 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>down for the test</Message></Error>`))
 			return
+		}
+		q := r.URL.Query()
+		_, isPart := q["partNumber"]
+		_, hasUpload := q["uploadId"]
+		_, creates := q["uploads"]
+		switch {
+		case r.Method == http.MethodPut && isPart && hasUpload:
+			if n := s.FailPartsAfter.Load(); n > 0 && s.PartsUploaded.Load() >= n {
+				w.Header().Set("Content-Type", "application/xml")
+				w.WriteHeader(http.StatusInternalServerError)
+				_, _ = w.Write([]byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>cut off for the test</Message></Error>`))
+				return
+			}
+			s.PartsUploaded.Add(1)
+		case r.Method == http.MethodPost && creates:
+			s.UploadsCreated.Add(1)
+		case r.Method == http.MethodPost && hasUpload:
+			s.UploadsCompleted.Add(1)
+		case r.Method == http.MethodDelete && hasUpload:
+			s.UploadsAborted.Add(1)
 		}
 		faker.ServeHTTP(w, r)
 	}))

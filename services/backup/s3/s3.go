@@ -18,6 +18,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
@@ -28,6 +29,15 @@ import (
 const (
 	DefaultRegion       = "us-east-1"
 	DefaultStorageClass = "STANDARD"
+	// DefaultPartSize is the part size of multipart uploads: an object of
+	// up to one part goes up with one PutObject, a larger one in parts of
+	// this size (S3 takes at most 5 GB in one PutObject and 10,000 parts;
+	// the uploader grows the part for objects over 640 GB).
+	DefaultPartSize = 64 << 20
+	// uploadConcurrency is how many parts go up at once: two keep the
+	// link busy without taking the 2-core machine from the writer; parts
+	// are read from the file in place, not buffered.
+	uploadConcurrency = 2
 )
 
 // Options configure the tier.
@@ -51,6 +61,10 @@ type Options struct {
 	HTTPClient *http.Client
 	// Credentials, when set, replace the standard chain (tests only).
 	Credentials aws.CredentialsProvider
+	// PartSize is the multipart part size (0: DefaultPartSize; at least
+	// 5 MiB, S3's minimum). Not a flag: tests set it small to force a
+	// multipart upload of a small object.
+	PartSize int64
 }
 
 // ParseURL splits s3://bucket/prefix; the prefix may be empty.
@@ -84,6 +98,7 @@ func redactURL(raw string) string {
 type Tier struct {
 	name, bucket, prefix, class string
 	client                      *s3.Client
+	uploader                    *manager.Uploader
 }
 
 var _ backup.Tier = (*Tier)(nil)
@@ -140,7 +155,19 @@ func New(ctx context.Context, o Options) (*Tier, error) {
 		so.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
 		so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 	})
-	return &Tier{name: o.Name, bucket: bucket, prefix: prefix, class: o.StorageClass, client: client}, nil
+	if o.PartSize == 0 {
+		o.PartSize = DefaultPartSize
+	}
+	if o.PartSize < manager.MinUploadPartSize {
+		return nil, fmt.Errorf("%s tier: part size %d: S3 takes parts of at least %d bytes", o.Name, o.PartSize, manager.MinUploadPartSize)
+	}
+	uploader := manager.NewUploader(client, func(u *manager.Uploader) {
+		u.PartSize = o.PartSize
+		u.Concurrency = uploadConcurrency
+		u.LeavePartsOnError = false // abort: a failed upload leaves nothing behind
+		u.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+	})
+	return &Tier{name: o.Name, bucket: bucket, prefix: prefix, class: o.StorageClass, client: client, uploader: uploader}, nil
 }
 
 func validClass(c string) bool {
@@ -173,10 +200,14 @@ func (t *Tier) key(name string) (string, error) {
 	return t.prefix + name, nil
 }
 
-// Put stores the object with one PutObject, which S3 makes visible only
-// when complete, encrypted at rest (SSE-S3, AES256) in the configured
-// storage class. The body must be seekable for the SDK to sign it, so
-// readers that are not are refused.
+// Put stores the object, encrypted at rest (SSE-S3, AES256) in the
+// configured storage class: up to one part with one PutObject, a larger
+// object (over 5 GB S3 refuses a PutObject) as a multipart upload. Either
+// way S3 makes the object visible only when it is complete: a PutObject
+// that fails stores nothing, and a multipart upload exists as an object
+// only after CompleteMultipartUpload; one that fails part-way is aborted,
+// which drops its parts. The body must be seekable (the file of the copy):
+// the SDK signs each part and the uploader reads parts in place.
 func (t *Tier) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	key, err := t.key(name)
 	if err != nil {
@@ -186,15 +217,17 @@ func (t *Tier) Put(ctx context.Context, name string, r io.Reader, size int64) er
 	if !ok {
 		return fmt.Errorf("%s tier: put %s: body is not seekable", t.name, name)
 	}
-	_, err = t.client.PutObject(ctx, &s3.PutObjectInput{
+	in := &s3.PutObjectInput{
 		Bucket:               aws.String(t.bucket),
 		Key:                  aws.String(key),
 		Body:                 rs,
-		ContentLength:        aws.Int64(size),
 		ServerSideEncryption: types.ServerSideEncryptionAes256,
 		StorageClass:         types.StorageClass(t.class),
-	})
-	if err != nil {
+	}
+	if size >= 0 {
+		in.ContentLength = aws.Int64(size)
+	}
+	if _, err := t.uploader.Upload(ctx, in); err != nil {
 		return fmt.Errorf("%s tier: put %s: %w", t.name, t.Location()+"/"+name, err)
 	}
 	return nil
