@@ -82,6 +82,9 @@ type Options struct {
 	AutoRestore bool
 	// DrillSchedule is the restore drill's schedule (cron) or "off".
 	DrillSchedule string
+	// SnapshotMethod is how a snapshot copies the live database ("":
+	// SnapshotBackupAPI). Not a flag: the benchmark compares the methods.
+	SnapshotMethod SnapshotMethod
 }
 
 // DefaultOptions returns the defaults; Database, Tiers and Conn are the

@@ -30,21 +30,16 @@ type snapshot struct {
 // copy must never become a backup.
 var ErrDamagedSnapshot = errors.New("snapshot fails integrity_check")
 
-// takeSnapshot copies the live database with VACUUM INTO into the scratch
-// directory, checks the copy, reads its figures and compresses it. The
+// takeSnapshot copies the live database (Options.SnapshotMethod) into the
+// scratch directory, checks the copy, reads its figures and compresses it. The
 // uncompressed copy is removed before it returns; the compressed file is
 // the caller's to remove.
 func (s *Service) takeSnapshot(ctx context.Context, now time.Time) (snap *snapshot, err error) {
 	if err := os.MkdirAll(s.o.ScratchDir, 0o700); err != nil {
 		return nil, fmt.Errorf("scratch directory: %w", err)
 	}
-	live, err := store.OpenReadOnly(ctx, s.o.Database)
-	if err != nil {
-		return nil, fmt.Errorf("open database: %w", err)
-	}
 	rawPath := filepath.Join(s.o.ScratchDir, fmt.Sprintf("snapshot-%d.db", now.UnixNano()))
-	err = live.Snapshot(ctx, rawPath)
-	live.Close()
+	err = snapshotTo(ctx, s.o.SnapshotMethod, s.o.Database, rawPath)
 	defer removeDB(rawPath)
 	if err != nil {
 		return nil, err
