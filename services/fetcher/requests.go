@@ -191,6 +191,21 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 	}
+	// Each job gets its secret token: its batches carry it, sync.started
+	// only its hash, so the writer applies only what this plan asked for.
+	grants := make([]candles.JobGrant, len(jobs))
+	for i := range jobs {
+		token, err := candles.NewJobToken()
+		if err != nil {
+			log.Error("cannot make job tokens; retrying", "err", err)
+			_ = msg.NakWithDelay(backoff(f.o.RetryBase, meta.NumDelivered))
+			return
+		}
+		j := &jobs[i]
+		j.Token = token
+		grants[i] = candles.JobGrant{Symbol: j.Symbol, Interval: j.Interval, From: j.From, Until: j.Until,
+			Repair: j.Repair, TokenSHA256: candles.TokenSHA256(token)}
+	}
 	pairs := make([]candles.Pair, len(jobs))
 	var listing []candles.Pair
 	for i, j := range jobs {
@@ -200,7 +215,7 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 		}
 	}
 	started := &candles.SyncStarted{EventHeader: candles.NewHeader(candles.KindSyncStarted, runID),
-		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason, Notes: notes, Listing: listing}
+		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason, Notes: notes, Listing: listing, Jobs: grants}
 	if len(jobs) > 0 {
 		started.Deadline = jobs[0].Deadline
 	}
