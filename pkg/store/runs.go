@@ -435,6 +435,9 @@ type Grant struct {
 	TokenSHA256 string
 	// Ranges are the spans of open times the job may write.
 	Ranges []candles.Range
+	// FinishedSeq is, for a finished run, the CANDLES watermark when it
+	// completed (0: not recorded): later batches of it were refused.
+	FinishedSeq uint64
 }
 
 // RunGrant reports where run runID stands and what it allows the batches
@@ -444,9 +447,10 @@ func (s *Store) RunGrant(ctx context.Context, runID, symbol, interval string) (G
 	var finished, timedOut bool
 	var listed sql.NullBool
 	var hash, ranges sql.NullString
-	err := s.r.QueryRowContext(ctx, `SELECT r.finished_at IS NOT NULL, r.timed_out_at IS NOT NULL, p.listed, p.token_sha256, p.ranges
+	var finishedSeq sql.NullInt64
+	err := s.r.QueryRowContext(ctx, `SELECT r.finished_at IS NOT NULL, r.timed_out_at IS NOT NULL, r.finished_seq, p.listed, p.token_sha256, p.ranges
 FROM runs r LEFT JOIN run_pairs p ON p.run_id = r.run_id AND p.symbol = ? AND p.interval = ?
-WHERE r.run_id = ?`, symbol, interval, runID).Scan(&finished, &timedOut, &listed, &hash, &ranges)
+WHERE r.run_id = ?`, symbol, interval, runID).Scan(&finished, &timedOut, &finishedSeq, &listed, &hash, &ranges)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return Grant{Run: RunUnknown}, nil
@@ -462,6 +466,7 @@ WHERE r.run_id = ?`, symbol, interval, runID).Scan(&finished, &timedOut, &listed
 		g.Run = RunOpen
 	}
 	g.Listed = listed.Valid && listed.Bool
+	g.FinishedSeq = uint64(finishedSeq.Int64)
 	g.TokenSHA256 = hash.String
 	if ranges.String != "" {
 		var rs [][2]int64

@@ -145,7 +145,7 @@ func (w *Writer) replay(ctx context.Context, st Store, r candles.ReplayRequest) 
 			if g, err = st.RunGrant(ctx, b.RunID, b.Symbol, b.Interval); err != nil {
 				return resp, fmt.Errorf("stream_seq %d: %w", seq, err)
 			}
-			err = w.judge(b, g, true)
+			err = w.judge(b, g, seq)
 		}
 		if err != nil {
 			resp.Skipped++

@@ -67,7 +67,7 @@ func (w *Writer) admit(ctx context.Context, s *batchState, d decoded) (refusal e
 			return nil, false
 		}
 	}
-	return w.judge(b, g, false), true
+	return w.judge(b, g, 0), true
 }
 
 // awaitRuns waits until the run consumer has handled the last sync.started
@@ -118,9 +118,11 @@ func (w *Writer) awaitRuns(ctx context.Context, msg jetstream.Msg, attrs []any) 
 	}
 }
 
-// judge checks b against what its run allows (g). A replay re-applies
-// batches of runs that have finished since, so it does not refuse those.
-func (w *Writer) judge(b candles.Batch, g store.Grant, replay bool) error {
+// judge checks b against what its run allows (g). A replay (replaySeq, the
+// batch's stream sequence; 0 for the live consumer) re-applies the pages of
+// runs that have finished since, up to the sequence that finished them:
+// later ones were refused.
+func (w *Writer) judge(b candles.Batch, g store.Grant, replaySeq uint64) error {
 	switch {
 	case b.RunID == "" || g.Run == store.RunUnknown:
 		return fmt.Errorf("%w: no sync.started announced run %q", errUnknownRun, b.RunID)
@@ -131,7 +133,7 @@ func (w *Writer) judge(b candles.Batch, g store.Grant, replay bool) error {
 			return fmt.Errorf("%w: the batch carries no token of a job of run %s", errBadToken, b.RunID)
 		}
 		return fmt.Errorf("%w: not the token of run %s's job for %s/%s", errBadToken, b.RunID, b.Symbol, b.Interval)
-	case g.Run == store.RunFinished && !replay:
+	case g.Run == store.RunFinished && (replaySeq == 0 || (g.FinishedSeq > 0 && replaySeq > g.FinishedSeq)):
 		return fmt.Errorf("%w: run %s is complete", errRunClosed, b.RunID)
 	}
 	if n := len(b.Candles); n > 0 {

@@ -120,20 +120,6 @@ func TestWriterAppliesOnlyThePipelinesBatches(t *testing.T) {
 	if got.PairsOK != 2 || got.PairsFailed != 0 || got.Candles != 14 {
 		t.Errorf("sync.completed = %+v, want 2 pairs ok, 14 candles", got)
 	}
-	// A replay re-applies the genuine pages of the finished run and none
-	// of the forgeries.
-	msg, err := h.nc.Request(candles.SubjectAPIReplay, []byte(`{"from_seq":1}`), 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var resp candles.ReplayResponse
-	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		t.Fatalf("replay reply %s: %v", msg.Data, err)
-	}
-	if resp.Batches != 3 || resp.Skipped != len(want) {
-		t.Errorf("replay = %+v, want 3 batches applied and %d skipped", resp, len(want))
-	}
-	h.assertDB()
 	// A page of the finished run, even with its token, is refused.
 	late := h.forge(signed(batch("run-1", "BTCUSDT", 2, false, series(t0, 1, 5)), btcToken))
 	eventually(t, "the late page rejected", func() bool { return h.rejections()[late] != "" })
@@ -142,5 +128,19 @@ func TestWriterAppliesOnlyThePipelinesBatches(t *testing.T) {
 	}
 	h.assertDB()
 
+	// A replay re-applies the genuine pages of the finished run and none
+	// of the forgeries, nor the page refused once the run was complete.
+	msg, err := h.nc.Request(candles.SubjectAPIReplay, []byte(`{"from_seq":1}`), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp candles.ReplayResponse
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		t.Fatalf("replay reply %s: %v", msg.Data, err)
+	}
+	if resp.Batches != 3 || resp.Skipped != len(want)+1 {
+		t.Errorf("replay = %+v, want 3 batches applied and %d skipped", resp, len(want)+1)
+	}
+	h.assertDB()
 	r.stop()
 }
