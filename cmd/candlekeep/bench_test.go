@@ -131,16 +131,26 @@ func writerDrain(b *testing.B, pages map[candles.Pair][][]candles.Candle, total 
 	}
 	ev := watchEvents(b, nc)
 	var pairs []candles.Pair
-	for p := range pages {
+	var grants []candles.JobGrant
+	tokens := map[candles.Pair]string{}
+	for p, ps := range pages {
 		pairs = append(pairs, p)
+		token, err := candles.NewJobToken()
+		if err != nil {
+			b.Fatal(err)
+		}
+		tokens[p] = token
+		last := ps[len(ps)-1]
+		grants = append(grants, candles.JobGrant{Symbol: p.Symbol, Interval: p.Interval, From: ps[0][0].OpenTime,
+			Until: last[len(last)-1].OpenTime + 1, TokenSHA256: candles.TokenSHA256(token)})
 	}
 	if err := candles.PublishEvent(ctx, js, &candles.SyncStarted{EventHeader: candles.NewHeader(candles.KindSyncStarted, "bench"),
-		Pairs: pairs, PairsTotal: len(pairs)}, "", time.Now()); err != nil {
+		Pairs: pairs, PairsTotal: len(pairs), Jobs: grants}, "", time.Now()); err != nil {
 		b.Fatal(err)
 	}
 	for p, ps := range pages {
 		for i, cs := range ps {
-			data, _ := json.Marshal(candles.Batch{V: 1, RunID: "bench", Symbol: p.Symbol, Interval: p.Interval, Page: i, Final: i == len(ps)-1, Candles: cs})
+			data, _ := json.Marshal(candles.Batch{V: 1, RunID: "bench", Symbol: p.Symbol, Interval: p.Interval, Page: i, Final: i == len(ps)-1, Token: tokens[p], Candles: cs})
 			if _, err := js.Publish(ctx, candles.BatchSubject(p.Interval, p.Symbol), data); err != nil {
 				b.Fatal(err)
 			}

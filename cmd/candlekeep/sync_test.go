@@ -129,7 +129,11 @@ func TestCatchUpAfterDowntimeFillsEveryCandle(t *testing.T) {
 	s.SetClock(func() time.Time { return later })
 	t.Run("second start", func(t *testing.T) {
 		since := time.Now()
-		natsURL := startUp(t, dataDir, fo)
+		// Three days later for the writer too: it refuses candles that
+		// close after its clock ("candle in the future").
+		wo := writer.DefaultOptions()
+		wo.Now = func() time.Time { return later.Add(time.Since(now)) }
+		natsURL := startUpConfig(t, upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo, Writer: wo}, testLogger(t))
 		ev := watchEventsSince(t, connect(t, natsURL), since)
 		var done candles.SyncCompleted
 		ev.waitMatch(t, candles.KindSyncCompleted, 30*time.Second, &done, func() bool { return true })

@@ -67,6 +67,30 @@ type SyncStarted struct {
 	// expects their history to start at the first candle the run's first
 	// page brings, even if that page is lost.
 	Listing []Pair `json:"listing,omitempty"`
+	// Jobs are the jobs of the run, one per pair of Pairs: what each may
+	// write. The writer applies a batch only when it carries the token
+	// whose hash is here and its candles lie in the job's ranges.
+	Jobs []JobGrant `json:"jobs,omitempty"`
+}
+
+// JobGrant is what one job of a run may write: candles of its pair opening
+// in [From, Until) or in a Repair range, in batches carrying the token
+// whose SHA-256 (hex) is TokenSHA256. The token itself is only in the job
+// message (Job.Token), which only fetchers read.
+type JobGrant struct {
+	Symbol      string  `json:"symbol"`
+	Interval    string  `json:"interval"`
+	From        int64   `json:"from"`
+	Until       int64   `json:"until"`
+	Repair      []Range `json:"repair,omitempty"`
+	TokenSHA256 string  `json:"token_sha256"`
+}
+
+// Ranges are the spans of open times the job may write, repairs first.
+func (g JobGrant) Ranges() []Range {
+	out := make([]Range, 0, len(g.Repair)+1)
+	out = append(out, g.Repair...)
+	return append(out, Range{From: g.From, Until: g.Until})
 }
 
 // SyncCompleted: every pair of the run is written or failed.

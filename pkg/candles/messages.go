@@ -42,6 +42,12 @@ type Job struct {
 	Incremental bool `json:"incremental,omitempty"`
 	// Deadline is when the run times out; a job still running then stops.
 	Deadline time.Time `json:"deadline,omitempty"`
+	// Token is the job's secret (NewJobToken): every batch of the job
+	// carries it, and the writer applies a batch only when its hash is the
+	// one sync.started announced for the pair (JobGrant.TokenSHA256). Job
+	// messages are read only by fetchers; the token never appears in an
+	// event or a log.
+	Token string `json:"token,omitempty"`
 }
 
 // Batch is one page of closed candles for one pair, published on
@@ -54,16 +60,18 @@ type Job struct {
 // known gap (an exchange outage), not a hole to re-fetch. Repair marks pages
 // fetched to fill holes found by the gap audit.
 type Batch struct {
-	V        int      `json:"v"`
-	RunID    string   `json:"run_id"`
-	Symbol   string   `json:"symbol"`
-	Interval string   `json:"interval"`
-	Page     int      `json:"page"`
-	Final    bool     `json:"final"`
-	From     int64    `json:"from,omitempty"`
-	Until    int64    `json:"until,omitempty"`
-	Repair   bool     `json:"repair,omitempty"`
-	Candles  []Candle `json:"candles"`
+	V        int    `json:"v"`
+	RunID    string `json:"run_id"`
+	Symbol   string `json:"symbol"`
+	Interval string `json:"interval"`
+	Page     int    `json:"page"`
+	Final    bool   `json:"final"`
+	From     int64  `json:"from,omitempty"`
+	Until    int64  `json:"until,omitempty"`
+	Repair   bool   `json:"repair,omitempty"`
+	// Token is the token of the job that fetched the page (Job.Token).
+	Token   string   `json:"token,omitempty"`
+	Candles []Candle `json:"candles"`
 }
 
 // DecodeBatch parses a batch published on subject and checks it against the

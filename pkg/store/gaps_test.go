@@ -225,7 +225,7 @@ func TestCoverageLedger(t *testing.T) {
 	s := openStore(t, path, store.WithNow(clk.Now))
 	ctx := context.Background()
 	btc4h := candles.Pair{Symbol: "BTCUSDT", Interval: "4h"}
-	if _, err := s.RegisterRun(ctx, "r1", []candles.Pair{btc4h}, epoch, "daily", time.Time{}); err != nil {
+	if _, err := s.RegisterRun(ctx, "r1", []candles.Pair{btc4h}, epoch, "daily", time.Time{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	// 20 slots; the exchange has no 15 and 16.
@@ -335,7 +335,7 @@ func TestUpsertLeavesWatermarkAndRunsAlone(t *testing.T) {
 	path := tempDB(t)
 	s := openStore(t, path)
 	ctx := context.Background()
-	if _, err := s.RegisterRun(ctx, "r1", []candles.Pair{btc}, epoch, "", time.Time{}); err != nil {
+	if _, err := s.RegisterRun(ctx, "r1", []candles.Pair{btc}, epoch, "", time.Time{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.ApplyBatch(ctx, "CANDLES", 7, batch("", "BTCUSDT", false, at4h(0, 1))); err != nil {

@@ -85,7 +85,7 @@ func TestStreamIdentity(t *testing.T) {
 		{"audit", epoch.Add(2 * time.Minute), []candles.Pair{btc, eth}, true},
 	}
 	for i, r := range runs {
-		if _, err := s.RegisterRun(ctx, r.id, r.pairs, r.started, "", time.Time{}); err != nil {
+		if _, err := s.RegisterRun(ctx, r.id, r.pairs, r.started, "", time.Time{}, nil); err != nil {
 			t.Fatal(err)
 		}
 		for j, p := range r.pairs {
@@ -198,7 +198,7 @@ func TestListingPending(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.RegisterRun(ctx, "lost", []candles.Pair{btc, eth}, epoch, "", time.Time{}); err != nil {
+	if _, err := s.RegisterRun(ctx, "lost", []candles.Pair{btc, eth}, epoch, "", time.Time{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	// ETH's first page is applied before the run's sync.started is handled.

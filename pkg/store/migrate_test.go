@@ -40,11 +40,20 @@ func TestMigrationFromVersion1(t *testing.T) {
 			versions = append(versions, v)
 		}
 		rs.Close()
-		if want := []int{1, 2, 3, 4, 5}; !reflect.DeepEqual(versions, want) || store.SchemaVersion() != 5 {
+		if want := []int{1, 2, 3, 4, 5, 6}; !reflect.DeepEqual(versions, want) || store.SchemaVersion() != 6 {
 			t.Fatalf("open %d: schema versions %v, want %v", open, versions, want)
 		}
 		if w, err := s.Watermark(ctx, "CANDLES"); err != nil || w != uint64(41+open) {
 			t.Errorf("open %d: watermark %d, %v; want %d", open, w, err, 41+open)
+		}
+		// The database applied batches before job tokens: token-less
+		// batches up to the stream's last sequence at the first start
+		// are the old pipeline's; later ones, or another stream's, not.
+		if c, err := s.LegacyCutoff(ctx, "CANDLES", "id-1", uint64(100*open)); err != nil || c != 100 {
+			t.Errorf("open %d: LegacyCutoff = %d, %v; want 100 (recorded at the first start)", open, c, err)
+		}
+		if c, err := s.LegacyCutoff(ctx, "CANDLES", "id-2", 500); err != nil || c != 0 {
+			t.Errorf("open %d: LegacyCutoff of a newer stream = %d, %v; want 0", open, c, err)
 		}
 		if open == 1 {
 			// The old run has no deadline and goes on as before.

@@ -3,19 +3,23 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 )
 
-// RegisterRun records run runID with its pairs (duplicates counted once) and
-// its deadline (zero: none). Registering again changes nothing; pairs
+// RegisterRun records run runID with its pairs (duplicates counted once),
+// its deadline (zero: none) and what each job may write (grants, from
+// sync.started; see RunGrant). Registering again changes nothing; pairs
 // resolved by batches or failures that arrived before the registration stay
 // resolved. It reports whether the registration completed the run (every
 // pair already resolved).
-func (s *Store) RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string, deadline time.Time) (bool, error) {
+func (s *Store) RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string, deadline time.Time, grants []candles.JobGrant) (bool, error) {
 	if runID == "" {
 		return false, errors.New("register run: empty run_id")
 	}
@@ -50,6 +54,20 @@ VALUES (?, ?, ?, 1) ON CONFLICT (run_id, symbol, interval) DO UPDATE SET listed 
 		defer stmt.Close()
 		for _, p := range distinct {
 			if _, err := stmt.ExecContext(ctx, runID, p.Symbol, p.Interval); err != nil {
+				return fmt.Errorf("pair %s: %w", p, err)
+			}
+		}
+		for _, g := range grants {
+			p := candles.Pair{Symbol: g.Symbol, Interval: g.Interval}
+			if !seen[p] {
+				continue // a grant for a pair the run does not list grants nothing
+			}
+			ranges, err := json.Marshal(encodeRanges(g.Ranges()))
+			if err != nil {
+				return fmt.Errorf("pair %s: %w", p, err)
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE run_pairs SET token_sha256 = ?, ranges = ?
+WHERE run_id = ? AND symbol = ? AND interval = ?`, g.TokenSHA256, string(ranges), runID, g.Symbol, g.Interval); err != nil {
 				return fmt.Errorf("pair %s: %w", p, err)
 			}
 		}
@@ -390,4 +408,125 @@ func (s *Store) MarkTimeoutAnnounced(ctx context.Context, runID string) error {
 		_, err := tx.ExecContext(ctx, `UPDATE runs SET timeout_announced = 1 WHERE run_id = ?`, runID)
 		return err
 	})
+}
+
+// RunState is where a run stands, as a batch's check sees it.
+type RunState int
+
+const (
+	// RunUnknown: no sync.started registered the run.
+	RunUnknown RunState = iota
+	// RunOpen: registered, neither complete nor timed out.
+	RunOpen
+	// RunTimedOut: closed at its deadline; its jobs' late pages are
+	// still written.
+	RunTimedOut
+	// RunFinished: every pair resolved; nothing more belongs to it.
+	RunFinished
+)
+
+// Grant is what a run allows one pair's batches (see RunGrant).
+type Grant struct {
+	Run RunState
+	// Listed: the pair is one of the run's pairs.
+	Listed bool
+	// TokenSHA256 is the hash of the job's token ("" for a run registered
+	// before job tokens).
+	TokenSHA256 string
+	// Ranges are the spans of open times the job may write.
+	Ranges []candles.Range
+	// FinishedSeq is, for a finished run, the CANDLES watermark when it
+	// completed (0: not recorded): later batches of it were refused.
+	FinishedSeq uint64
+}
+
+// RunGrant reports where run runID stands and what it allows the batches
+// of symbol/interval.
+func (s *Store) RunGrant(ctx context.Context, runID, symbol, interval string) (Grant, error) {
+	var g Grant
+	var finished, timedOut bool
+	var listed sql.NullBool
+	var hash, ranges sql.NullString
+	var finishedSeq sql.NullInt64
+	err := s.r.QueryRowContext(ctx, `SELECT r.finished_at IS NOT NULL, r.timed_out_at IS NOT NULL, r.finished_seq, p.listed, p.token_sha256, p.ranges
+FROM runs r LEFT JOIN run_pairs p ON p.run_id = r.run_id AND p.symbol = ? AND p.interval = ?
+WHERE r.run_id = ?`, symbol, interval, runID).Scan(&finished, &timedOut, &finishedSeq, &listed, &hash, &ranges)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return Grant{Run: RunUnknown}, nil
+	case err != nil:
+		return Grant{}, fmt.Errorf("grant of run %s pair %s/%s: %w", runID, symbol, interval, err)
+	}
+	switch {
+	case finished:
+		g.Run = RunFinished
+	case timedOut:
+		g.Run = RunTimedOut
+	default:
+		g.Run = RunOpen
+	}
+	g.Listed = listed.Valid && listed.Bool
+	g.FinishedSeq = uint64(finishedSeq.Int64)
+	g.TokenSHA256 = hash.String
+	if ranges.String != "" {
+		var rs [][2]int64
+		if err := json.Unmarshal([]byte(ranges.String), &rs); err != nil {
+			return Grant{}, fmt.Errorf("grant of run %s pair %s/%s: ranges %q: %w", runID, symbol, interval, ranges.String, err)
+		}
+		for _, r := range rs {
+			g.Ranges = append(g.Ranges, candles.Range{From: r[0], Until: r[1]})
+		}
+	}
+	return g, nil
+}
+
+func encodeRanges(rs []candles.Range) [][2]int64 {
+	out := make([][2]int64, len(rs))
+	for i, r := range rs {
+		out[i] = [2]int64{r.From, r.Until}
+	}
+	return out
+}
+
+// metaLegacyBatches is the meta row that says which token-less batches are
+// the old pipeline's (see LegacyCutoff).
+const metaLegacyBatches = "legacy_batches"
+
+// LegacyCutoff returns the last sequence of stream whose batches may come
+// without a job token: those the pipeline published before it had tokens.
+// A database that had applied batches before the upgrade (migration 6)
+// records, at the first call, lastSeq (the stream's last sequence then)
+// with the stream's identity; it is 0 for a new database and for a stream
+// other than the one recorded (one created since carries tokens only).
+func (s *Store) LegacyCutoff(ctx context.Context, stream, identity string, lastSeq uint64) (uint64, error) {
+	var cutoff uint64
+	err := s.inTx(ctx, "legacy cutoff of "+stream, func(tx *sql.Tx) error {
+		cutoff = 0
+		var v string
+		err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, metaLegacyBatches).Scan(&v)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return nil
+		case err != nil:
+			return err
+		}
+		switch v {
+		case "none":
+			return nil
+		case "pending":
+			cutoff = lastSeq
+			return setMeta(ctx, tx, metaLegacyBatches, stream+" "+identity+" "+strconv.FormatUint(lastSeq, 10))
+		}
+		f := strings.Fields(v)
+		if len(f) != 3 || f[0] != stream || f[1] != identity {
+			return nil
+		}
+		n, err := strconv.ParseUint(f[2], 10, 64)
+		if err != nil {
+			return fmt.Errorf("%s %q: %w", metaLegacyBatches, v, err)
+		}
+		cutoff = n
+		return nil
+	})
+	return cutoff, err
 }

@@ -25,7 +25,7 @@ type op struct {
 
 func register(pairs ...candles.Pair) op {
 	return op{"register", func(ctx context.Context, s *store.Store, _ uint64) (bool, error) {
-		return s.RegisterRun(ctx, "r1", pairs, epoch, "daily", time.Time{})
+		return s.RegisterRun(ctx, "r1", pairs, epoch, "daily", time.Time{}, nil)
 	}}
 }
 
@@ -224,7 +224,7 @@ func TestRunProgress(t *testing.T) {
 	clk := newClock()
 	s := openStore(t, tempDB(t), store.WithNow(clk.Now))
 	ctx := context.Background()
-	if _, err := s.RegisterRun(ctx, "r2", []candles.Pair{btc}, epoch.Add(-time.Hour), "", time.Time{}); err != nil {
+	if _, err := s.RegisterRun(ctx, "r2", []candles.Pair{btc}, epoch.Add(-time.Hour), "", time.Time{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for i, o := range []op{register(btc, eth, sol), page(btc, false, 3), page(btc, true, 2), fail(eth, "x"), page(sol, false, 4)} {
@@ -311,7 +311,7 @@ func TestRunTimeouts(t *testing.T) {
 	deadline := epoch.Add(30 * time.Minute)
 	mustRegister := func(id string, pairs []candles.Pair, dl time.Time) {
 		t.Helper()
-		if _, err := s.RegisterRun(ctx, id, pairs, epoch, "daily", dl); err != nil {
+		if _, err := s.RegisterRun(ctx, id, pairs, epoch, "daily", dl, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -387,7 +387,7 @@ func TestRunTimeouts(t *testing.T) {
 func TestRunRepairAndGapCounts(t *testing.T) {
 	s := openStore(t, tempDB(t))
 	ctx := context.Background()
-	if _, err := s.RegisterRun(ctx, "r1", []candles.Pair{btc, eth}, epoch, "", time.Time{}); err != nil {
+	if _, err := s.RegisterRun(ctx, "r1", []candles.Pair{btc, eth}, epoch, "", time.Time{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	steps := []candles.Batch{

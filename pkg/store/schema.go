@@ -112,6 +112,23 @@ CREATE TABLE pair_range (
   listing_run TEXT,       -- a run fetching the pair from its listing whose first page is not applied yet
   PRIMARY KEY (symbol, interval)
 ) WITHOUT ROWID;`,
+
+	// 6: what each job of a run may write (sync.started's jobs): the hash
+	// of its token and its ranges, so the writer applies only batches the
+	// run planned. A database that already applied batches was written
+	// before job tokens: its writer records, at its first start, up to
+	// which CANDLES sequence token-less batches are the old pipeline's
+	// (legacy_batches "pending" until then; "none" for a new database).
+	// finished_seq lets a replay tell a completed run's pages from later
+	// ones the writer refused ("run already closed").
+	`ALTER TABLE run_pairs ADD COLUMN token_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE run_pairs ADD COLUMN ranges TEXT NOT NULL DEFAULT '';  -- JSON [[from, until], ...] (ms)
+ALTER TABLE runs ADD COLUMN finished_seq INTEGER;  -- the CANDLES watermark when the run completed
+INSERT INTO meta (key, value, updated_at)
+SELECT 'legacy_batches',
+  CASE WHEN EXISTS (SELECT 1 FROM stream_state WHERE stream = 'CANDLES' AND last_seq > 0) THEN 'pending' ELSE 'none' END,
+  strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+ON CONFLICT (key) DO NOTHING;`,
 }
 
 // SchemaVersion is the schema version this code migrates databases to.

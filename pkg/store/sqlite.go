@@ -527,7 +527,8 @@ ON CONFLICT (symbol, interval) DO UPDATE SET last_sync = excluded.last_sync`, b.
 // resolved, and reports whether this call did it: the transition happens
 // once, and never for a run closed by its deadline (TimeOutRuns).
 func (s *Store) finishRun(ctx context.Context, tx *sql.Tx, runID string) (bool, error) {
-	res, err := tx.ExecContext(ctx, `UPDATE runs SET finished_at = ?
+	res, err := tx.ExecContext(ctx, `UPDATE runs SET finished_at = ?,
+  finished_seq = (SELECT last_seq FROM stream_state WHERE stream = 'CANDLES')
 WHERE run_id = ? AND finished_at IS NULL AND timed_out_at IS NULL AND NOT EXISTS (
   SELECT 1 FROM run_pairs p WHERE p.run_id = runs.run_id AND p.listed = 1 AND p.status = 'pending')`,
 		formatTime(s.now()), runID)

@@ -295,7 +295,7 @@ func (j *jobRun) fetch(ctx context.Context, spans []span) error {
 		start := from
 		for {
 			b := candles.Batch{V: candles.Version, RunID: j.job.RunID, Symbol: j.job.Symbol, Interval: j.job.Interval,
-				Page: j.cp.Page + j.inflightPages(), Repair: sp.repair}
+				Page: j.cp.Page + j.inflightPages(), Repair: sp.repair, Token: j.job.Token}
 			done, reached, err := j.page(ctx, &b, sp, from, first)
 			if err != nil {
 				if perr := j.await(ctx); perr != nil {

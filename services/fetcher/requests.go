@@ -191,6 +191,21 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 	}
+	// Each job gets its secret token: its batches carry it, sync.started
+	// only its hash, so the writer applies only what this plan asked for.
+	grants := make([]candles.JobGrant, len(jobs))
+	for i := range jobs {
+		token, err := candles.NewJobToken()
+		if err != nil {
+			log.Error("cannot make job tokens; retrying", "err", err)
+			_ = msg.NakWithDelay(backoff(f.o.RetryBase, meta.NumDelivered))
+			return
+		}
+		j := &jobs[i]
+		j.Token = token
+		grants[i] = candles.JobGrant{Symbol: j.Symbol, Interval: j.Interval, From: j.From, Until: j.Until,
+			Repair: j.Repair, TokenSHA256: candles.TokenSHA256(token)}
+	}
 	pairs := make([]candles.Pair, len(jobs))
 	var listing []candles.Pair
 	for i, j := range jobs {
@@ -200,16 +215,45 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 		}
 	}
 	started := &candles.SyncStarted{EventHeader: candles.NewHeader(candles.KindSyncStarted, runID),
-		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason, Notes: notes, Listing: listing}
+		Pairs: pairs, PairsTotal: len(pairs), Reason: req.Reason, Notes: notes, Listing: listing, Jobs: grants}
 	if len(jobs) > 0 {
 		started.Deadline = jobs[0].Deadline
 	}
-	if err := candles.PublishEvent(ctx, f.js, started, "sync.started:"+runID, f.o.Now()); err != nil {
+	started.V, started.Time = candles.Version, f.o.Now().UTC()
+	startedData, err := json.Marshal(started)
+	if err != nil {
+		log.Error("encode sync.started", "err", err)
+		_ = msg.TermWithReason("cannot encode sync.started")
+		return
+	}
+	startedAck, err := f.js.Publish(ctx, candles.EventSubject(candles.KindSyncStarted), startedData, jetstream.WithMsgID("sync.started:"+runID))
+	if err != nil {
 		log.Warn("cannot start the run; retrying", "err", err)
 		_ = msg.NakWithDelay(backoff(f.o.RetryBase, meta.NumDelivered))
 		return
 	}
+	var queued map[candles.Pair]bool
+	if startedAck.Duplicate {
+		// An earlier delivery of this request stored sync.started with
+		// its own job tokens, and queued some of its jobs. Those stand;
+		// a job it did not queue would carry a token the writer does not
+		// know, so its pair fails instead (the next sync fetches it).
+		if queued, err = f.queuedJobs(ctx, runID, jobs); err != nil {
+			log.Warn("cannot tell which jobs an earlier attempt queued; retrying", "err", err)
+			_ = msg.NakWithDelay(backoff(f.o.RetryBase, meta.NumDelivered))
+			return
+		}
+	}
 	for _, j := range jobs {
+		if startedAck.Duplicate {
+			if !queued[candles.Pair{Symbol: j.Symbol, Interval: j.Interval}] {
+				f.event(ctx, log, &candles.PairFailed{EventHeader: candles.NewHeader(candles.KindPairFailed, runID),
+					Symbol: j.Symbol, Interval: j.Interval,
+					Reason: "its job was not queued before the sync request was retried; the next sync fetches it"},
+					pairFailedID(j))
+			}
+			continue
+		}
 		data, _ := json.Marshal(j)
 		if _, err := f.js.Publish(ctx, candles.JobSubject(j.Interval, j.Symbol), data,
 			jetstream.WithMsgID("job:"+runID+":"+j.Symbol+":"+j.Interval)); err != nil {
@@ -220,6 +264,31 @@ func (f *Fetcher) handleRequest(ctx context.Context, msg jetstream.Msg) {
 	}
 	_ = msg.Ack()
 	log.Info("sync started", "pairs", len(jobs), "reason", req.Reason, "notes", notes)
+}
+
+// queuedJobs reports which of jobs' pairs have a job of runID in JOBS: an
+// earlier attempt queued it and no fetcher has finished it yet. A job that
+// finished is gone from JOBS; the pair.failed its pair then gets changes
+// nothing, since the writer keeps a pair's first resolution.
+func (f *Fetcher) queuedJobs(ctx context.Context, runID string, jobs []candles.Job) (map[candles.Pair]bool, error) {
+	stream, err := f.js.Stream(ctx, candles.StreamJobs)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", candles.StreamJobs, err)
+	}
+	out := map[candles.Pair]bool{}
+	for _, j := range jobs {
+		m, err := stream.GetLastMsgForSubject(ctx, candles.JobSubject(j.Interval, j.Symbol))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("look up the job of %s/%s: %w", j.Symbol, j.Interval, err)
+		}
+		if other, derr := decodeJob(m.Data); derr == nil && other.RunID == runID {
+			out[candles.Pair{Symbol: j.Symbol, Interval: j.Interval}] = true
+		}
+	}
+	return out, nil
 }
 
 // coalesce tells whether a request leaves out the pairs a run is already

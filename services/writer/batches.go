@@ -55,6 +55,9 @@ type batchState struct {
 	stream jetstream.Stream
 	// applied is the database watermark as of the last message handled.
 	applied uint64
+	// legacy is the last sequence whose batches may lack a job token
+	// (store.LegacyCutoff): the pipeline's from before job tokens.
+	legacy uint64
 }
 
 // batchesOnce runs one consumer session: reconcile the consumer with the
@@ -65,6 +68,11 @@ func (w *Writer) batchesOnce(ctx context.Context) error {
 		return err
 	}
 	stream, err := w.stream(ctx, candles.StreamCandles)
+	if err != nil {
+		return err
+	}
+	info := stream.CachedInfo()
+	legacy, err := w.store().LegacyCutoff(ctx, candles.StreamCandles, streamIdentity(info), info.State.LastSeq)
 	if err != nil {
 		return err
 	}
@@ -113,7 +121,7 @@ func (w *Writer) batchesOnce(ctx context.Context) error {
 		}
 	})
 	g.Go(func() error {
-		s := &batchState{stream: stream, applied: wm}
+		s := &batchState{stream: stream, applied: wm, legacy: legacy}
 		for d := range ahead {
 			if gctx.Err() != nil {
 				return nil
@@ -167,10 +175,17 @@ func (w *Writer) handleBatch(ctx context.Context, s *batchState, d decoded) erro
 		}
 	}
 	if d.invalid != nil {
-		return w.rejectBatch(ctx, s, msg, seq, d.invalid)
+		return w.rejectBatch(ctx, s, msg, seq, d.invalid, true)
+	}
+	refusal, ok := w.admit(ctx, s, d)
+	if !ok {
+		return nil
+	}
+	if refusal != nil {
+		return w.rejectBatch(ctx, s, msg, seq, refusal, false)
 	}
 	var a Applied
-	ok := w.retry(ctx, msg, "apply batch", []any{"run_id", b.RunID, "symbol", b.Symbol, "interval", b.Interval, "stream_seq", seq},
+	ok = w.retry(ctx, msg, "apply batch", []any{"run_id", b.RunID, "symbol", b.Symbol, "interval", b.Interval, "stream_seq", seq},
 		func(ctx context.Context) error {
 			var err error
 			a, err = w.store().ApplyBatch(ctx, candles.StreamCandles, seq, b)
@@ -210,8 +225,11 @@ func (w *Writer) checkGap(ctx context.Context, s *batchState, seq uint64) error 
 // rejectBatch handles a batch that can never be applied: one batch.rejected
 // event (published first, so a crash can only repeat it, and JetStream drops
 // the repeat by its message id), the batch's pair failed in its run (its data
-// for that run has a hole), the watermark moved past it, and Term.
-func (w *Writer) rejectBatch(ctx context.Context, s *batchState, msg jetstream.Msg, seq uint64, cause error) error {
+// for that run has a hole) when the batch is its job's (invalid: it failed
+// validation, and its token, if it proves the batch genuine; a batch the
+// pipeline did not produce changes no run), the watermark moved past it,
+// and Term.
+func (w *Writer) rejectBatch(ctx context.Context, s *batchState, msg jetstream.Msg, seq uint64, cause error, invalid bool) error {
 	interval, symbol, _ := candles.ParseBatchSubject(msg.Subject())
 	runID := msg.Headers().Get(candles.HeaderRunID)
 	var claimed struct {
@@ -237,7 +255,7 @@ func (w *Writer) rejectBatch(ctx context.Context, s *batchState, msg jetstream.M
 		w.log.Error("publish batch.rejected", "stream_seq", seq, "err", err)
 	}
 	var complete bool
-	if runID != "" && symbol != "" {
+	if invalid && runID != "" && symbol != "" && w.claimsGenuine(ctx, s, msg, seq, runID, symbol, interval) {
 		failReason := fmt.Sprintf("batch rejected (stream_seq %d): %s", seq, reason)
 		if !w.retry(ctx, msg, "fail pair of rejected batch", []any{"run_id", runID, "stream_seq", seq}, func(ctx context.Context) error {
 			var err error

@@ -288,6 +288,7 @@ func TestDatabaseEndpointOnlyOnTheLeaseHolder(t *testing.T) {
 				defer st.Close()
 				wo := writer.DefaultOptions()
 				wo.Conn, wo.Store, wo.Logger, wo.Active = h.nc, st, slog.New(slog.NewTextHandler(c.logs, nil)), tk.Event()
+				wo.AllowUnplanned = true // batches without runs, as in harness.start
 				w, err := writer.New(wo)
 				if err != nil {
 					return err

@@ -37,6 +37,8 @@ type harness struct {
 	dbPath string
 	logs   *logBuffer
 	model  map[rowKey]candles.Candle
+	// trusted: the writer checks that the pipeline planned each batch.
+	trusted bool
 }
 
 type rowKey struct {
@@ -94,6 +96,9 @@ func (h *harness) start(mod func(*writer.Options), storeOpts ...store.Option) *r
 	o.Conn = h.nc
 	o.Store = st
 	o.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// The tests of applying publish batches without planning runs; the
+	// trust tests (trust_test.go) turn the check back on.
+	o.AllowUnplanned = !h.trusted
 	if mod != nil {
 		mod(&o)
 	}

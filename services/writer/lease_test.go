@@ -192,6 +192,7 @@ func TestWriterStopsWhenTheLeaseIsTakenAndResumesAfter(t *testing.T) {
 			defer st.Close()
 			wo := writer.DefaultOptions()
 			wo.Conn, wo.Store, wo.Logger, wo.Active = h.nc, st, o.Logger, tk.Event()
+			wo.AllowUnplanned = true // batches without runs, as in harness.start
 			w, err := writer.New(wo)
 			if err != nil {
 				return err

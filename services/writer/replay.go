@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/store"
 )
 
 // replayIdleTimeout bounds the wait for the next message of a replay: the
@@ -87,6 +88,10 @@ func (w *Writer) replay(ctx context.Context, st Store, r candles.ReplayRequest) 
 		w.log.Info("replay done: nothing to replay", "stream_first_seq", state.FirstSeq, "stream_last_seq", state.LastSeq)
 		return resp, nil
 	}
+	legacy, err := st.LegacyCutoff(ctx, candles.StreamCandles, streamIdentity(stream.CachedInfo()), state.LastSeq)
+	if err != nil {
+		return resp, err
+	}
 	cfg := jetstream.OrderedConsumerConfig{}
 	if r.FromSeq > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.FromSeq
@@ -132,6 +137,16 @@ func (w *Writer) replay(ctx context.Context, st Store, r candles.ReplayRequest) 
 			resp.FromSeq = seq
 		}
 		b, err := candles.DecodeBatch(msg.Subject(), msg.Data())
+		if err == nil && !w.o.AllowUnplanned && (b.Token != "" || seq > legacy) {
+			// Only the pipeline's batches are replayed: a forgery the
+			// consumer refused stays refused. Runs that finished since
+			// are fine: their grants are in the database.
+			var g store.Grant
+			if g, err = st.RunGrant(ctx, b.RunID, b.Symbol, b.Interval); err != nil {
+				return resp, fmt.Errorf("stream_seq %d: %w", seq, err)
+			}
+			err = w.judge(b, g, seq)
+		}
 		if err != nil {
 			resp.Skipped++
 			resp.ToSeq = seq

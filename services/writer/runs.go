@@ -153,7 +153,7 @@ func (w *Writer) handleRunEvent(ctx context.Context, msg jetstream.Msg, seq uint
 		attrs = []any{"run_id", ev.RunID, "stream_seq", seq}
 		write = func(ctx context.Context) error {
 			var err error
-			complete, err = w.store().RegisterRun(ctx, ev.RunID, ev.Pairs, started, ev.Reason, ev.Deadline)
+			complete, err = w.store().RegisterRun(ctx, ev.RunID, ev.Pairs, started, ev.Reason, ev.Deadline, ev.Jobs)
 			if err != nil {
 				return err
 			}
@@ -206,6 +206,16 @@ func decodeSyncStarted(data []byte) (candles.SyncStarted, error) {
 		}
 		if _, err := candles.ParseInterval(p.Interval); err != nil {
 			return ev, fmt.Errorf("sync.started: pairs[%d].interval: %w", i, err)
+		}
+	}
+	for i, j := range ev.Jobs {
+		if len(j.TokenSHA256) != 64 {
+			return ev, fmt.Errorf("sync.started: jobs[%d].token_sha256 is not a hex SHA-256", i)
+		}
+		for _, r := range j.Ranges() {
+			if r.Until < r.From {
+				return ev, fmt.Errorf("sync.started: jobs[%d]: range [%d, %d) is negative", i, r.From, r.Until)
+			}
 		}
 	}
 	return ev, nil

@@ -50,6 +50,9 @@ type BatchStore interface {
 	BindStream(ctx context.Context, stream, identity string) (store.StreamBinding, error)
 	// FullAuditDue reports since when a full gap audit is due (zero: none).
 	FullAuditDue(ctx context.Context) (time.Time, error)
+	// LegacyCutoff is the last sequence of stream whose batches may lack a
+	// job token (the pipeline's from before tokens; store.LegacyCutoff).
+	LegacyCutoff(ctx context.Context, stream, identity string, lastSeq uint64) (uint64, error)
 	// ClearFullAudit clears the full audit flag when run runID, started
 	// after it was set, completed every stored pair ok.
 	ClearFullAudit(ctx context.Context, runID string) (bool, error)
@@ -63,9 +66,12 @@ type BatchStore interface {
 // deadline has passed is closed instead (timed out): it never completes,
 // though later batches of it are still written.
 type RunStore interface {
-	// RegisterRun records a run, its pairs and its deadline (zero: none);
-	// registering again changes nothing.
-	RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string, deadline time.Time) (complete bool, err error)
+	// RegisterRun records a run, its pairs, its deadline (zero: none) and
+	// what each of its jobs may write; registering again changes nothing.
+	RegisterRun(ctx context.Context, runID string, pairs []candles.Pair, startedAt time.Time, reason string, deadline time.Time, grants []candles.JobGrant) (complete bool, err error)
+	// RunGrant reports where a run stands and what it allows one pair's
+	// batches (store.RunGrant).
+	RunGrant(ctx context.Context, runID, symbol, interval string) (store.Grant, error)
 	// ExpectListing records that runID fetches pairs from their listing,
 	// so the pairs count as incomplete until its first page of each is
 	// applied (store.ExpectListing).

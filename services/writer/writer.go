@@ -100,6 +100,14 @@ type Options struct {
 	// writer checks its database (PRAGMA quick_check, integrity_check);
 	// CheckpointEvery how often it checkpoints the WAL (integrity.go).
 	QuickCheckEvery, IntegrityCheckEvery, CheckpointEvery time.Duration
+	// FutureSkew is how far past Now a candle may close and still be
+	// applied (default DefaultFutureSkew): a later one is refused,
+	// "candle in the future".
+	FutureSkew time.Duration
+	// AllowUnplanned applies batches without checking that a planned job
+	// produced them (trust.go). Only for tests of the applying itself;
+	// no flag sets it.
+	AllowUnplanned bool
 	// Reopen opens the database file at DatabasePath again: the swap
 	// endpoint (candles.api.writer.swap, swap.go) puts a restored copy
 	// there and reopens it. Nil: swaps are refused.
@@ -115,6 +123,7 @@ func DefaultOptions() Options {
 		ProgressEvery: DefaultProgressEvery,
 		AckWait:       DefaultAckWait,
 		DeadlineEvery: DefaultDeadlineEvery,
+		FutureSkew:    DefaultFutureSkew,
 
 		QuickCheckEvery:     DefaultQuickCheckEvery,
 		IntegrityCheckEvery: DefaultIntegrityCheckEvery,
@@ -142,6 +151,8 @@ func (o Options) Validate() error {
 	case o.QuickCheckEvery <= 0 || o.IntegrityCheckEvery <= 0 || o.CheckpointEvery <= 0:
 		return fmt.Errorf("writer: QuickCheckEvery %s, IntegrityCheckEvery %s and CheckpointEvery %s must be positive (defaults %s, %s, %s)",
 			o.QuickCheckEvery, o.IntegrityCheckEvery, o.CheckpointEvery, DefaultQuickCheckEvery, DefaultIntegrityCheckEvery, DefaultCheckpointEvery)
+	case o.FutureSkew < 0:
+		return fmt.Errorf("writer: FutureSkew %s must not be negative (default %s)", o.FutureSkew, DefaultFutureSkew)
 	case o.Source != "" && !validSource(o.Source):
 		return fmt.Errorf("writer: --binance-url %q is not an http(s) URL", o.Source)
 	case o.Streams.Replicas < 0 || o.Streams.Replicas > 5:
