@@ -15,8 +15,7 @@ import (
 func runAuth(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) int {
 	if len(args) == 0 || args[0] != "init" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-			fmt.Fprintln(stdout, "Usage: candlekeep auth init --dir DIR [flags]   (candlekeep auth init --help)")
-			return 0
+			return runAuthInit(ctx, []string{"--help"}, stdout, stderr, getenv)
 		}
 		fmt.Fprintln(stderr, "candlekeep auth: want a subcommand: init (candlekeep auth init --help)")
 		return 2
