@@ -125,8 +125,7 @@ func runMonitor(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 	lf.register(fs)
 	var mf monitorFlags
 	mf.register(fs)
-	var nf natsFlags
-	nf.register(fs)
+	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
@@ -140,7 +139,7 @@ func runMonitor(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		fmt.Fprintf(stderr, "candlekeep monitor: %v\n(see candlekeep monitor --help)\n", err)
 		return 2
 	}
-	if err := serveMonitor(ctx, nf.c, ms, log); err != nil {
+	if err := serveMonitor(ctx, *natsURL, ms, log); err != nil {
 		log.Error("monitor stopped", "err", err)
 		return 1
 	}
