@@ -55,7 +55,7 @@ $(TOOLS)/nats:
 
 ## test: vet and the whole suite, every module
 test: build tools images vet
-	@set -e; for m in $(MODULES); do echo "== $$m"; (cd $$m && $(TEST_ENV) $(GO) test -count=1 -timeout 8m ./...); done
+	@set -e; for m in $(MODULES); do echo "== $$m"; (cd $$m && $(TEST_ENV) $(GO) test -count=1 -timeout 13m ./...); done
 
 ## test-short: the suite without the slow end-to-end tests
 test-short: build tools
