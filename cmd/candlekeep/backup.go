@@ -18,6 +18,7 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/cluster"
+	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/services/backup"
 	"github.com/candlekeep/candlekeep/services/backup/file"
 	"github.com/candlekeep/candlekeep/services/backup/s3"
@@ -166,7 +167,7 @@ func (d *days) Set(s string) error {
 // serveBackup connects to natsURL, joins the cluster configuration (for
 // candles-max-age) and runs the backup service of the database at dbPath
 // until ctx ends.
-func serveBackup(ctx context.Context, natsURL, dbPath string, c backupConfig, m membership, log *slog.Logger) error {
+func serveBackup(ctx context.Context, nc0 natsutil.Client, dbPath string, c backupConfig, m membership, log *slog.Logger) error {
 	log = log.With("service", "backup")
 	abs, err := filepath.Abs(dbPath)
 	if err != nil {
@@ -176,7 +177,7 @@ func serveBackup(ctx context.Context, natsURL, dbPath string, c backupConfig, m 
 	if err != nil {
 		return err
 	}
-	return withConn(ctx, natsURL, backup.ServiceName, log, func(nc *nats.Conn) error {
+	return withConn(ctx, nc0, backup.ServiceName, log, func(nc *nats.Conn) error {
 		cfg, err := joinCluster(ctx, nc, m, log)
 		if err != nil {
 			return err
@@ -230,7 +231,8 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	var bc backupConfig
 	bc.register(fs)
 	dataDir := fs.String("data-dir", defaultDataDir, "directory of candles.db")
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
@@ -249,7 +251,7 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return 2
 	}
 	dbPath := filepath.Join(*dataDir, databaseFile)
-	if err := serveBackup(ctx, *natsURL, dbPath, bc, cf.membership(false, "backup"), log); err != nil {
+	if err := serveBackup(ctx, nf.c, dbPath, bc, cf.membership(false, "backup"), log); err != nil {
 		log.Error("backup service stopped", "err", err)
 		return 1
 	}

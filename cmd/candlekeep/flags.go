@@ -14,6 +14,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/pkg/config"
 	"github.com/candlekeep/candlekeep/pkg/logging"
+	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/services/fetcher"
 )
 
@@ -147,3 +148,45 @@ func databasePath(dataDir string) (string, error) {
 
 // shutdownGrace bounds a clean stop after SIGTERM.
 const shutdownGrace = 10 * time.Second
+
+// natsFlags are the connection flags of every service: several servers,
+// the user's nkey seed or creds file, TLS files.
+type natsFlags struct {
+	urls config.List
+	set  bool
+	c    natsutil.Client
+}
+
+func (n *natsFlags) register(fs *flag.FlagSet) {
+	n.urls = config.List{defaultNATSURL}
+	fs.Var(&natsURLs{n}, "nats-url", "NATS server URL; several (a cluster) comma-separated or by repeating the flag")
+	fs.StringVar(&n.c.NKeyFile, "nats-nkey", "", "nkey seed file of this service's user (candlekeep auth init writes DIR/<user>.nk)")
+	fs.StringVar(&n.c.CredsFile, "nats-creds", "", "JWT credentials file of this service's user")
+	fs.StringVar(&n.c.TLSCA, "nats-tls-ca", "", "CA certificate (PEM) that signed the NATS servers' certificates")
+	fs.StringVar(&n.c.TLSCert, "nats-tls-cert", "", "client certificate (PEM) for servers that verify clients")
+	fs.StringVar(&n.c.TLSKey, "nats-tls-key", "", "client certificate's key (PEM)")
+	n.c.URLs = n.urls
+}
+
+// natsURLs is --nats-url: the first use replaces the default, later ones add.
+type natsURLs struct{ n *natsFlags }
+
+func (u *natsURLs) String() string {
+	if u == nil || u.n == nil {
+		return ""
+	}
+	return u.n.urls.String()
+}
+
+func (u *natsURLs) Set(s string) error {
+	var l config.List
+	if err := l.Set(s); err != nil {
+		return err
+	}
+	if !u.n.set {
+		u.n.urls, u.n.set = nil, true
+	}
+	u.n.urls = append(u.n.urls, l...)
+	u.n.c.URLs = u.n.urls
+	return nil
+}

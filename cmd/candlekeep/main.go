@@ -45,6 +45,7 @@ func commands() []command {
 		{"status", "sync runs in progress (live on a terminal) and the last runs, from the monitor", runStatus},
 		{"sync", "request a sync, follow it and print a per-pair report (exit 0 ok, 1 failed, 124 timeout, 2 bad flags or no answer)", runSync},
 		{"sla", "the SLA audit of a window (default the last 30 days) from EVENTS: table, --json or --html page (exit 1 if a target was missed)", runSLA},
+		{"auth", "NATS credentials: auth init writes one nkey user per service, route auth, nats CLI contexts, TLS files", runAuth},
 		{"ping", "container health check: exit 0 when the service (fetcher, writer, backup, monitor) answers on NATS", runPing},
 		{"config", "read or change the cluster-wide settings stored in JetStream (get | set)", runConfig},
 	}

@@ -125,7 +125,8 @@ func runMonitor(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 	lf.register(fs)
 	var mf monitorFlags
 	mf.register(fs)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
@@ -139,7 +140,7 @@ func runMonitor(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		fmt.Fprintf(stderr, "candlekeep monitor: %v\n(see candlekeep monitor --help)\n", err)
 		return 2
 	}
-	if err := serveMonitor(ctx, *natsURL, ms, log); err != nil {
+	if err := serveMonitor(ctx, nf.c, ms, log); err != nil {
 		log.Error("monitor stopped", "err", err)
 		return 1
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
+	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/writer"
@@ -98,7 +99,7 @@ func TestStandbyWriterTakesOverAfterKill(t *testing.T) {
 	symbols := []string{"BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"}
 	fo := testFetcherOptions(simURL)
 	fo.Symbols, fo.Intervals = symbols, []string{"1m"}
-	go func() { _ = serveFetcher(t.Context(), ns.ClientURL(), fo, memberOf(fo), testLogger(t)) }()
+	go func() { _ = serveFetcher(t.Context(), natsutil.URL(ns.ClientURL()), fo, memberOf(fo), testLogger(t)) }()
 	nc := connect(t, ns.ClientURL())
 	ev := watchEvents(t, nc)
 	js, err := jetstream.New(nc)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
+	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 )
 
@@ -101,7 +102,7 @@ func TestWriterKilledMidBackfillEndsExact(t *testing.T) {
 	fo := testFetcherOptions(simURL)
 	fo.Symbols, fo.Intervals = symbols, []string{"1m"}
 	ctx := t.Context()
-	go func() { _ = serveFetcher(ctx, ns.ClientURL(), fo, memberOf(fo), testLogger(t)) }()
+	go func() { _ = serveFetcher(ctx, natsutil.URL(ns.ClientURL()), fo, memberOf(fo), testLogger(t)) }()
 	writerArgs := []string{"writer", "--nats-url", ns.ClientURL(), "--data-dir", dataDir, "--binance-url", simURL, "--log-format", "json"}
 	w := start(t, nil, writerArgs...)
 	nc := connect(t, ns.ClientURL())

@@ -79,9 +79,9 @@ func following(ctx context.Context, cfg *cluster.Config, fn func(context.Context
 // serveFetcher connects to natsURL and runs a fetcher until ctx ends. The
 // pair set, the schedule and the other cluster settings come from the
 // cluster configuration; o supplies the per-process settings.
-func serveFetcher(ctx context.Context, natsURL string, o fetcher.Options, m membership, log *slog.Logger) error {
+func serveFetcher(ctx context.Context, nc0 natsutil.Client, o fetcher.Options, m membership, log *slog.Logger) error {
 	log = log.With("service", "fetcher")
-	return withConn(ctx, natsURL, "candlekeep-fetcher", log, func(nc *nats.Conn) error {
+	return withConn(ctx, nc0, "candlekeep-fetcher", log, func(nc *nats.Conn) error {
 		cfg, err := joinCluster(ctx, nc, m, log)
 		if err != nil {
 			return err
@@ -102,19 +102,19 @@ func serveFetcher(ctx context.Context, natsURL string, o fetcher.Options, m memb
 // for a dying previous holder on this host to let go), opens the database
 // and writes; after losing the lease it closes everything and stands by
 // again.
-func serveWriter(ctx context.Context, natsURL, dbPath string, o writer.Options, m membership, log *slog.Logger) error {
-	return serveLeasedWriter(ctx, natsURL, dbPath, o, m, log, true)
+func serveWriter(ctx context.Context, nc0 natsutil.Client, dbPath string, o writer.Options, m membership, log *slog.Logger) error {
+	return serveLeasedWriter(ctx, nc0, dbPath, o, m, log, true)
 }
 
 // serveLeasedWriter is serveWriter; lockDir is false when the caller
 // (`candlekeep up`) holds the data directory's lock already.
-func serveLeasedWriter(ctx context.Context, natsURL, dbPath string, o writer.Options, m membership, log *slog.Logger, lockDir bool) error {
+func serveLeasedWriter(ctx context.Context, nc0 natsutil.Client, dbPath string, o writer.Options, m membership, log *slog.Logger, lockDir bool) error {
 	log = log.With("service", "writer")
 	abs, err := filepath.Abs(dbPath)
 	if err != nil {
 		return fmt.Errorf("database path %s: %w", dbPath, err)
 	}
-	return withConn(ctx, natsURL, "candlekeep-writer", log, func(nc *nats.Conn) error {
+	return withConn(ctx, nc0, "candlekeep-writer", log, func(nc *nats.Conn) error {
 		cfg, err := joinCluster(ctx, nc, m, log)
 		if err != nil {
 			return err
@@ -170,9 +170,9 @@ const lockPoll = 200 * time.Millisecond
 
 // withConn runs fn with a fresh connection and drains it afterwards, so
 // acks and publishes in flight reach the server before the process exits.
-func withConn(ctx context.Context, natsURL, name string, log *slog.Logger, fn func(*nats.Conn) error) error {
+func withConn(ctx context.Context, nc0 natsutil.Client, name string, log *slog.Logger, fn func(*nats.Conn) error) error {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	nc, err := natsutil.Connect(cctx, natsURL, name, log)
+	nc, err := natsutil.Connect(cctx, nc0, name, log)
 	cancel()
 	if err != nil {
 		return err
@@ -194,10 +194,10 @@ func withConn(ctx context.Context, natsURL, name string, log *slog.Logger, fn fu
 // serveMonitor connects to natsURL and runs the monitor until ctx ends. It
 // reads the cluster configuration and never writes it: a monitor started
 // first must not seed settings the other services would then follow.
-func serveMonitor(ctx context.Context, natsURL string, ms monitorSettings, log *slog.Logger) error {
+func serveMonitor(ctx context.Context, nc0 natsutil.Client, ms monitorSettings, log *slog.Logger) error {
 	log = log.With("service", "monitor")
 	ms.Receivers.logReceivers(log)
-	return withConn(ctx, natsURL, "candlekeep-monitor", log, func(nc *nats.Conn) error {
+	return withConn(ctx, nc0, "candlekeep-monitor", log, func(nc *nats.Conn) error {
 		js, err := jetstream.New(nc)
 		if err != nil {
 			return fmt.Errorf("jetstream: %w", err)

@@ -24,7 +24,8 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 	ff.register(fs)
 	var mf memoryFlag
 	mf.register(fs)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
@@ -38,7 +39,7 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		return 2
 	}
 	mf.apply()
-	if err := serveFetcher(ctx, *natsURL, ff.o, cf.membership(false, "fetcher"), log); err != nil {
+	if err := serveFetcher(ctx, nf.c, ff.o, cf.membership(false, "fetcher"), log); err != nil {
 		log.Error("fetcher stopped", "err", err)
 		return 1
 	}
@@ -58,7 +59,8 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 	dataDir := fs.String("data-dir", defaultDataDir, "directory of candles.db (created 0700)")
 	var mf memoryFlag
 	mf.register(fs)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	o := writer.DefaultOptions()
 	fs.BoolVar(&o.RebindSource, "rebind-source", false, rebindSourceUsage)
 	if code, ok := parseFlags(fs, args, getenv); !ok {
@@ -75,7 +77,7 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 		return 2
 	}
 	mf.apply()
-	if err := serveWriter(ctx, *natsURL, dbPath, o, cf.membership(false, "writer"), log); err != nil {
+	if err := serveWriter(ctx, nf.c, dbPath, o, cf.membership(false, "writer"), log); err != nil {
 		log.Error("writer stopped", "err", err)
 		return 1
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
+	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
@@ -43,7 +44,7 @@ func startSplitMode(t *testing.T, symbols []string, interval string, so sim.Opti
 	dataDir := t.TempDir()
 	fo := testFetcherOptions(simURL)
 	fo.Symbols, fo.Intervals = symbols, []string{interval}
-	go func() { _ = serveFetcher(t.Context(), ns.ClientURL(), fo, memberOf(fo), testLogger(t)) }()
+	go func() { _ = serveFetcher(t.Context(), natsutil.URL(ns.ClientURL()), fo, memberOf(fo), testLogger(t)) }()
 	nc := connect(t, ns.ClientURL())
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natstest"
+	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
@@ -34,7 +35,7 @@ func TestScheduleRunsOncePerTickAcrossFetchers(t *testing.T) {
 	fo := testFetcherOptions(simURL)
 	fo.Symbols, fo.Intervals, fo.Lookback, fo.SyncSchedule = []string{"BTCUSDT", "ETHUSDT"}, []string{"1h"}, 10, "@every 2s"
 	go func() {
-		writerDone <- serveWriter(ctx, url, filepath.Join(dataDir, databaseFile), writer.DefaultOptions(), memberOf(fo), testLogger(t))
+		writerDone <- serveWriter(ctx, natsutil.URL(url), filepath.Join(dataDir, databaseFile), writer.DefaultOptions(), memberOf(fo), testLogger(t))
 	}()
 	t.Cleanup(func() { cancel(); <-writerDone })
 	nc := connect(t, url)

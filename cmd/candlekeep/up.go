@@ -149,7 +149,7 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 		m.authoritative, m.by = true, "up"
 	}
 	var settings cluster.Settings
-	if err := withConn(ctx, url, "candlekeep-up", log, func(nc *nats.Conn) error {
+	if err := withConn(ctx, natsutil.URL(url), "candlekeep-up", log, func(nc *nats.Conn) error {
 		c, err := joinCluster(ctx, nc, m, log)
 		if err == nil {
 			settings = c.Current()
@@ -166,14 +166,14 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveLeasedWriter(gctx, url, dbPath, cfg.Writer, m, log, false) })
-	g.Go(func() error { return serveFetcher(gctx, url, cfg.Fetcher, m, log) })
+	g.Go(func() error { return serveLeasedWriter(gctx, natsutil.URL(url), dbPath, cfg.Writer, m, log, false) })
+	g.Go(func() error { return serveFetcher(gctx, natsutil.URL(url), cfg.Fetcher, m, log) })
 	g.Go(func() error { return watchStore(gctx, ns, url, filepath.Join(cfg.DataDir, "nats"), log) })
 	if cfg.Monitor != nil {
 		g.Go(func() error { superviseMonitor(gctx, url, *cfg.Monitor, log); return nil })
 	}
 	if cfg.Backup.enabled() {
-		g.Go(func() error { return serveBackup(gctx, url, dbPath, cfg.Backup, m, log) })
+		g.Go(func() error { return serveBackup(gctx, natsutil.URL(url), dbPath, cfg.Backup, m, log) })
 	}
 	if cfg.Ready != nil {
 		cfg.Ready(url)
@@ -196,7 +196,7 @@ func superviseMonitor(ctx context.Context, url string, ms monitorSettings, log *
 	wait := monitorRestartMin
 	for {
 		started := time.Now()
-		err := serveMonitor(ctx, url, ms, log)
+		err := serveMonitor(ctx, natsutil.URL(url), ms, log)
 		if ctx.Err() != nil {
 			return
 		}
@@ -219,7 +219,7 @@ func superviseMonitor(ctx context.Context, url string, ms monitorSettings, log *
 // EVENTS stores it only if its own store can still write.
 func watchStore(ctx context.Context, ns *server.Server, url, storeDir string, log *slog.Logger) error {
 	log = log.With("service", "nats-server")
-	return withConn(ctx, url, "candlekeep-up", log, func(nc *nats.Conn) error {
+	return withConn(ctx, natsutil.URL(url), "candlekeep-up", log, func(nc *nats.Conn) error {
 		js, err := jetstream.New(nc)
 		if err != nil {
 			return fmt.Errorf("jetstream: %w", err)

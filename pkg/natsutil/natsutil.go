@@ -18,7 +18,12 @@ import (
 // Connect dials url with unlimited reconnects and logs every disconnect,
 // reconnect and asynchronous error, so a restarted server is rejoined without
 // a human. name shows up in `nats server report connections`.
-func Connect(ctx context.Context, url, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+func Connect(ctx context.Context, c Client, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	creds, err := c.Options()
+	if err != nil {
+		return nil, err
+	}
+	url := c.ServerList()
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -41,6 +46,7 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger, extra ...n
 			log.Error("nats async error", "subject", subject, "err", err)
 		}),
 	}
+	opts = append(opts, creds...)
 	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
