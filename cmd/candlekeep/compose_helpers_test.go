@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -8,12 +9,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
@@ -421,4 +425,62 @@ func (c clusterEvents) wait(t testing.TB, kind, runID string, timeout time.Durat
 		}
 		return json.Unmarshal(got[0], v)
 	})
+}
+
+// crash kills a service's process from the host with SIGKILL, as a crash
+// or the kernel's OOM killer would. `docker kill` would not do: docker
+// marks a container it killed as stopped by hand, and its restart policy
+// then leaves it down.
+func (s *stack) crash(svc string) {
+	s.t.Helper()
+	pid, err := strconv.Atoi(s.docker("inspect", "-f", "{{.State.Pid}}", s.container(svc)))
+	if err != nil || pid <= 0 {
+		s.t.Fatalf("%s: no process to kill (pid %d: %v)", svc, pid, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		s.t.Fatalf("kill -9 %d (%s): %v (the container tests run as root, as .ci/run does)", pid, svc, err)
+	}
+}
+
+// cli runs the real nats CLI with a user's context (deploy/compose's
+// secrets/context/<user>.json) and returns its output and error.
+func (s *stack) cli(user string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full := append([]string{"--context", filepath.Join(s.secrets, "context", user+".json"), "--timeout", "3s"}, args...)
+	cmd := exec.CommandContext(ctx, natsCLI(s.t), full...)
+	cmd.Env = append(os.Environ(), "HOME="+s.t.TempDir())
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// publicKey is the nkey user of a service's seed file, as the servers log it.
+func (s *stack) publicKey(user string) string {
+	s.t.Helper()
+	seed, err := os.ReadFile(filepath.Join(s.secrets, user+".nk"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	kp, err := nkeys.FromSeed(bytes.TrimSpace(seed))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return pub
+}
+
+// violations counts, over the three nodes' logs, the permission violations
+// the servers logged for user publishing to subject.
+func (s *stack) violations(user, subject string) int {
+	s.t.Helper()
+	needle := fmt.Sprintf("nkey:%s\" - Publish Violation - Subject %q", s.publicKey(user), subject)
+	n := 0
+	for _, node := range []string{"nats-1", "nats-2", "nats-3"} {
+		out, _ := exec.Command("docker", "logs", s.container(node)).CombinedOutput()
+		n += strings.Count(string(out), needle)
+	}
+	return n
 }

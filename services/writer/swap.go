@@ -270,27 +270,59 @@ func (id *fileIdentity) gone() error {
 	}
 	if err == nil {
 		id.fi = fi
-		return shortOfHeader(id.path, fi.Size())
+		return shortOfHeader(id.path)
 	}
 	return nil
 }
+
+// shortConfirm is how often, and how far apart, a file found shorter than
+// its header is looked at again before it counts as truncated.
+const (
+	shortConfirmTries = 10
+	shortConfirmWait  = 200 * time.Millisecond
+)
 
 // shortOfHeader reports a file shorter than its SQLite header says: the
 // header's page count times the page size (valid when the version-valid-for
 // number matches the change counter) is the size of the database as last
 // checkpointed, and the file is never shorter than that unless it was cut.
-func shortOfHeader(path string, size int64) error {
+// A checkpoint in progress (the writer's own, or another connection's)
+// writes page 1, with the new page count, before the pages that grow the
+// file: for that moment a sound file looks short. So a short file counts
+// only when it is short at every one of ten looks over two seconds.
+func shortOfHeader(path string) error {
+	var err error
+	for i := range shortConfirmTries {
+		if i > 0 {
+			time.Sleep(shortConfirmWait)
+		}
+		if err = shortOnce(path); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// shortOnce is one look: the header first, then the size (a checkpoint
+// only ever makes the size catch up with the header).
+func shortOnce(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil // gone() reports a missing file; other errors say nothing
 	}
 	defer f.Close()
 	var h [100]byte
-	if n, err := f.ReadAt(h[:], 0); n < len(h) {
+	n, rerr := f.ReadAt(h[:], 0)
+	fi, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	size := fi.Size()
+	if n < len(h) {
 		if size == 0 {
 			return nil // a database never written to
 		}
-		return fmt.Errorf("the database file %s is %d bytes, shorter than SQLite's header (%v)", path, size, err)
+		return fmt.Errorf("the database file %s is %d bytes, shorter than SQLite's header (%v)", path, size, rerr)
 	}
 	pageSize := int64(binary.BigEndian.Uint16(h[16:18]))
 	if pageSize == 1 {
