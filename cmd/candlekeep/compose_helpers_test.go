@@ -121,6 +121,14 @@ func newStack(t testing.TB, ckImage, natsImage string, c stackConfig) *stack {
 		if t.Failed() {
 			out, _ := s.compose("logs", "--no-color", "--tail", "40")
 			t.Logf("compose logs (tail):\n%s", out)
+			if dir := os.Getenv("CANDLEKEEP_COMPOSE_LOGS"); dir != "" {
+				// The whole logs, for a failure that the tail does not explain.
+				all, _ := s.compose("logs", "--no-color", "--timestamps")
+				p := filepath.Join(dir, s.project+".log")
+				if err := os.WriteFile(p, []byte(all), 0o600); err == nil {
+					t.Logf("compose logs in full: %s", p)
+				}
+			}
 		}
 		if out, err := s.compose("down", "-v", "--remove-orphans", "-t", "5"); err != nil {
 			t.Errorf("docker-compose down: %v\n%s", err, out)
