@@ -373,3 +373,76 @@ func TestMonitorNATSConnectionMetrics(t *testing.T) {
 		return fmt.Errorf("no reconnect log naming the server; output:\n%s", mon.out)
 	})
 }
+
+// A service whose credentials the server stops accepting (the server came
+// back with new keys) stops with the AuthError at the next reconnect,
+// instead of retrying forever: runWriter and the others then exit 78.
+func TestRejectedOnReconnectStopsTheService(t *testing.T) {
+	addr, store := freeAddr(t), t.TempDir()
+	serve := func() (*server.Server, string) {
+		dir := t.TempDir()
+		if _, err := natsauth.Init(natsauth.Options{Dir: dir}); err != nil {
+			t.Fatal(err)
+		}
+		conf := filepath.Join(dir, "server.conf")
+		if err := os.WriteFile(conf, []byte("listen: "+addr+"\njetstream { store_dir: \""+store+"\" }\ninclude \"auth.conf\"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		o, err := server.ProcessConfigFile(conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.NoSigs = true
+		ns, err := server.NewServer(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatal("nats-server with auth not ready within 10s")
+		}
+		// The seed of this server's writer, kept apart from the next one's.
+		seed := filepath.Join(t.TempDir(), "writer.nk")
+		data, err := os.ReadFile(natsauth.SeedPath(dir, natsauth.UserWriter))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(seed, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return ns, seed
+	}
+	ns, seed := serve()
+	var logs testlog.Buffer
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+	c := natsutil.Client{URLs: []string{"nats://" + addr}, NKeyFile: seed}
+	running := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		errc <- withServiceConn(t.Context(), c, "candlekeep-writer", log, func(ctx context.Context, _ *nats.Conn) error {
+			close(running)
+			<-ctx.Done()
+			return nil
+		})
+	}()
+	select {
+	case <-running:
+	case err := <-errc:
+		t.Fatalf("the service did not start: %v\n%s", err, logs.String())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the service did not connect within 20s:\n%s", logs.String())
+	}
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	serve() // same address and store, new keys: the old writer seed is unknown
+	select {
+	case err := <-errc:
+		if !natsutil.IsAuthError(err) || !strings.Contains(err.Error(), seed) || !strings.Contains(err.Error(), "candlekeep auth init") {
+			t.Fatalf("the service stopped with %v, want the authorization error naming %s and the fix", err, seed)
+		}
+		t.Logf("stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the service still runs 30s after its credentials were rejected:\n%s", logs.String())
+	}
+}
