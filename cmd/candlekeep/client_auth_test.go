@@ -446,3 +446,39 @@ func TestRejectedOnReconnectStopsTheService(t *testing.T) {
 		t.Fatalf("the service still runs 30s after its credentials were rejected:\n%s", logs.String())
 	}
 }
+
+// A service started before its NATS server waits for it (logging the
+// retries, not every one), then connects and says to which server.
+func TestServiceStartedBeforeNATSWaits(t *testing.T) {
+	addr := freeAddr(t)
+	w := start(t, nil, "writer", "--data-dir", t.TempDir(), "--nats-url", "nats://"+addr, "--log-format", "json")
+	checkfor.Check(t, 20*time.Second, 50*time.Millisecond, func() error {
+		if w.exited() {
+			t.Fatalf("the writer exited without a server: %v\n%s", w.err, w.out)
+		}
+		if !strings.Contains(w.out.String(), "cannot reach nats; retrying") {
+			return errors.New("no retry log yet")
+		}
+		return nil
+	})
+	ns, err := natsutil.RunServer(natsutil.ServerOptions{Listen: addr, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	checkfor.Check(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if w.exited() {
+			t.Fatalf("the writer exited: %v\n%s", w.err, w.out)
+		}
+		for _, l := range strings.Split(w.out.String(), "\n") {
+			if strings.Contains(l, `"msg":"nats connected"`) && strings.Contains(l, `"url":"nats://`+addr+`"`) {
+				return nil
+			}
+		}
+		return errors.New("no connected log naming the server")
+	})
+	if n := strings.Count(w.out.String(), "cannot reach nats; retrying"); n > 2 {
+		t.Errorf("%d retry logs while waiting: want the first and then one per 30s\n%s", n, w.out)
+	}
+	natsUntil(t, ns.ClientURL(), "candlekeep-writer", "micro", "ls")
+}

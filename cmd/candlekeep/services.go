@@ -189,6 +189,9 @@ func withServiceConn(ctx context.Context, nc0 natsutil.Client, name string, log 
 func connected(ctx, connectCtx context.Context, nc0 natsutil.Client, name string, log *slog.Logger, fn func(context.Context, *nats.Conn) error) error {
 	nc, err := natsutil.Connect(connectCtx, nc0, name, log)
 	if err != nil {
+		if ctx.Err() != nil && !natsutil.IsAuthError(err) {
+			return nil // stopped while waiting for the server
+		}
 		return err
 	}
 	defer natsutil.Forget(nc)
