@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -149,12 +150,34 @@ func Dial(c Client, name string, timeout time.Duration, hint string, extra ...na
 	if err != nil {
 		return nil, err
 	}
-	opts := append([]nats.Option{nats.Name(name), nats.Timeout(timeout), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})}, creds...)
+	opts := append([]nats.Option{nats.Name(name), nats.Timeout(timeout), nats.ErrorHandler(commandErrorHandler(c, name))}, creds...)
 	nc, err := nats.Connect(c.ServerList(), append(opts, extra...)...)
 	if err != nil {
 		return nil, c.ConnectError(err, hint)
 	}
 	return nc, nil
+}
+
+// commandErrorHandler reports a short command's asynchronous errors on
+// stderr, a permission violation as one line naming the subject and the
+// credentials.
+func commandErrorHandler(c Client, name string) nats.ErrHandler {
+	return func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		if op, subject, ok := DeniedSubject(err); ok && subject != "" {
+			who := "a connection without credentials"
+			if ae := c.authError(err); ae.Flag != "" {
+				who = ae.Who
+			}
+			fmt.Fprintf(os.Stderr, "%s: nats permission denied: %s may not %s %q; give the seed of a user allowed to (--nats-nkey; the operator's for changes)\n",
+				name, who, map[string]string{"publish": "publish to", "subscription": "subscribe to"}[op], subject)
+			return
+		}
+		if sub != nil {
+			fmt.Fprintf(os.Stderr, "%s: nats: %v (subscription %s)\n", name, err, sub.Subject)
+			return
+		}
+		fmt.Fprintf(os.Stderr, "%s: nats: %v\n", name, err)
+	}
 }
 
 // redactedURL is the URL nc is connected to, without credentials.
