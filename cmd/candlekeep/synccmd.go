@@ -418,8 +418,3 @@ func isTerminalWriter(w io.Writer) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
-
-// redactErr removes the URL, which may carry a password, from err's text.
-func redactErr(err error, rawURL string) string {
-	return strings.ReplaceAll(err.Error(), rawURL, candles.RedactURL(rawURL))
-}
