@@ -177,7 +177,7 @@ func serveBackup(ctx context.Context, nc0 natsutil.Client, dbPath string, c back
 	if err != nil {
 		return err
 	}
-	return withConn(ctx, nc0, backup.ServiceName, log, func(nc *nats.Conn) error {
+	return withServiceConn(ctx, nc0, backup.ServiceName, log, func(ctx context.Context, nc *nats.Conn) error {
 		cfg, err := joinCluster(ctx, nc, m, log)
 		if err != nil {
 			return err
@@ -252,17 +252,16 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	}
 	dbPath := filepath.Join(*dataDir, databaseFile)
 	if err := serveBackup(ctx, nf.c, dbPath, bc, cf.membership(false, "backup"), log); err != nil {
-		log.Error("backup service stopped", "err", err)
-		return 1
+		return serviceExit(log, "backup service", err)
 	}
 	return 0
 }
 
 // backupRequest sends an empty request to subject and returns the reply.
-func backupRequest(ctx context.Context, name, natsURL, subject string, timeout time.Duration, stderr io.Writer) ([]byte, bool) {
-	nc, err := nats.Connect(natsURL, nats.Name("candlekeep-"+strings.ReplaceAll(name, " ", "-")))
+func backupRequest(ctx context.Context, name string, nf *natsFlags, subject string, timeout time.Duration, stderr io.Writer) ([]byte, bool) {
+	nc, err := nf.dial("candlekeep-"+strings.ReplaceAll(name, " ", "-"), dialTimeout, "")
 	if err != nil {
-		fmt.Fprintf(stderr, "candlekeep %s: connect to %s: %v (is candlekeep running? check --nats-url)\n", name, candles.RedactURL(natsURL), err)
+		fmt.Fprintf(stderr, "candlekeep %s: %v\n", name, err)
 		return nil, false
 	}
 	defer nc.Close()
@@ -288,13 +287,14 @@ func runBackupNow(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	fs := flagSet("backup now", "candlekeep backup now [flags]",
 		"Asks the backup service (candles.api.backup) for one backup now and prints each\n"+
 			"tier's result. Exit 0 when every tier holds a verified copy, 1 otherwise.", stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for the backup")
 	asJSON := fs.Bool("json", false, "print the service's JSON reply instead of a table")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
-	data, ok := backupRequest(ctx, "backup now", *natsURL, candles.SubjectAPIBackup, *timeout, stderr)
+	data, ok := backupRequest(ctx, "backup now", &nf, candles.SubjectAPIBackup, *timeout, stderr)
 	if !ok {
 		return 1
 	}
@@ -334,13 +334,14 @@ func runBackupList(ctx context.Context, args []string, stdout, stderr io.Writer,
 		"Lists every copy in every tier (candles.api.backup.ls): tier, name, age, size,\n"+
 			"watermark and whether it is verified. Incomplete copies (no manifest: an upload\n"+
 			"that failed) are listed too, and never restored. Exit 1 if a tier cannot be listed.", stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	timeout := fs.Duration("timeout", time.Minute, "how long to wait for the listing")
 	asJSON := fs.Bool("json", false, "print the service's JSON reply instead of a table")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
-	data, ok := backupRequest(ctx, "backup ls", *natsURL, candles.SubjectAPIBackupList, *timeout, stderr)
+	data, ok := backupRequest(ctx, "backup ls", &nf, candles.SubjectAPIBackupList, *timeout, stderr)
 	if !ok {
 		return 1
 	}

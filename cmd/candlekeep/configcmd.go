@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/candlekeep/candlekeep/pkg/cluster"
@@ -29,7 +28,8 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		defer func() { code = 2 }()
 	}
 	fs := flagSet("config", synopsis, configDescription(), stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	asJSON := fs.Bool("json", false, "get: print the settings as a JSON object")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for NATS")
 	// Flags may follow the keys: split them off first.
@@ -80,9 +80,9 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			changes = append(changes, change{key, value})
 		}
 	}
-	nc, err := nats.Connect(*natsURL, nats.Name("candlekeep-config"), nats.Timeout(*timeout))
+	nc, err := nf.dial("candlekeep-config", *timeout, "")
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: connect to %s: %v (is candlekeep running? check --nats-url)\n", name, *natsURL, err)
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
 	}
 	defer nc.Close()

@@ -38,7 +38,8 @@ func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, g
 			"--max-staleness, or one interval plus 2h for intervals longer than that),\n"+
 			"or when a full gap audit is due (a stream was replaced: stream.replaced);\n"+
 			"2 for bad flags.", stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	var symbols, intervals config.List
 	fs.Var(&symbols, "symbols", "only these symbols (comma-separated; default: the configured symbols)")
 	fs.Var(&intervals, "intervals", "only these intervals (comma-separated; default: the configured intervals)")
@@ -65,9 +66,9 @@ func runCoverage(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	if *maxStale <= 0 {
 		return bad("--max-staleness %v: want a positive duration such as 26h", *maxStale)
 	}
-	nc, err := nats.Connect(*natsURL, nats.Name("candlekeep-coverage"))
+	nc, err := nf.dial("candlekeep-coverage", dialTimeout, "")
 	if err != nil {
-		fmt.Fprintf(stderr, "candlekeep coverage: connect to %s: %v (is candlekeep running? check --nats-url)\n", *natsURL, err)
+		fmt.Fprintf(stderr, "candlekeep coverage: %v\n", err)
 		return 1
 	}
 	defer nc.Close()

@@ -19,13 +19,14 @@ func runDrill(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 			"integrity_check), compared with the live database's coverage and timed.\n"+
 			"Production is not touched. The backup service also runs one on\n"+
 			"--drill-schedule (monthly). Exit 0 when every tier restores, 1 otherwise.", stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for the drill")
 	asJSON := fs.Bool("json", false, "print the service's JSON reply instead of a table")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
 		return code
 	}
-	data, ok := backupRequest(ctx, "drill", *natsURL, candles.SubjectAPIDrill, *timeout, stderr)
+	data, ok := backupRequest(ctx, "drill", &nf, candles.SubjectAPIDrill, *timeout, stderr)
 	if !ok {
 		return 1
 	}

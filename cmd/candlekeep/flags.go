@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/pkg/config"
 	"github.com/candlekeep/candlekeep/pkg/logging"
@@ -189,4 +191,33 @@ func (u *natsURLs) Set(s string) error {
 	u.n.urls = append(u.n.urls, l...)
 	u.n.c.URLs = u.n.urls
 	return nil
+}
+
+// dialTimeout bounds a command's connection to NATS (nats.go's default).
+const dialTimeout = 2 * time.Second
+
+// connectHint is what a command that cannot reach NATS tells to check.
+const connectHint = "is candlekeep running? check --nats-url"
+
+// dial connects a short-lived command (health, status, sync, ...) with
+// these flags: one attempt within timeout; the error says what to do (an
+// *natsutil.AuthError names the credentials the server rejected).
+func (n *natsFlags) dial(name string, timeout time.Duration, hint string) (*nats.Conn, error) {
+	if hint == "" {
+		hint = connectHint
+	}
+	return natsutil.Dial(n.c, name, timeout, hint)
+}
+
+// serviceExit logs why a service stopped and returns its exit code:
+// natsutil.ExitConfig (78) when the server rejected its credentials, which
+// a restart does not fix (the systemd units do not restart on 78), 1 for
+// other errors.
+func serviceExit(log *slog.Logger, service string, err error) int {
+	if natsutil.IsAuthError(err) {
+		log.Error(service + " cannot run: " + err.Error())
+		return natsutil.ExitConfig
+	}
+	log.Error(service+" stopped", "err", err)
+	return 1
 }

@@ -39,7 +39,8 @@ func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			"monitor's HealthReport as docs/monitoring.md describes it.\n\n"+
 			"Exit status: 0 healthy (every check ok); 1 problems (a check warns or fails);\n"+
 			"2 cannot tell (a check is unknown, no monitor answers) or bad flags.", stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	asJSON := fs.Bool("json", false, "print the monitor's JSON report instead of a table")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the monitor's answer")
 	if code, ok := parseFlags(fs, args, getenv); !ok {
@@ -50,7 +51,7 @@ func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return exitUnknown
 	}
 	var hr candles.HealthReport
-	if err := askMonitor(ctx, *natsURL, "candlekeep-health", candles.SubjectAPIHealth, *timeout, &hr); err != nil {
+	if err := askMonitor(ctx, &nf, "candlekeep-health", candles.SubjectAPIHealth, *timeout, &hr); err != nil {
 		fmt.Fprintf(stderr, "candlekeep health: %v\n", err)
 		return exitUnknown
 	}
@@ -77,8 +78,8 @@ func healthExit(s candles.CheckStatus) int {
 
 // askMonitor sends one request to a monitor endpoint on natsURL and decodes
 // the answer into v. Its errors say what an operator checks next.
-func askMonitor(ctx context.Context, natsURL, name, subject string, timeout time.Duration, v any) error {
-	mc, err := dialMonitor(natsURL, name, timeout)
+func askMonitor(ctx context.Context, nf *natsFlags, name, subject string, timeout time.Duration, v any) error {
+	mc, err := dialMonitor(nf, name, timeout)
 	if err != nil {
 		return err
 	}
@@ -92,10 +93,10 @@ type monitorClient struct {
 	timeout time.Duration
 }
 
-func dialMonitor(natsURL, name string, timeout time.Duration) (*monitorClient, error) {
-	nc, err := nats.Connect(natsURL, nats.Name(name), nats.Timeout(timeout))
+func dialMonitor(nf *natsFlags, name string, timeout time.Duration) (*monitorClient, error) {
+	nc, err := nf.dial(name, timeout, "")
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %v (is candlekeep running? check --nats-url)", candles.RedactURL(natsURL), err)
+		return nil, err
 	}
 	return &monitorClient{nc: nc, timeout: timeout}, nil
 }
@@ -203,6 +204,13 @@ func printHealth(w io.Writer, hr candles.HealthReport, colour bool) {
 			}
 		}
 		_ = tw.Flush()
+	}
+	if n := hr.NATS; n != nil {
+		if n.Connected {
+			fmt.Fprintf(w, "\nmonitor's NATS connection: connected to %s (%d reconnects)\n", n.Server, n.Reconnects)
+		} else {
+			fmt.Fprintf(w, "\nmonitor's NATS connection: disconnected since %s\n", n.DisconnectedSince.UTC().Format(time.RFC3339))
+		}
 	}
 	at := ""
 	if !hr.At.IsZero() {

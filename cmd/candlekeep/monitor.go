@@ -141,8 +141,7 @@ func runMonitor(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 		return 2
 	}
 	if err := serveMonitor(ctx, nf.c, ms, log); err != nil {
-		log.Error("monitor stopped", "err", err)
-		return 1
+		return serviceExit(log, "monitor", err)
 	}
 	return 0
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -10,8 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
-
-	"github.com/candlekeep/candlekeep/pkg/candles"
 )
 
 // pingServices are the services `candlekeep ping` knows, by the target name
@@ -30,16 +29,19 @@ var pingServices = map[string]string{
 func runPing(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) int {
 	fs := flagSet("ping", "candlekeep ping [flags] fetcher|writer|backup|monitor",
 		"Exits 0 when at least one instance of the service answers a micro ping\n"+
-			"($SRV.PING.candlekeep-<service>) through --nats-url, 1 when none answers in\n"+
+			"($SRV.PING.candlekeep-<service>) through --nats-url with the service's\n"+
+			"credentials (--nats-nkey or CANDLEKEEP_NATS_NKEY), 1 when none answers in\n"+
 			"--timeout, 2 for bad flags. A container health check (the images have no shell).", stderr)
-	natsURL := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server URL (several: comma-separated)")
+	var nf natsFlags
+	nf.register(fs)
 	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for an answer")
 	var svc string
-	// The service is the first or the last argument.
+	// The service is the first or the last argument (not the value of the
+	// flag before it).
 	switch {
 	case len(args) > 0 && !strings.HasPrefix(args[0], "-"):
 		svc, args = args[0], args[1:]
-	case len(args) > 1 && !strings.HasPrefix(args[len(args)-1], "-") && !strings.HasPrefix(args[len(args)-2], "--nats-url") && !strings.HasPrefix(args[len(args)-2], "--timeout"):
+	case len(args) > 1 && !strings.HasPrefix(args[len(args)-1], "-") && !takesValue(fs, args[len(args)-2]):
 		svc, args = args[len(args)-1], args[:len(args)-1]
 	}
 	if code, ok := parseFlags(fs, args, getenv); !ok {
@@ -50,9 +52,9 @@ func runPing(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		fmt.Fprintf(stderr, "candlekeep ping: want a service: fetcher, writer, backup or monitor (got %q)\n", svc)
 		return 2
 	}
-	nc, err := nats.Connect(*natsURL, nats.Name("candlekeep-ping"), nats.Timeout(*timeout))
+	nc, err := nf.dial("candlekeep-ping", *timeout, "")
 	if err != nil {
-		fmt.Fprintf(stderr, "candlekeep ping %s: connect to %s: %v\n", svc, candles.RedactURL(*natsURL), err)
+		fmt.Fprintf(stderr, "candlekeep ping %s: %v\n", svc, err)
 		return 1
 	}
 	defer nc.Close()
@@ -69,4 +71,20 @@ func runPing(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}
 	fmt.Fprintf(stdout, "%s\n", msg.Data)
 	return 0
+}
+
+// takesValue reports whether arg is a flag of fs that takes the next
+// argument as its value (--nats-nkey FILE, not --flag=value or a bool).
+func takesValue(fs *flag.FlagSet, arg string) bool {
+	if !strings.HasPrefix(arg, "-") || strings.Contains(arg, "=") {
+		return false
+	}
+	f := fs.Lookup(strings.TrimLeft(arg, "-"))
+	if f == nil {
+		return false
+	}
+	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+		return false
+	}
+	return true
 }

@@ -28,7 +28,8 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 			"from the copy's watermark; then a gap-audit sync re-fetches what the stream\n"+
 			"no longer holds. Exit 0 restored, 1 not restored (the database in place is\n"+
 			"untouched), 2 bad flags. See docs/backup.md.", stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	from := fs.String("from", "", "restore from one tier (hot, warm, cold) or the path of a copy (*.db.zst with its manifest beside it); default every tier, hot first")
 	at := fs.String("at", "", "restore the newest copy taken at or before this time (RFC 3339, or 2006-01-02[T15:04] UTC); default the newest")
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for the restore and the replay")
@@ -49,7 +50,7 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 		fmt.Fprintf(stderr, "candlekeep restore: --from %q: want hot, warm, cold or an absolute path of a copy\n", f)
 		return 2
 	}
-	rep, ok := requestRestore(ctx, *natsURL, req, *timeout, stderr)
+	rep, ok := requestRestore(ctx, &nf, req, *timeout, stderr)
 	if !ok {
 		return 1
 	}
@@ -80,11 +81,11 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 }
 
 // requestRestore sends req to candles.api.restore.
-func requestRestore(ctx context.Context, natsURL string, req backup.RestoreRequest, timeout time.Duration, stderr io.Writer) (backup.RestoreReport, bool) {
+func requestRestore(ctx context.Context, nf *natsFlags, req backup.RestoreRequest, timeout time.Duration, stderr io.Writer) (backup.RestoreReport, bool) {
 	var rep backup.RestoreReport
-	nc, err := nats.Connect(natsURL, nats.Name("candlekeep-restore"))
+	nc, err := nf.dial("candlekeep-restore", dialTimeout, "")
 	if err != nil {
-		fmt.Fprintf(stderr, "candlekeep restore: connect to %s: %v (is candlekeep running? check --nats-url)\n", candles.RedactURL(natsURL), err)
+		fmt.Fprintf(stderr, "candlekeep restore: %v\n", err)
 		return rep, false
 	}
 	defer nc.Close()

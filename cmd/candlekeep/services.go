@@ -81,7 +81,7 @@ func following(ctx context.Context, cfg *cluster.Config, fn func(context.Context
 // cluster configuration; o supplies the per-process settings.
 func serveFetcher(ctx context.Context, nc0 natsutil.Client, o fetcher.Options, m membership, log *slog.Logger) error {
 	log = log.With("service", "fetcher")
-	return withConn(ctx, nc0, "candlekeep-fetcher", log, func(nc *nats.Conn) error {
+	return withServiceConn(ctx, nc0, "candlekeep-fetcher", log, func(ctx context.Context, nc *nats.Conn) error {
 		cfg, err := joinCluster(ctx, nc, m, log)
 		if err != nil {
 			return err
@@ -114,7 +114,7 @@ func serveLeasedWriter(ctx context.Context, nc0 natsutil.Client, dbPath string, 
 	if err != nil {
 		return fmt.Errorf("database path %s: %w", dbPath, err)
 	}
-	return withConn(ctx, nc0, "candlekeep-writer", log, func(nc *nats.Conn) error {
+	return withServiceConn(ctx, nc0, "candlekeep-writer", log, func(ctx context.Context, nc *nats.Conn) error {
 		cfg, err := joinCluster(ctx, nc, m, log)
 		if err != nil {
 			return err
@@ -170,21 +170,56 @@ const lockPoll = 200 * time.Millisecond
 
 // withConn runs fn with a fresh connection and drains it afterwards, so
 // acks and publishes in flight reach the server before the process exits.
+// The first connection is waited for at most 30s.
 func withConn(ctx context.Context, nc0 natsutil.Client, name string, log *slog.Logger, fn func(*nats.Conn) error) error {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	nc, err := natsutil.Connect(cctx, nc0, name, log)
-	cancel()
+	defer cancel()
+	return connected(ctx, cctx, nc0, name, log, func(_ context.Context, nc *nats.Conn) error { return fn(nc) })
+}
+
+// withServiceConn is withConn for a long-running service: it waits for its
+// server as long as ctx lasts (a service started before NATS), and when
+// the server rejects its credentials (at connect or on a reconnect) fn's
+// context ends and the error is an *natsutil.AuthError: the service exits
+// with natsutil.ExitConfig.
+func withServiceConn(ctx context.Context, nc0 natsutil.Client, name string, log *slog.Logger, fn func(context.Context, *nats.Conn) error) error {
+	return connected(ctx, ctx, nc0, name, log, fn)
+}
+
+func connected(ctx, connectCtx context.Context, nc0 natsutil.Client, name string, log *slog.Logger, fn func(context.Context, *nats.Conn) error) error {
+	nc, err := natsutil.Connect(connectCtx, nc0, name, log)
 	if err != nil {
+		if ctx.Err() != nil && !natsutil.IsAuthError(err) {
+			return nil // stopped while waiting for the server
+		}
 		return err
 	}
+	defer natsutil.Forget(nc)
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	runErr := fn(nc)
+	var closedErr error
+	nc.SetClosedHandler(func(c *nats.Conn) {
+		closedErr = nc0.Closed(c)
+		if closedErr != nil {
+			cancel()
+		}
+		close(closed)
+	})
+	if nc.IsClosed() { // closed before the handler was set
+		if err := nc0.Closed(nc); err != nil {
+			return err
+		}
+	}
+	runErr := fn(fctx, nc)
 	if err := nc.Drain(); err != nil {
 		nc.Close()
 	}
 	select {
 	case <-closed:
+		if closedErr != nil {
+			return closedErr
+		}
 	case <-time.After(shutdownGrace):
 		nc.Close()
 	}
@@ -197,7 +232,7 @@ func withConn(ctx context.Context, nc0 natsutil.Client, name string, log *slog.L
 func serveMonitor(ctx context.Context, nc0 natsutil.Client, ms monitorSettings, log *slog.Logger) error {
 	log = log.With("service", "monitor")
 	ms.Receivers.logReceivers(log)
-	return withConn(ctx, nc0, "candlekeep-monitor", log, func(nc *nats.Conn) error {
+	return withServiceConn(ctx, nc0, "candlekeep-monitor", log, func(ctx context.Context, nc *nats.Conn) error {
 		js, err := jetstream.New(nc)
 		if err != nil {
 			return fmt.Errorf("jetstream: %w", err)

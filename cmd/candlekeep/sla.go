@@ -12,10 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/services/monitor/sla"
 )
 
@@ -45,7 +43,8 @@ func slaCommand(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 			"and counts against availability.\n\n"+
 			"Exit status: 0 when every target is met; 1 when any is missed; 2 for bad flags,\n"+
 			"no answer from NATS, or nothing recorded for the window.", stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	since := fs.String("since", "30d", "the window ends now (or at --to) and is this long: days (30d), hours (36h) or both (1d12h)")
 	fromFlag := fs.String("from", "", "the window's start: RFC 3339 (2026-11-01T00:00:00Z) or a UTC date (2026-11-01); instead of --since")
 	toFlag := fs.String("to", "", "the window's end (excluded): RFC 3339 or a UTC date (default: now)")
@@ -95,9 +94,9 @@ func slaCommand(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 		return bad("--timeout %v: want a positive duration", *timeout)
 	}
 
-	nc, err := nats.Connect(*natsURL, nats.Name("candlekeep-sla"))
+	nc, err := nf.dial("candlekeep-sla", dialTimeout, "")
 	if err != nil {
-		fmt.Fprintf(stderr, "candlekeep sla: connect to %s: %v (is candlekeep running? check --nats-url)\n", candles.RedactURL(*natsURL), err)
+		fmt.Fprintf(stderr, "candlekeep sla: %v\n", err)
 		return slaNoAnswer
 	}
 	defer nc.Close()

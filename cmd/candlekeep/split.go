@@ -40,8 +40,7 @@ func runFetcher(ctx context.Context, args []string, _, stderr io.Writer, getenv 
 	}
 	mf.apply()
 	if err := serveFetcher(ctx, nf.c, ff.o, cf.membership(false, "fetcher"), log); err != nil {
-		log.Error("fetcher stopped", "err", err)
-		return 1
+		return serviceExit(log, "fetcher", err)
 	}
 	return 0
 }
@@ -78,8 +77,7 @@ func runWriter(ctx context.Context, args []string, _, stderr io.Writer, getenv e
 	}
 	mf.apply()
 	if err := serveWriter(ctx, nf.c, dbPath, o, cf.membership(false, "writer"), log); err != nil {
-		log.Error("writer stopped", "err", err)
-		return 1
+		return serviceExit(log, "writer", err)
 	}
 	return 0
 }

@@ -30,7 +30,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			"once (or every --interval with --watch). --json prints the monitor's\n"+
 			"StatusReport.\n\n"+
 			"Exit status: 0; 2 when no monitor answers or for bad flags.", stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	asJSON := fs.Bool("json", false, "print the monitor's JSON report instead of lines")
 	terminal := isTerminal(stdout)
 	watch := fs.Bool("watch", terminal, "ask again every --interval until interrupted (default: on when stdout is a terminal)")
@@ -52,7 +53,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if *asJSON && !flagGiven(fs, "watch") {
 		*watch = false // JSON is for scripts: one report unless asked for more
 	}
-	mc, err := dialMonitor(*natsURL, "candlekeep-status", *timeout)
+	mc, err := dialMonitor(&nf, "candlekeep-status", *timeout)
 	if err != nil {
 		fmt.Fprintf(stderr, "candlekeep status: %v\n", err)
 		return exitUnknown

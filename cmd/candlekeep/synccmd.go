@@ -39,7 +39,8 @@ var syncFlagOf = map[string]string{
 // passed, 2 bad flags or no answer, 130 interrupted (the run goes on).
 func runSync(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) int {
 	fs := flagSet("sync", "candlekeep sync [flags]", syncDescription, stderr)
-	natsURL := fs.String("nats-url", defaultNATSURL, "NATS server URL")
+	var nf natsFlags
+	nf.register(fs)
 	var symbols, intervals config.List
 	fs.Var(&symbols, "symbols", "symbols to sync (comma-separated; default: the configured symbols)")
 	fs.Var(&intervals, "intervals", "intervals to sync (comma-separated; default: the configured intervals)")
@@ -79,10 +80,10 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if err != nil {
 		return bad("%v", err)
 	}
-	url := candles.RedactURL(*natsURL)
-	nc, err := nats.Connect(*natsURL, nats.Name("candlekeep-sync"), nats.Timeout(answerWait))
+	url := nf.c.Redacted()
+	nc, err := nf.dial("candlekeep-sync", answerWait, "is candlekeep up running? (check --nats-url)")
 	if err != nil {
-		fmt.Fprintf(stderr, "candlekeep sync: connect to %s: %v: is candlekeep up running? (check --nats-url)\n", url, redactErr(err, *natsURL))
+		fmt.Fprintf(stderr, "candlekeep sync: %v\n", err)
 		return exitSyncUsage
 	}
 	defer nc.Close()
@@ -416,9 +417,4 @@ func isTerminalWriter(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
-// redactErr removes the URL, which may carry a password, from err's text.
-func redactErr(err error, rawURL string) string {
-	return strings.ReplaceAll(err.Error(), rawURL, candles.RedactURL(rawURL))
 }

@@ -54,6 +54,11 @@ func TestSystemdUnits(t *testing.T) {
 		if args[0] != "/usr/local/bin/candlekeep" {
 			continue
 		}
+		// Rejected NATS credentials exit 78 (EX_CONFIG): a restart would be
+		// rejected the same way.
+		if !strings.Contains(" "+keys["RestartPreventExitStatus"]+" ", " 78 ") {
+			t.Errorf("%s: RestartPreventExitStatus=%q, want 78 (rejected credentials) in it", filepath.Base(u), keys["RestartPreventExitStatus"])
+		}
 		// Every flag of the command line is one the target lists.
 		help, _ := exec.Command(binary(t), args[1], "--help").CombinedOutput()
 		for _, a := range args[2:] {

@@ -140,6 +140,19 @@ type HealthReport struct {
 	At     time.Time   `json:"at"`
 	// Firing are the alerts firing now.
 	Firing []AlertEvent `json:"firing,omitempty"`
+	// NATS is the monitor's own connection to NATS.
+	NATS *NATSState `json:"nats,omitempty"`
+}
+
+// NATSState is a connection to NATS as the monitor reports it.
+type NATSState struct {
+	Connected bool `json:"connected"`
+	// Server is the server connected to, user info redacted.
+	Server string `json:"server,omitempty"`
+	// DisconnectedSince is when the connection was lost.
+	DisconnectedSince time.Time `json:"disconnected_since,omitzero"`
+	// Reconnects counts reconnections since the monitor started.
+	Reconnects uint64 `json:"reconnects"`
 }
 
 // RunStatus is a run as `candlekeep status` shows it.

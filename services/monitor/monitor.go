@@ -205,6 +205,11 @@ func New(o Options) (*Monitor, error) {
 	if err := o.Registry.Register(m.newCollector()); err != nil {
 		return nil, fmt.Errorf("monitor: register metrics: %w", err)
 	}
+	for _, c := range natsMetrics(o.Conn) {
+		if err := o.Registry.Register(c); err != nil {
+			return nil, fmt.Errorf("monitor: register metrics: %w", err)
+		}
+	}
 	return m, nil
 }
 
@@ -469,6 +474,7 @@ func (m *Monitor) Health() candles.HealthReport {
 	if alerter != nil {
 		out.Firing = alerter.Firing()
 	}
+	out.NATS = natsState(m.o.Conn)
 	return out
 }
 
