@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
@@ -157,4 +158,26 @@ func errorHandler(log *slog.Logger) nats.ErrHandler {
 		}
 		log.Error("nats async error", "subject", subject, "err", err)
 	}
+}
+
+// Unavailable reports an error of NATS itself not answering for a moment:
+// no reply in time, no responders, no response from a stream, JetStream
+// temporarily unavailable (503, a stream or bucket electing a leader after
+// a node went). Work that failed on one is not at fault and is tried again
+// without counting against it.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrNoServers) ||
+		errors.Is(err, nats.ErrJetStreamNotEnabled) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.Code == 503 {
+		return true
+	}
+	return false
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
+	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/services/fetcher/binance"
 )
 
@@ -729,6 +730,15 @@ func (j *jobRun) settle(ctx context.Context, shutdown bool, err error, took time
 	case errors.Is(err, errLockLost):
 		delay := backoff(f.o.RetryBase, 1)
 		log.Warn("pair lock lost; job retried", "attempt", j.cp.Failures+1, "reason", err.Error(), "retry_in", delay)
+		_ = j.msg.NakWithDelay(delay)
+	case natsutil.Unavailable(err):
+		// NATS itself did not answer (a node gone or paused, a stream or
+		// bucket electing its leader): not the pair's fault, so no attempt
+		// is counted; the job comes back when the cluster answers again
+		// (the server's jobMaxDeliveries and the run's deadline bound it).
+		delay := backoff(f.o.RetryBase, uint64(min(j.delivery, 6)))
+		log.Warn("NATS did not answer; job retried without counting an attempt", "reason", err.Error(),
+			"retry_in", delay.Round(time.Millisecond), "delivery", j.delivery, "pages", j.pages)
 		_ = j.msg.NakWithDelay(delay)
 	default:
 		j.retry(ctx, err, apiErr)
