@@ -56,12 +56,25 @@ func joinCluster(ctx context.Context, nc *nats.Conn, m membership, log *slog.Log
 	}
 	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
-	cfg, err := cluster.Join(jctx, js, cluster.JoinOptions{Seed: m.seed, Explicit: m.explicit,
-		Authoritative: m.authoritative, By: m.by, Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("join the cluster configuration: %w", err)
+	// On a fresh cluster the services start together: a bucket another one
+	// just created may not answer reads on every node yet, and streams are
+	// still electing leaders. Such moments are waited out, not fatal.
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		cfg, err := cluster.Join(jctx, js, cluster.JoinOptions{Seed: m.seed, Explicit: m.explicit,
+			Authoritative: m.authoritative, By: m.by, Logger: log})
+		if err == nil {
+			return cfg, nil
+		}
+		if !natsutil.Unavailable(err) {
+			return nil, fmt.Errorf("join the cluster configuration: %w", err)
+		}
+		log.Info("the cluster configuration does not answer yet; trying again", "err", err, "retry_in", wait)
+		select {
+		case <-jctx.Done():
+			return nil, fmt.Errorf("join the cluster configuration: %w", err)
+		case <-time.After(wait):
+		}
 	}
-	return cfg, nil
 }
 
 // following runs the service fn while cfg follows the cluster
