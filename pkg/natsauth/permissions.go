@@ -145,8 +145,9 @@ func durableDeny(user string) []string {
 }
 
 // provision is what the one code path that provisions the streams
-// (candles.EnsureStreams, called by the fetcher and the backup service;
-// the fetcher's healer recreates a lost stream) needs.
+// (candles.EnsureStreams, called at start by the fetcher, the writer and the
+// backup service; the fetcher's and the writer's healers recreate a lost
+// stream) needs.
 var provision = jsAPI("STREAM.CREATE."+streamSync, "STREAM.UPDATE."+streamSync,
 	"STREAM.CREATE."+streamJobs, "STREAM.UPDATE."+streamJobs,
 	"STREAM.CREATE."+streamCandles, "STREAM.UPDATE."+streamCandles,
@@ -192,6 +193,7 @@ func Permission(user string) (p Permissions, ok bool) {
 	case UserWriter:
 		serviceBase(&p)
 		p.PubAllow = append(p.PubAllow, "candles.events.>", "$SRV.>")
+		p.PubAllow = append(p.PubAllow, provision...) // writer.Run, services/writer/streams.go
 		p.PubAllow = append(p.PubAllow, durable(streamCandles, consumerWriter)...)
 		p.PubAllow = append(p.PubAllow, durable(streamEvents, consumerWriterRuns)...)
 		p.PubAllow = append(p.PubAllow, ordered(streamCandles)...) // candles.api.replay
