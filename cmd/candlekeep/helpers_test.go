@@ -65,9 +65,12 @@ func startUp(t testing.TB, dataDir string, fo fetcher.Options) string {
 // startUpConfig runs up in-process with cfg and returns its client URL once
 // the writer, the fetcher and (when cfg runs it) the backup service answer
 // (a 400 to a probe is an answer); up is stopped, and must stop cleanly, at
-// cleanup.
+// cleanup. The embedded server runs without credentials (--nats-insecure):
+// these tests are not about authentication, and they connect with plain
+// URLs; upsecure_test.go runs up with its credentials.
 func startUpConfig(t testing.TB, cfg upConfig, log *slog.Logger) string {
 	t.Helper()
+	cfg.Insecure = true
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
