@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,8 +80,9 @@ func TestUpRequiresCredentials(t *testing.T) {
 	_, simURL := startSim(t, sim.Options{})
 	dataDir := t.TempDir()
 	authDir := filepath.Join(dataDir, "nats-auth")
+	httpAddr := freeAddr(t)
 	upArgs := func(listen string) []string {
-		return []string{"up", "--data-dir", dataDir, "--nats-listen", listen, "--http-listen", freeAddr(t), "--binance-url", simURL,
+		return []string{"up", "--data-dir", dataDir, "--nats-listen", listen, "--http-listen", httpAddr, "--binance-url", simURL,
 			"--symbols", "BTCUSDT,ETHUSDT", "--intervals", "4h", "--lookback", "50", "--catch-up=false", "--sync-schedule", "off",
 			"--log-format", "json"}
 	}
@@ -151,6 +153,25 @@ func TestUpRequiresCredentials(t *testing.T) {
 	if n := rowCount(t, filepath.Join(dataDir, databaseFile)); n != 100 {
 		t.Errorf("%d candles stored, want 100", n)
 	}
+	// The backup service (its own user) backs the run up and drills it;
+	// the monitor (its own user) evaluates health.
+	var bc json.RawMessage
+	ev.wait(t, candles.KindBackupCompleted, "", time.Minute, &bc)
+	if out, err := natsWith(t, setup, "req", "candles.api.drill", "{}", "--timeout", "30s"); err != nil || !strings.Contains(out, `"ok":true`) {
+		t.Errorf("drill as operator: %v\n%s", err, out)
+	}
+	checkfor.Check(t, 30*time.Second, 100*time.Millisecond, func() error {
+		resp, err := http.Get("http://" + httpAddr + "/healthz")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var hr candles.HealthReport
+		if err := json.NewDecoder(resp.Body).Decode(&hr); err != nil || len(hr.Checks) == 0 {
+			return fmt.Errorf("healthz: %d %v %+v", resp.StatusCode, err, hr)
+		}
+		return nil
+	})
 
 	// The fetcher's seed cannot delete CANDLES.
 	fetcherSeed := natsauth.SeedPath(authDir, natsauth.UserFetcher)
