@@ -244,7 +244,12 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	if cfg.Ready != nil {
 		cfg.Ready(url)
 	}
-	return g.Wait()
+	err = g.Wait()
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		// Stopped while a service was still starting: a clean stop.
+		return nil
+	}
+	return err
 }
 
 // Backoff of a monitor that stopped inside `up`.

@@ -246,6 +246,42 @@ func TestUpRequiresCredentials(t *testing.T) {
 	if out, err := natsWith(t, setup, "stream", "ls", "--names"); err != nil || !strings.Contains(out, "CANDLES") {
 		t.Errorf("nats stream ls after the restart: %v\n%s", err, out)
 	}
+	if strings.Contains(p2.out.String(), "Permissions Violation") {
+		t.Errorf("a service of the restarted up was denied something:\n%s", p2.out)
+	}
+}
+
+// With credentials, up may listen on every interface: it warns that the
+// traffic is not encrypted, and its context dials 127.0.0.1.
+func TestUpWithCredentialsMayListenBeyondLoopback(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end with processes; runs without -short")
+	}
+	natsCLI(t)
+	_, simURL := startSim(t, sim.Options{})
+	addr := freeAddr(t)
+	port := addr[strings.LastIndex(addr, ":")+1:]
+	p := start(t, nil, "up", "--data-dir", t.TempDir(), "--nats-listen", "0.0.0.0:"+port, "--http-listen", freeAddr(t),
+		"--binance-url", simURL, "--symbols", "BTCUSDT", "--intervals", "4h", "--catch-up=false", "--sync-schedule", "off",
+		"--log-format", "json")
+	ctxFile := setupContext(t, p)
+	waitLog(t, p, "listens beyond loopback without TLS")
+	waitLog(t, p, "candlekeep auth init --tls")
+	checkfor.Check(t, 20*time.Second, 100*time.Millisecond, func() error {
+		out, err := natsWith(t, []string{"NATS_CONTEXT=" + ctxFile}, "micro", "ls")
+		if err != nil || !strings.Contains(out, "candlekeep-writer") || !strings.Contains(out, "candlekeep-backup") {
+			return fmt.Errorf("services not all up: %v\n%s", err, out)
+		}
+		return nil
+	})
+	out, err := natsWith(t, []string{"NATS_CONTEXT=" + ctxFile}, "server", "check", "connection")
+	if err != nil || !strings.Contains(out, "connected to nats://127.0.0.1:"+port) {
+		t.Errorf("nats CLI with the context of an up on 0.0.0.0:%s: %v\n%s", port, err, out)
+	}
+	if nc, err := nats.Connect("nats://127.0.0.1:" + port); err == nil {
+		nc.Close()
+		t.Error("a client without credentials connected")
+	}
 }
 
 // --nats-insecure with a listen address others can reach is refused at
