@@ -269,7 +269,7 @@ func (r *alertRig) start() {
 	t := r.t
 	t.Helper()
 	natsAddr := freeAddr(t)
-	args := append([]string{"up", "--data-dir", r.dataDir, "--nats-listen", natsAddr, "--http-listen", freeAddr(t),
+	args := append([]string{"up", "--nats-insecure", "--data-dir", r.dataDir, "--nats-listen", natsAddr, "--http-listen", freeAddr(t),
 		"--sync-schedule", "off", "--retry-base", "100ms", "--log-format", "json",
 		"--eval-interval", r.eval, "--rule-time-scale", r.timeScale, "--slack-webhook-url", r.inbox.url}, r.args...)
 	r.up = start(t, []string{"CANDLEKEEP_BINANCE_URL=" + r.simURL}, args...)

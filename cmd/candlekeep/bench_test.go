@@ -505,7 +505,7 @@ func catchUpUp(b *testing.B, intervals string) (float64, candles.SyncCompleted) 
 	simURL := catchUpSim(b)
 	began := time.Now()
 	natsAddr := freeAddr(b)
-	up := start(b, nil, "up", "--data-dir", b.TempDir(), "--nats-listen", natsAddr, "--http-listen", freeAddr(b), "--binance-url", simURL,
+	up := start(b, nil, "up", "--nats-insecure", "--data-dir", b.TempDir(), "--nats-listen", natsAddr, "--http-listen", freeAddr(b), "--binance-url", simURL,
 		"--intervals", intervals, "--weight-limit", "100000000", "--sync-schedule", "off", "--log-level", "warn")
 	natsURL := "nats://" + natsAddr
 	natsUntil(b, natsURL, "candlekeep-writer", "micro", "ls")

@@ -71,7 +71,7 @@ func TestScaleOutFollowsTheClusterConfiguration(t *testing.T) {
 	server := "nats://" + listen
 	dataDir := t.TempDir()
 	symbols := []string{"BTCUSDT", "ETHUSDT", "BNBUSDT"}
-	up := start(t, nil, "up", "--nats-listen", listen, "--data-dir", dataDir, "--binance-url", simURL,
+	up := start(t, nil, "up", "--nats-insecure", "--nats-listen", listen, "--data-dir", dataDir, "--binance-url", simURL,
 		"--sync-schedule", "@every 15s", "--symbols", strings.Join(symbols, ","), "--intervals", "1h", "--lookback", "20",
 		"--log-format", "json")
 	nc := connectWhenUp(t, server, up)
@@ -218,7 +218,7 @@ func TestConfigCommand(t *testing.T) {
 	_, simURL := startSim(t, sim.Options{})
 	listen := freeAddr(t)
 	server := "nats://" + listen
-	up := start(t, nil, "up", "--nats-listen", listen, "--data-dir", t.TempDir(), "--binance-url", simURL,
+	up := start(t, nil, "up", "--nats-insecure", "--nats-listen", listen, "--data-dir", t.TempDir(), "--binance-url", simURL,
 		"--sync-schedule", "off", "--catch-up=false", "--log-format", "json")
 	connectWhenUp(t, server, up)
 	run := func(args ...string) (string, int) {

@@ -18,10 +18,14 @@ import (
 )
 
 // Every command in the sh blocks of README.md and docs/operations.md runs,
-// exactly as written, against a running candlekeep and succeeds: the nats
-// CLI (NATS_URL points it at the system), bin/candlekeep (a bin/ beside the
-// commands holds the binary under test, CANDLEKEEP_NATS_URL points it at
-// the system) and sqlite3 (data/ is the system's data directory). The
+// exactly as written, against a running candlekeep with its credentials
+// (as `up` runs by default) and succeeds after the docs' setup lines (their
+// `export` lines, run before each command): the nats CLI (NATS_URL points
+// it at the system, the documented NATS_CONTEXT gives it the operator's
+// credentials), bin/candlekeep (a bin/ beside the commands holds the binary
+// under test, CANDLEKEEP_NATS_URL points it at the system, the documented
+// CANDLEKEEP_NATS_NKEY is the operator's seed) and sqlite3 (data/ is the
+// system's data directory). The
 // exceptions are `make` lines and the lines that start a long-running
 // process (up, writer, fetcher, sim, or anything sent to the background):
 // other tests start those. A command is retried for a few seconds, as an
@@ -30,9 +34,13 @@ func TestOperationsRunbookCommandsWork(t *testing.T) {
 	if testing.Short() {
 		t.Skip("drives the nats CLI; runs without -short")
 	}
-	var cmds []string
+	var cmds, setup []string
 	for _, doc := range []string{"../../README.md", "../../docs/operations.md"} {
 		cmds = append(cmds, runbookCommands(t, doc)...)
+		setup = append(setup, runbookSetup(t, doc)...)
+	}
+	if !strings.Contains(strings.Join(setup, "\n"), "NATS_CONTEXT=") {
+		t.Fatalf("README.md and docs/operations.md show no setup line for the nats CLI (export NATS_CONTEXT=...); found %q", setup)
 	}
 	if len(cmds) < 25 {
 		t.Fatalf("found only %d runnable commands in README.md and docs/operations.md", len(cmds))
@@ -49,9 +57,9 @@ func TestOperationsRunbookCommandsWork(t *testing.T) {
 		WarmRetention: 30 * 24 * time.Hour, ColdRetention: 90 * 24 * time.Hour}
 	bc.resolve(dataDir)
 	ms := testMonitorSettings(t)
-	natsURL := startUpConfig(t, upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo,
+	natsURL, operator := startSecureUpConfig(t, upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo,
 		Writer: writer.DefaultOptions(), Backup: bc, Monitor: &ms}, testLogger(t))
-	nc := connect(t, natsURL)
+	nc := connectAs(t, natsURL, operator)
 	ev := watchEvents(t, nc)
 	// The runbook reads events and coverage, so have one run done first.
 	acc := requestSync(t, nc, `{}`)
@@ -76,7 +84,7 @@ func TestOperationsRunbookCommandsWork(t *testing.T) {
 			var err error
 			for deadline := time.Now().Add(15 * time.Second); ; {
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				cmd := exec.CommandContext(ctx, "sh", "-c", line)
+				cmd := exec.CommandContext(ctx, "sh", "-c", strings.Join(append(setup[:len(setup):len(setup)], line), "\n"))
 				cmd.Dir = work
 				cmd.Env = append(os.Environ(), "NATS_URL="+natsURL, "CANDLEKEEP_NATS_URL="+natsURL, "HOME="+t.TempDir())
 				out, err = cmd.CombinedOutput()
@@ -104,6 +112,30 @@ func TestOperationsRunbookCommandsWork(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runbookSetup returns the `export` lines of path's sh blocks: the setup a
+// reader runs once in the shell before the other commands.
+func runbookSetup(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	inSh := false
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "```sh"):
+			inSh = true
+		case strings.HasPrefix(line, "```"):
+			inSh = false
+		case inSh && strings.HasPrefix(line, "export "):
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // longRunning matches the commands a runbook test does not run: make

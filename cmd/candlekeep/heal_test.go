@@ -60,7 +60,7 @@ func TestResourcesHealThemselves(t *testing.T) {
 	waitHTTP(t, "http://"+simAddr+"/api/v3/ping", simProc)
 	const schedule = "0 0 1 * * *"
 	upProc := start(t, []string{"CANDLEKEEP_BINANCE_URL=http://" + simAddr},
-		"up", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT",
+		"up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT",
 		"--intervals", "1h", "--catch-up=false", "--sync-schedule", schedule, "--log-format", "json")
 	server := "nats://" + natsAddr
 	natsUntil(t, server, "candlekeep-fetcher", "micro", "ls")
@@ -215,7 +215,7 @@ func TestDiskFullIsAState(t *testing.T) {
 	waitHTTP(t, "http://"+simAddr+"/api/v3/ping", simProc)
 	symbols := []string{"BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"}
 	up := start(t, []string{"CANDLEKEEP_BINANCE_URL=http://" + simAddr},
-		"up", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", strings.Join(symbols, ","),
+		"up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", strings.Join(symbols, ","),
 		"--intervals", "1m", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json")
 	server := "nats://" + natsAddr
 	natsUntil(t, server, "candlekeep-fetcher", "micro", "ls")

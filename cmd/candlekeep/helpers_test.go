@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sync"
 	"testing"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
+	"github.com/candlekeep/candlekeep/pkg/natsauth"
 	"github.com/candlekeep/candlekeep/pkg/sim"
 	"github.com/candlekeep/candlekeep/services/fetcher"
 	"github.com/candlekeep/candlekeep/services/writer"
@@ -65,8 +67,24 @@ func startUp(t testing.TB, dataDir string, fo fetcher.Options) string {
 // startUpConfig runs up in-process with cfg and returns its client URL once
 // the writer, the fetcher and (when cfg runs it) the backup service answer
 // (a 400 to a probe is an answer); up is stopped, and must stop cleanly, at
-// cleanup.
+// cleanup. The embedded server runs without credentials (--nats-insecure):
+// these tests are not about authentication, and they connect with plain
+// URLs; upsecure_test.go runs up with its credentials.
 func startUpConfig(t testing.TB, cfg upConfig, log *slog.Logger) string {
+	t.Helper()
+	cfg.Insecure = true
+	return runUpInProcess(t, cfg, log)
+}
+
+// startSecureUpConfig is startUpConfig with the credentials `up` has by
+// default; it returns the URL and the operator's seed file.
+func startSecureUpConfig(t testing.TB, cfg upConfig, log *slog.Logger) (url, operatorSeed string) {
+	t.Helper()
+	cfg.Insecure = false
+	return runUpInProcess(t, cfg, log), natsauth.SeedPath(filepath.Join(cfg.DataDir, authDirName), natsauth.UserOperator)
+}
+
+func runUpInProcess(t testing.TB, cfg upConfig, log *slog.Logger) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
@@ -98,7 +116,12 @@ func startUpConfig(t testing.TB, cfg upConfig, log *slog.Logger) string {
 	if cfg.Backup.enabled() {
 		subjects = append(subjects, candles.SubjectAPIBackupList)
 	}
-	nc := connect(t, url)
+	var nc *nats.Conn
+	if cfg.Insecure {
+		nc = connect(t, url)
+	} else {
+		nc = connectAs(t, url, natsauth.SeedPath(filepath.Join(cfg.DataDir, authDirName), natsauth.UserOperator))
+	}
 	checkfor.Check(t, 20*time.Second, 50*time.Millisecond, func() error {
 		for _, subj := range subjects {
 			if _, err := nc.Request(subj, []byte(`{"probe":1}`), time.Second); err != nil {

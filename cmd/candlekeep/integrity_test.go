@@ -37,7 +37,7 @@ func TestCorruptDatabaseIsRefusedThenRebuilt(t *testing.T) {
 	up := func() (*proc, string) {
 		natsAddr := freeAddr(t)
 		p := start(t, []string{"CANDLEKEEP_BINANCE_URL=http://" + simAddr},
-			"up", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT",
+			"up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT",
 			"--intervals", "1h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json",
 			"--auto-restore=false") // this test follows the refusal and the runbook; restore_test.go the automatic restore
 		server := "nats://" + natsAddr
@@ -151,7 +151,7 @@ func TestUnopenableDatabaseExitsWithTheRecoverySteps(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := start(t, []string{"CANDLEKEEP_BINANCE_URL=http://" + freeAddr(t)},
-		"up", "--data-dir", dataDir, "--nats-listen", freeAddr(t), "--catch-up=false", "--sync-schedule", "off", "--log-format", "json")
+		"up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", freeAddr(t), "--catch-up=false", "--sync-schedule", "off", "--log-format", "json")
 	select {
 	case <-p.done:
 	case <-time.After(time.Minute):

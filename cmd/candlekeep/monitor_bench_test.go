@@ -58,7 +58,7 @@ func BenchmarkMonitorBackfill(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		simURL := catchUpSim(b)
 		natsAddr := freeAddr(b)
-		start(b, nil, "up", "--monitor=false", "--data-dir", b.TempDir(), "--nats-listen", natsAddr, "--binance-url", simURL,
+		start(b, nil, "up", "--nats-insecure", "--monitor=false", "--data-dir", b.TempDir(), "--nats-listen", natsAddr, "--binance-url", simURL,
 			"--intervals", "1m", "--weight-limit", "100000000", "--sync-schedule", "off", "--catch-up=false", "--log-level", "warn")
 		natsURL := "nats://" + natsAddr
 		nc := dialUntil(b, natsURL)
@@ -100,7 +100,7 @@ func BenchmarkMetricsScrape10000Pairs(b *testing.B) {
 		_, simURL := startSim(b, sim.Options{Symbols: syms, WeightLimit: 100_000_000})
 		natsAddr, httpAddr := freeAddr(b), freeAddr(b)
 		began := time.Now()
-		up := start(b, nil, "up", "--data-dir", b.TempDir(), "--nats-listen", natsAddr, "--http-listen", httpAddr, "--binance-url", simURL,
+		up := start(b, nil, "up", "--nats-insecure", "--data-dir", b.TempDir(), "--nats-listen", natsAddr, "--http-listen", httpAddr, "--binance-url", simURL,
 			"--symbols", strings.Join(syms, ","), "--intervals", strings.Join(candles.IntervalNames(), ","), "--lookback", "1",
 			"--weight-limit", "100000000", "--sync-schedule", "off", "--log-level", "warn")
 		waitHTTP(b, "http://"+httpAddr+"/metrics", up)

@@ -199,7 +199,7 @@ func TestSplitMonitorProcess(t *testing.T) {
 	_, simURL := startSim(t, sim.Options{})
 	natsAddr := freeAddr(t)
 	dataDir := t.TempDir()
-	start(t, []string{"CANDLEKEEP_BINANCE_URL=" + simURL}, "up", "--monitor=false", "--data-dir", dataDir,
+	start(t, []string{"CANDLEKEEP_BINANCE_URL=" + simURL}, "up", "--nats-insecure", "--monitor=false", "--data-dir", dataDir,
 		"--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "4h", "--lookback", "10",
 		"--sync-schedule", "off", "--log-format", "json")
 	server := "nats://" + natsAddr

@@ -55,7 +55,7 @@ func TestSecondUpOnALockedDataDirIsRefused(t *testing.T) {
 	dataDir := t.TempDir()
 	first, second := freeAddr(t), freeAddr(t)
 	upArgs := func(listen string) []string {
-		return []string{"up", "--data-dir", dataDir, "--nats-listen", listen, "--binance-url", simURL, "--symbols", "BTCUSDT",
+		return []string{"up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", listen, "--binance-url", simURL, "--symbols", "BTCUSDT",
 			"--intervals", "1h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json"}
 	}
 	p := start(t, nil, upArgs(first)...)
@@ -160,7 +160,7 @@ func TestWriterWaitsForItsDataDirectory(t *testing.T) {
 	_, simURL := startSim(t, sim.Options{})
 	dataDir := t.TempDir()
 	listen := freeAddr(t)
-	u := start(t, nil, "up", "--data-dir", dataDir, "--nats-listen", listen, "--binance-url", simURL, "--symbols", "BTCUSDT",
+	u := start(t, nil, "up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", listen, "--binance-url", simURL, "--symbols", "BTCUSDT",
 		"--intervals", "1h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json")
 	natsUntil(t, "nats://"+listen, "candlekeep-writer", "micro", "ls")
 
@@ -228,7 +228,7 @@ func TestUpRefusesADatabaseOfAnotherExchange(t *testing.T) {
 	st.Close()
 
 	listen := freeAddr(t)
-	args := []string{"up", "--data-dir", dataDir, "--nats-listen", listen, "--symbols", "BTCUSDT", "--intervals", "1h",
+	args := []string{"up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", listen, "--symbols", "BTCUSDT", "--intervals", "1h",
 		"--lookback", "5", "--sync-schedule", "off", "--log-format", "json"}
 	code, out := runToExit(t, []string{"CANDLEKEEP_BINANCE_URL=" + simURL}, args...)
 	if code != 1 {

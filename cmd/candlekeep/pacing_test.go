@@ -46,7 +46,7 @@ func startFleet(tb testing.TB, o sim.Options, n int, schedule ...string) *fleet 
 	common := []string{"--binance-url", simURL, "--symbols", strings.Join(pacedSymbols, ","), "--intervals", "1h",
 		"--catch-up=false", "--sync-schedule", sched, "--log-format", "json"}
 	// up as it runs by default, its monitor on a free port.
-	f.procs = append(f.procs, start(tb, nil, append([]string{"up", "--data-dir", f.dataDir, "--nats-listen", natsAddr,
+	f.procs = append(f.procs, start(tb, nil, append([]string{"up", "--nats-insecure", "--data-dir", f.dataDir, "--nats-listen", natsAddr,
 		"--http-listen", freeAddr(tb)}, common...)...))
 	natsUntil(tb, f.server, "candlekeep-writer", "micro", "ls")
 	for range n {

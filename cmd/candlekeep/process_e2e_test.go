@@ -24,7 +24,7 @@ func TestBinaryDrivenByTheNatsCLI(t *testing.T) {
 	simProc := start(t, nil, "sim", "--listen", simAddr, "--log-format", "json")
 	waitHTTP(t, "http://"+simAddr+"/api/v3/ping", simProc)
 	upProc := start(t, []string{"CANDLEKEEP_LOOKBACK=24", "CANDLEKEEP_BINANCE_URL=http://" + simAddr},
-		"up", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT,SOLUSDT",
+		"up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT,SOLUSDT",
 		"--intervals", "1h,4h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json")
 	server := "nats://" + natsAddr
 	natsUntil(t, server, "candlekeep-writer", "micro", "ls")

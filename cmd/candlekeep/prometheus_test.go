@@ -54,7 +54,7 @@ func TestPrometheusAlertmanagerAndDashboard(t *testing.T) {
 	simProc := start(t, nil, "sim", "--listen", simAddr, "--log-format", "json")
 	waitHTTP(t, "http://"+simAddr+"/api/v3/ping", simProc)
 	upProc := start(t, []string{"CANDLEKEEP_LOOKBACK=48", "CANDLEKEEP_BINANCE_URL=http://" + simAddr},
-		"up", "--data-dir", t.TempDir(), "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT",
+		"up", "--nats-insecure", "--data-dir", t.TempDir(), "--nats-listen", natsAddr, "--symbols", "BTCUSDT,ETHUSDT",
 		"--intervals", "1h,4h", "--catch-up=false", "--sync-schedule", "off", "--log-format", "json",
 		"--http-listen", httpAddr, "--eval-interval", "1s",
 		// The monitor's own Slack receiver (its notification counters are on

@@ -20,7 +20,7 @@ func TestSecretsInTheExchangeURLAreNeverShown(t *testing.T) {
 	secretURL := "http://" + user + ":" + pass + "@127.0.0.1:1/?apikey=" + key
 	listen := freeAddr(t)
 	server := "nats://" + listen
-	up := start(t, nil, "up", "--nats-listen", listen, "--data-dir", t.TempDir(), "--binance-url", secretURL,
+	up := start(t, nil, "up", "--nats-insecure", "--nats-listen", listen, "--data-dir", t.TempDir(), "--binance-url", secretURL,
 		"--symbols", "BTCUSDT", "--intervals", "1h", "--log-format", "json", "--log-level", "debug")
 	nc := connectWhenUp(t, server, up)
 	ev := watchEventsSince(t, nc, time.Now().Add(-time.Minute))

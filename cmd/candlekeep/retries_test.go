@@ -34,7 +34,7 @@ var (
 func binaryUp(t *testing.T, simURL string, args ...string) (*nats.Conn, *events, string) {
 	t.Helper()
 	natsAddr, dataDir, began := freeAddr(t), t.TempDir(), time.Now()
-	start(t, nil, append([]string{"up", "--data-dir", dataDir, "--nats-listen", natsAddr, "--binance-url", simURL,
+	start(t, nil, append([]string{"up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", natsAddr, "--binance-url", simURL,
 		"--retry-base", "100ms", "--sync-schedule", "off", "--log-format", "json"}, args...)...)
 	server := "nats://" + natsAddr
 	natsUntil(t, server, "candlekeep-writer", "micro", "ls")

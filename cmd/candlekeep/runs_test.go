@@ -31,7 +31,7 @@ import (
 func upProc(t *testing.T, binanceURL, dataDir string, args ...string) (string, *proc) {
 	t.Helper()
 	natsAddr := freeAddr(t)
-	all := append([]string{"up", "--data-dir", dataDir, "--nats-listen", natsAddr, "--binance-url", binanceURL,
+	all := append([]string{"up", "--nats-insecure", "--data-dir", dataDir, "--nats-listen", natsAddr, "--binance-url", binanceURL,
 		"--catch-up=false", "--retry-base", "200ms", "--log-format", "json"}, args...)
 	p := start(t, nil, all...)
 	server := "nats://" + natsAddr

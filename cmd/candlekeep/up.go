@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -17,6 +19,7 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/cluster"
 	"github.com/candlekeep/candlekeep/pkg/lockfile"
+	"github.com/candlekeep/candlekeep/pkg/natsauth"
 	"github.com/candlekeep/candlekeep/pkg/natsutil"
 	"github.com/candlekeep/candlekeep/pkg/store"
 	"github.com/candlekeep/candlekeep/services/fetcher"
@@ -27,8 +30,13 @@ import (
 type upConfig struct {
 	DataDir    string
 	NATSListen string
-	Fetcher    fetcher.Options
-	Writer     writer.Options
+	// Insecure runs the embedded server without authentication (the old
+	// behaviour, --nats-insecure); only on a loopback --nats-listen.
+	// Otherwise every client needs the credentials of <data-dir>/nats-auth
+	// (authDir), generated at the first start.
+	Insecure bool
+	Fetcher  fetcher.Options
+	Writer   writer.Options
 	// Backup configures the backup service; its zero value runs none
 	// (runUp defaults the hot tier to <data-dir>/backups/hot).
 	Backup backupConfig
@@ -55,7 +63,14 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 			"health checks and /metrics on --http-listen and sends alerts to the receivers\n"+
 			"below, unless --monitor=false (a deployment that runs candlekeep monitor apart).\n"+
 			"Stop it with Ctrl-C or SIGTERM: work in flight is handed back to the streams,\n"+
-			"nothing is lost.", stderr)
+			"nothing is lost.\n"+
+			"The embedded server requires credentials, even on loopback: at the first start\n"+
+			"up writes them to <data-dir>/"+authDirName+" (0700, files 0600; the layout of\n"+
+			"candlekeep auth init) and every service connects as its own user. The nats CLI\n"+
+			"then needs one line of setup, which up logs at start:\n"+
+			"  export NATS_CONTEXT=<data-dir>/"+authDirName+"/context/operator.json\n"+
+			"--nats-insecure runs the server without credentials (tests, local experiments),\n"+
+			"only on a loopback --nats-listen.", stderr)
 	var lf logFlags
 	lf.register(fs)
 	var cf clusterFlags
@@ -70,6 +85,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 	cfg := upConfig{Writer: writer.DefaultOptions()}
 	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir, "directory of candles.db and the NATS store (created 0700)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", defaultNATSListen, "host:port of the embedded nats-server, for the nats CLI and split services")
+	fs.BoolVar(&cfg.Insecure, "nats-insecure", false, "run the embedded nats-server without credentials (only on a loopback --nats-listen; for tests and local experiments)")
 	fs.BoolVar(&cfg.Writer.RebindSource, "rebind-source", false, rebindSourceUsage)
 	cfg.Backup.register(fs)
 	if code, ok := parseFlags(fs, args, getenv); !ok {
@@ -79,6 +95,10 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer, getenv env) 
 	log, err := lf.logger(stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "candlekeep up:", err)
+		return 2
+	}
+	if err := checkListen(cfg.NATSListen, cfg.Insecure); err != nil {
+		fmt.Fprintf(stderr, "candlekeep up: %v\n(see candlekeep up --help)\n", err)
 		return 2
 	}
 	cfg.Fetcher = ff.options(cf.s)
@@ -129,7 +149,18 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 		return err
 	}
 	defer lock.Release()
-	ns, err := natsutil.RunServer(natsutil.ServerOptions{Listen: cfg.NATSListen, StoreDir: filepath.Join(cfg.DataDir, "nats"), Name: "candlekeep"})
+	if err := checkListen(cfg.NATSListen, cfg.Insecure); err != nil {
+		return err
+	}
+	authDir := filepath.Join(cfg.DataDir, authDirName)
+	so := natsutil.ServerOptions{Listen: cfg.NATSListen, StoreDir: filepath.Join(cfg.DataDir, "nats"), Name: "candlekeep"}
+	if !cfg.Insecure {
+		if err := ensureCredentials(authDir, cfg.NATSListen, log); err != nil {
+			return err
+		}
+		so.AuthFile = filepath.Join(authDir, natsauth.AuthConf)
+	}
+	ns, err := natsutil.RunServer(so)
 	if err != nil {
 		return err
 	}
@@ -139,7 +170,37 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 		log.Info("embedded nats-server stopped")
 	}()
 	url := ns.ClientURL()
-	log.Info("embedded nats-server ready", "url", url, "store", filepath.Join(cfg.DataDir, "nats"))
+	// client is how user reaches the embedded server: with its own nkey,
+	// so least privilege holds inside up as in a cluster.
+	client := func(user string) natsutil.Client {
+		c := natsutil.URL(url)
+		if !cfg.Insecure {
+			c.NKeyFile = natsauth.SeedPath(authDir, user)
+		}
+		return c
+	}
+	if cfg.Insecure {
+		log.Warn("embedded nats-server ready WITHOUT credentials (--nats-insecure): any local process can read, change or delete the streams",
+			"url", url, "store", filepath.Join(cfg.DataDir, "nats"))
+	} else {
+		abs, err := filepath.Abs(authDir)
+		if err != nil {
+			return err
+		}
+		cURL := contextURL(url)
+		if err := natsauth.SetContextServers(abs, []string{cURL}); err != nil {
+			return err
+		}
+		// The operator's context names the server and the seed: one
+		// variable sets the nats CLI up (checked with natscli v0.5.0).
+		log.Info("embedded nats-server ready; it requires credentials. nats CLI setup: export NATS_CONTEXT="+natsauth.ContextPath(abs, natsauth.UserOperator),
+			"url", url, "credentials", abs, "operator_nkey", natsauth.SeedPath(abs, natsauth.UserOperator),
+			"store", filepath.Join(cfg.DataDir, "nats"))
+		if !loopback(cfg.NATSListen) {
+			log.Warn("the embedded nats-server listens beyond loopback without TLS: credentials stop strangers, but traffic crosses the network in clear text; "+
+				"for remote clients run nats-server with TLS (candlekeep auth init --tls, docs/security.md)", "listen", cfg.NATSListen)
+		}
+	}
 
 	// up is how an operator changes the cluster configuration: its explicit
 	// flags are written once, here, before the services join and follow.
@@ -149,7 +210,7 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 		m.authoritative, m.by = true, "up"
 	}
 	var settings cluster.Settings
-	if err := withConn(ctx, natsutil.URL(url), "candlekeep-up", log, func(nc *nats.Conn) error {
+	if err := withConn(ctx, client(natsauth.UserOperator), "candlekeep-up", log, func(nc *nats.Conn) error {
 		c, err := joinCluster(ctx, nc, m, log)
 		if err == nil {
 			settings = c.Current()
@@ -166,19 +227,29 @@ func up(ctx context.Context, cfg upConfig, log *slog.Logger) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveLeasedWriter(gctx, natsutil.URL(url), dbPath, cfg.Writer, m, log, false) })
-	g.Go(func() error { return serveFetcher(gctx, natsutil.URL(url), cfg.Fetcher, m, log) })
-	g.Go(func() error { return watchStore(gctx, ns, url, filepath.Join(cfg.DataDir, "nats"), log) })
+	g.Go(func() error {
+		return serveLeasedWriter(gctx, client(natsauth.UserWriter), dbPath, cfg.Writer, m, log, false)
+	})
+	g.Go(func() error { return serveFetcher(gctx, client(natsauth.UserFetcher), cfg.Fetcher, m, log) })
+	// The disk events are the server's own; up publishes them as operator.
+	g.Go(func() error {
+		return watchStore(gctx, ns, client(natsauth.UserOperator), filepath.Join(cfg.DataDir, "nats"), log)
+	})
 	if cfg.Monitor != nil {
-		g.Go(func() error { superviseMonitor(gctx, url, *cfg.Monitor, log); return nil })
+		g.Go(func() error { superviseMonitor(gctx, client(natsauth.UserMonitor), *cfg.Monitor, log); return nil })
 	}
 	if cfg.Backup.enabled() {
-		g.Go(func() error { return serveBackup(gctx, natsutil.URL(url), dbPath, cfg.Backup, m, log) })
+		g.Go(func() error { return serveBackup(gctx, client(natsauth.UserBackup), dbPath, cfg.Backup, m, log) })
 	}
 	if cfg.Ready != nil {
 		cfg.Ready(url)
 	}
-	return g.Wait()
+	err = g.Wait()
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		// Stopped while a service was still starting: a clean stop.
+		return nil
+	}
+	return err
 }
 
 // Backoff of a monitor that stopped inside `up`.
@@ -192,11 +263,11 @@ const (
 // the fetcher and the writer keep going, the error is logged, and the
 // monitor starts again after a backoff, so it comes back without a restart
 // of the pipeline. Meanwhile `candlekeep health` says no monitor answers.
-func superviseMonitor(ctx context.Context, url string, ms monitorSettings, log *slog.Logger) {
+func superviseMonitor(ctx context.Context, nc natsutil.Client, ms monitorSettings, log *slog.Logger) {
 	wait := monitorRestartMin
 	for {
 		started := time.Now()
-		err := serveMonitor(ctx, natsutil.URL(url), ms, log)
+		err := serveMonitor(ctx, nc, ms, log)
 		if ctx.Err() != nil {
 			return
 		}
@@ -217,9 +288,9 @@ func superviseMonitor(ctx context.Context, url string, ms monitorSettings, log *
 // disk (natsutil.WatchStore) and reports it as disk.full and disk.recovered.
 // disk.full reaches the subscribers of candles.events.disk.full at once;
 // EVENTS stores it only if its own store can still write.
-func watchStore(ctx context.Context, ns *server.Server, url, storeDir string, log *slog.Logger) error {
+func watchStore(ctx context.Context, ns *server.Server, nc0 natsutil.Client, storeDir string, log *slog.Logger) error {
 	log = log.With("service", "nats-server")
-	return withConn(ctx, natsutil.URL(url), "candlekeep-up", log, func(nc *nats.Conn) error {
+	return withConn(ctx, nc0, "candlekeep-up", log, func(nc *nats.Conn) error {
 		js, err := jetstream.New(nc)
 		if err != nil {
 			return fmt.Errorf("jetstream: %w", err)
@@ -262,6 +333,80 @@ func openError(dbPath string, err error) error {
 		return fmt.Errorf("open database %s: %w; %s", dbPath, err, fmt.Sprintf(writer.RecoveryHint, dbPath))
 	}
 	return fmt.Errorf("open database %s: %w", dbPath, err)
+}
+
+// authDirName is the directory under --data-dir that holds the embedded
+// server's credentials (the layout of candlekeep auth init).
+const authDirName = "nats-auth"
+
+// ensureCredentials generates the credentials in dir at the first start;
+// later starts reuse the seeds, so the ones handed out stay valid, and
+// render auth.conf again with this version's permissions.
+func ensureCredentials(dir, listen string, log *slog.Logger) error {
+	if natsauth.Exists(dir) {
+		if missing := natsauth.Missing(dir); len(missing) > 0 {
+			return fmt.Errorf("NATS credentials in %s are incomplete (missing %s); regenerate them with candlekeep auth init --force --dir %s "+
+				"(clients holding the old seeds then need the new ones)", dir, strings.Join(missing, ", "), dir)
+		}
+		// The permissions are this version's; the seeds stay.
+		changed, err := natsauth.RefreshAuthConf(dir)
+		if err != nil {
+			return fmt.Errorf("NATS credentials in %s: %w; regenerate them with candlekeep auth init --force --dir %s", dir, err, dir)
+		}
+		if changed {
+			log.Info("NATS permissions updated to this version's", "file", filepath.Join(dir, natsauth.AuthConf))
+		}
+		return nil
+	}
+	res, err := natsauth.Init(natsauth.Options{Dir: dir, Servers: []string{contextURL("nats://" + listen)}})
+	if err != nil {
+		return fmt.Errorf("generate NATS credentials: %w", err)
+	}
+	log.Info("generated NATS credentials for the embedded server (one nkey user per service, files 0600)", "dir", res.Dir)
+	return nil
+}
+
+// contextURL is url as a client on this host dials it: a wildcard listen
+// host becomes 127.0.0.1.
+func contextURL(url string) string {
+	rest, ok := strings.CutPrefix(url, "nats://")
+	if !ok {
+		return url
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil {
+		return url
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "nats://" + net.JoinHostPort(host, port)
+}
+
+// loopback reports whether listen's host only accepts connections from
+// this machine: localhost or a loopback address (not "", 0.0.0.0, ::, a
+// LAN address or another name).
+func loopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkListen refuses an embedded server without credentials that others
+// could reach.
+func checkListen(listen string, insecure bool) error {
+	if insecure && !loopback(listen) {
+		return fmt.Errorf("--nats-insecure with --nats-listen %s: a server without credentials must listen on loopback only "+
+			"(127.0.0.1:PORT or localhost:PORT); drop --nats-insecure to have credentials generated into <data-dir>/%s "+
+			"(then non-loopback listening is allowed), or listen on 127.0.0.1", listen, authDirName)
+	}
+	return nil
 }
 
 const rebindSourceUsage = "accept a database filled from another exchange URL than --binance-url and record the new one (otherwise it is refused)"

@@ -329,3 +329,91 @@ func (w *writer) chown(p string) error {
 	}
 	return nil
 }
+
+// Missing returns the files of a complete credentials directory (auth.conf,
+// every user's seed and context) that dir lacks; empty means complete.
+func Missing(dir string) []string {
+	var out []string
+	files := []string{AuthConf}
+	for _, u := range Users {
+		files = append(files, SeedPath("", u), filepath.Join(ContextDir, u+".json"))
+	}
+	for _, f := range files {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// SetContextServers rewrites the server URLs of the nats CLI contexts in dir
+// (`candlekeep up` started on another --nats-listen), keeping the rest of
+// each context; a context that names them already is not rewritten.
+func SetContextServers(dir string, servers []string) error {
+	url := strings.Join(servers, ",")
+	w := &writer{dir: dir}
+	for _, u := range Users {
+		rel := filepath.Join(ContextDir, u+".json")
+		b, err := os.ReadFile(filepath.Join(dir, rel))
+		if err != nil {
+			return fmt.Errorf("nats CLI context: %w", err)
+		}
+		c := map[string]any{}
+		if err := json.Unmarshal(b, &c); err != nil {
+			return fmt.Errorf("nats CLI context %s: %w", filepath.Join(dir, rel), err)
+		}
+		if c["url"] == url {
+			continue
+		}
+		c["url"] = url
+		out, err := json.MarshalIndent(c, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := w.file(rel, append(out, '\n')); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PublicKeys reads every user's seed in dir and returns its public key.
+func PublicKeys(dir string) (map[string]string, error) {
+	pub := map[string]string{}
+	for _, u := range Users {
+		seed, err := os.ReadFile(SeedPath(dir, u))
+		if err != nil {
+			return nil, fmt.Errorf("nkey seed of %s: %w", u, err)
+		}
+		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+		if err != nil {
+			return nil, fmt.Errorf("nkey seed %s: %w", SeedPath(dir, u), err)
+		}
+		if pub[u], err = kp.PublicKey(); err != nil {
+			return nil, fmt.Errorf("nkey seed %s: %w", SeedPath(dir, u), err)
+		}
+		kp.Wipe()
+	}
+	return pub, nil
+}
+
+// RefreshAuthConf renders dir's auth.conf again from the seeds in dir and
+// this version's permissions, so a server that loads it at start (the
+// embedded one of `candlekeep up`) never runs with the permissions of the
+// version that generated the credentials. The seeds do not change. changed
+// says whether the file was rewritten.
+func RefreshAuthConf(dir string) (changed bool, err error) {
+	pub, err := PublicKeys(dir)
+	if err != nil {
+		return false, err
+	}
+	conf := []byte(authConf(pub))
+	if old, err := os.ReadFile(filepath.Join(dir, AuthConf)); err == nil && string(old) == string(conf) {
+		return false, nil
+	}
+	w := &writer{dir: dir}
+	if err := w.file(AuthConf, conf); err != nil {
+		return false, err
+	}
+	return true, nil
+}

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -264,6 +265,10 @@ type ServerOptions struct {
 	StoreDir string
 	// Name identifies the server in `nats server ls`.
 	Name string
+	// AuthFile, if set, is a nats-server config fragment with the accounts
+	// and users (natsauth's auth.conf): the server then refuses clients
+	// without credentials. Empty: no authentication.
+	AuthFile string
 }
 
 // RunServer starts an embedded nats-server with JetStream and waits until it
@@ -280,15 +285,16 @@ func RunServer(o ServerOptions) (*server.Server, error) {
 	if o.Name == "" {
 		o.Name = "candlekeep"
 	}
-	ns, err := server.NewServer(&server.Options{
-		ServerName: o.Name,
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   o.StoreDir,
-		NoSigs:     true,
-		MaxPayload: 8 << 20,
-	})
+	opts := &server.Options{}
+	if o.AuthFile != "" {
+		if err := opts.ProcessConfigFile(o.AuthFile); err != nil {
+			return nil, fmt.Errorf("nats-server: accounts in %s: %w (regenerate them with candlekeep auth init --force --dir %s)", o.AuthFile, err, filepath.Dir(o.AuthFile))
+		}
+	}
+	opts.ServerName, opts.Host, opts.Port = o.Name, host, port
+	opts.JetStream, opts.StoreDir = true, o.StoreDir
+	opts.NoSigs, opts.MaxPayload = true, 8<<20
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("nats-server: %w", err)
 	}
