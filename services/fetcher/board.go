@@ -62,6 +62,7 @@ func openBoard(ctx context.Context, js jetstream.JetStream, replicas int, p *pac
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", FetchersBucket, err)
 	}
+	kv = bounded(kv)
 	b := &board{kv: kv, pacer: p, log: log, now: now, rewatch: make(chan struct{}, 1)}
 	// Apply a ban in force before the first request; the watch keeps it current.
 	if e, err := kv.Get(ctx, BanKey); err == nil {

@@ -48,7 +48,7 @@ func openPairLocks(ctx context.Context, js jetstream.JetStream, ttl time.Duratio
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", LockBucket, err)
 	}
-	return &pairLocks{kv: kv, poll: lockPoll}, nil
+	return &pairLocks{kv: bounded(kv), poll: lockPoll}, nil
 }
 
 // lockConfig is the configuration of LockBucket.

@@ -55,7 +55,7 @@ func openProgress(ctx context.Context, js jetstream.JetStream, replicas int) (*p
 	if err != nil {
 		return nil, fmt.Errorf("kv bucket %s: %w", ProgressBucket, err)
 	}
-	return &progressStore{kv: kv}, nil
+	return &progressStore{kv: bounded(kv)}, nil
 }
 
 // progressConfig is the configuration of ProgressBucket.
