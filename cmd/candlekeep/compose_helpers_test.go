@@ -492,3 +492,31 @@ func (s *stack) violations(user, subject string) int {
 	}
 	return n
 }
+
+// alertsOncePerIncident checks the alert events of the whole test: per
+// rule, firing and resolved alternate. A monitor restart (or an upgrade)
+// that re-sent a firing alert, or resolved one it never fired, breaks the
+// alternation: the receivers are driven by the same transitions, so this is
+// "one message per incident".
+func alertsOncePerIncident(t testing.TB, ev *events) {
+	t.Helper()
+	state := map[string]string{}
+	fired := 0
+	for _, raw := range ev.all {
+		var a candles.AlertEvent
+		if json.Unmarshal(raw, &a) != nil || (a.Kind != candles.KindAlertFiring && a.Kind != candles.KindAlertResolved) {
+			continue
+		}
+		switch {
+		case a.Kind == candles.KindAlertFiring && state[a.Alert] == candles.KindAlertFiring:
+			t.Errorf("%s fired again at %s without resolving in between (a restart sent it twice)", a.Alert, a.Time.UTC())
+		case a.Kind == candles.KindAlertResolved && state[a.Alert] != candles.KindAlertFiring:
+			t.Errorf("%s resolved at %s without having fired", a.Alert, a.Time.UTC())
+		}
+		if a.Kind == candles.KindAlertFiring {
+			fired++
+		}
+		state[a.Alert] = a.Kind
+	}
+	t.Logf("%d alert incidents over the test, each fired once", fired)
+}
