@@ -325,10 +325,9 @@ func TestCoverageGapsScale(t *testing.T) {
 	if len(got) != 1 || !reflect.DeepEqual(got[0].Missing, want) || got[0].Expected != int64(n) || got[0].Count != int64(n-4) {
 		t.Fatalf("Coverage = %+v, want missing %v", got, want)
 	}
+	// Reported, not asserted: tests do not judge wall-clock time (make
+	// test runs the container tests beside this one).
 	t.Logf("coverage with gaps of %d rows: %s", n, took)
-	if budget := time.Duration(n) * time.Second / 1_000_000; !raceEnabled && took > 2*budget {
-		t.Errorf("coverage with gaps took %s for %d rows; the budget is about %s", took, n, budget)
-	}
 }
 
 func TestUpsertLeavesWatermarkAndRunsAlone(t *testing.T) {
