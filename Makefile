@@ -60,7 +60,7 @@ $(TOOLS)/nats:
 test: build tools images vet
 	@set -e; clog=$$(mktemp); \
 	(cd cmd/candlekeep && $(TEST_ENV) $(GO) test -count=1 -timeout 13m -run '^TestCompose' .) >$$clog 2>&1 & cpid=$$!; \
-	for m in $(MODULES); do echo "== $$m"; (cd $$m && $(TEST_ENV) $(GO) test -count=1 -timeout 13m -skip '^TestCompose' ./...) || { kill $$cpid 2>/dev/null; exit 1; }; done; \
+	for m in $(MODULES); do echo "== $$m"; (cd $$m && $(TEST_ENV) $(GO) test -count=1 -timeout 13m -skip '^TestCompose' ./...) || { echo "== waiting for the container tests to clean up"; wait $$cpid; cat $$clog; rm -f $$clog; exit 1; }; done; \
 	echo "== cmd/candlekeep container tests (TestCompose*)"; \
 	if wait $$cpid; then cat $$clog; rm -f $$clog; else cat $$clog; rm -f $$clog; exit 1; fi
 
