@@ -96,17 +96,7 @@ func TestComposeStackSurvivesNodeLossRestartsAndUpgrades(t *testing.T) {
 	// each with batch.rejected naming why.
 	forge := func(t *testing.T, runID string) {
 		t.Helper()
-		iv := candles.MustInterval("1h")
-		first := truthSim.Klines("BTCUSDT", iv, 0, end.UnixMilli())[0]
-		first.Open, first.Low = 1.0, 1.0
-		ahead := iv.Align(time.Now().Add(72 * time.Hour).UnixMilli())
-		forgeries := []candles.Batch{
-			{V: candles.Version, Symbol: "BTCUSDT", Interval: "1h", Candles: []candles.Candle{first}},
-			{V: candles.Version, Symbol: "FAKEUSDT", Interval: "1h", Candles: []candles.Candle{first}},
-			{V: candles.Version, Symbol: "BTCUSDT", Interval: "1h", Candles: []candles.Candle{{
-				OpenTime: ahead, CloseTime: iv.Next(ahead) - 1, Open: 1, High: 1, Low: 1, Close: 1, Volume: 1, QuoteVolume: 1, Trades: 1}}},
-			{V: candles.Version, RunID: runID, Symbol: "BTCUSDT", Interval: "1h", Page: 1, Final: true},
-		}
+		forgeries := forgedBatches("1h", truthSim.Klines("BTCUSDT", candles.MustInterval("1h"), 0, end.UnixMilli())[0], runID)
 		if len(ev.mustSnapshot(t).of(candles.KindSyncCompleted, runID)) != 0 {
 			t.Fatal("the run completed before the forgeries were sent; the backfill is too short for this test")
 		}
@@ -125,19 +115,7 @@ func TestComposeStackSurvivesNodeLossRestartsAndUpgrades(t *testing.T) {
 			}
 			return nil
 		})
-		for _, raw := range ev.mustSnapshot(t).of(candles.KindBatchRejected, "") {
-			var r candles.BatchRejected
-			if err := json.Unmarshal(raw, &r); err != nil {
-				t.Fatal(err)
-			}
-			ok := false
-			for _, reason := range []string{"unknown run:", "pair not in run:", "bad job token:"} {
-				ok = ok || strings.HasPrefix(r.Reason, reason)
-			}
-			if !ok || r.Source != "stream" {
-				t.Errorf("batch.rejected %+v: want a reason naming why the pipeline did not produce it", r)
-			}
-		}
+		assertForgeriesRejected(t, ev.mustSnapshot(t).of(candles.KindBatchRejected, ""))
 	}
 
 	t.Run("docs/deploy.md commands", func(t *testing.T) { st.runDocCommands(t, "../../docs/deploy.md") })

@@ -48,17 +48,7 @@ func TestForgedBatchesAreRefused(t *testing.T) {
 		return nil
 	})
 
-	iv := candles.MustInterval("4h")
-	stored := want[candles.Pair{Symbol: "BTCUSDT", Interval: "4h"}][0]
-	stored.Open, stored.Low = 1.0, 1.0
-	ahead := iv.Align(time.Now().Add(72 * time.Hour).UnixMilli())
-	forgeries := []candles.Batch{
-		{V: candles.Version, Symbol: "BTCUSDT", Interval: "4h", Candles: []candles.Candle{stored}},
-		{V: candles.Version, Symbol: "FAKEUSDT", Interval: "4h", Candles: []candles.Candle{stored}},
-		{V: candles.Version, Symbol: "BTCUSDT", Interval: "4h", Candles: []candles.Candle{{
-			OpenTime: ahead, CloseTime: iv.Next(ahead) - 1, Open: 1, High: 1, Low: 1, Close: 1, Volume: 1, QuoteVolume: 1, Trades: 1}}},
-		{V: candles.Version, RunID: acc.RunID, Symbol: "BTCUSDT", Interval: "4h", Page: 1, Final: true},
-	}
+	forgeries := forgedBatches("4h", want[candles.Pair{Symbol: "BTCUSDT", Interval: "4h"}][0], acc.RunID)
 	if len(ev.of(candles.KindSyncCompleted, acc.RunID)) != 0 {
 		t.Fatal("the run completed before the forgeries were sent; the backfill is too short for this test")
 	}
@@ -85,7 +75,35 @@ func TestForgedBatchesAreRefused(t *testing.T) {
 		}
 		return nil
 	})
-	for _, raw := range ev.of(candles.KindBatchRejected, "") {
+	assertForgeriesRejected(t, ev.of(candles.KindBatchRejected, ""))
+	if n := len(ev.of(candles.KindSyncCompleted, acc.RunID)); n != 1 {
+		t.Errorf("%d sync.completed for the run, want 1", n)
+	}
+	assertSame(t, readDB(t, dbPath), want)
+}
+
+// forgedBatches are the attacks of issue 10 on BTCUSDT/iv while runID is
+// live: stored (a candle the database has) overwritten with open=1.0,
+// FAKEUSDT, a candle three days ahead, and an empty final batch carrying
+// the run's run_id.
+func forgedBatches(iv string, stored candles.Candle, runID string) []candles.Batch {
+	in := candles.MustInterval(iv)
+	stored.Open, stored.Low = 1.0, 1.0
+	ahead := in.Align(time.Now().Add(72 * time.Hour).UnixMilli())
+	return []candles.Batch{
+		{V: candles.Version, Symbol: "BTCUSDT", Interval: iv, Candles: []candles.Candle{stored}},
+		{V: candles.Version, Symbol: "FAKEUSDT", Interval: iv, Candles: []candles.Candle{stored}},
+		{V: candles.Version, Symbol: "BTCUSDT", Interval: iv, Candles: []candles.Candle{{
+			OpenTime: ahead, CloseTime: in.Next(ahead) - 1, Open: 1, High: 1, Low: 1, Close: 1, Volume: 1, QuoteVolume: 1, Trades: 1}}},
+		{V: candles.Version, RunID: runID, Symbol: "BTCUSDT", Interval: iv, Page: 1, Final: true},
+	}
+}
+
+// assertForgeriesRejected checks that each batch.rejected names why the
+// pipeline did not produce the batch, as the writer saw it in the stream.
+func assertForgeriesRejected(t testing.TB, rejected []json.RawMessage) {
+	t.Helper()
+	for _, raw := range rejected {
 		var r candles.BatchRejected
 		if err := json.Unmarshal(raw, &r); err != nil {
 			t.Fatal(err)
@@ -98,8 +116,4 @@ func TestForgedBatchesAreRefused(t *testing.T) {
 			t.Errorf("batch.rejected %+v: want a reason naming why the pipeline did not produce it", r)
 		}
 	}
-	if n := len(ev.of(candles.KindSyncCompleted, acc.RunID)); n != 1 {
-		t.Errorf("%d sync.completed for the run, want 1", n)
-	}
-	assertSame(t, readDB(t, dbPath), want)
 }
