@@ -115,6 +115,7 @@ func (s *Sim) newAdminMux() *http.ServeMux {
 		s.SetLatency(d)
 		ok(w, req)
 	})
+	s.addWebhookRoutes(mux)
 	mux.HandleFunc("/sim/", func(w http.ResponseWriter, r *http.Request) {
 		adminError(w, http.StatusNotFound, fmt.Errorf("no admin endpoint %s %s", r.Method, r.URL.Path))
 	})

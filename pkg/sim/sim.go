@@ -32,6 +32,9 @@
 //	POST   /sim/clock          {"now":"RFC3339"} fixes the exchange clock, {"offset":"-48h"} shifts the
 //	                           real clock, {} restores Options.Now
 //	POST   /sim/latency        {"latency":"50ms"} sets the latency added to every request
+//	POST   /sim/webhook/NAME   a Slack-compatible incoming webhook: keeps the body, answers 200 "ok"
+//	GET    /sim/webhook        {"posts":[{"path":"/sim/webhook/NAME","at":"RFC3339Nano","body":"..."}]}
+//	DELETE /sim/webhook        forget the posts
 //
 // Errors from admin endpoints are {"error":"..."} with status 400 or 404.
 package sim
@@ -141,6 +144,7 @@ type Sim struct {
 	faults  []*faultEntry
 	ips     map[string]*ipState
 	stats   Stats
+	inbox   []WebhookPost
 }
 
 // New returns a simulator. Invalid symbols are dropped with a warning; call

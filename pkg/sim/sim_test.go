@@ -762,6 +762,48 @@ func TestAdmin(t *testing.T) {
 	}
 }
 
+// TestWebhookInbox: the inbox keeps every post, in order, answers as
+// Slack does, and is not the Binance API (no weight, no stats).
+func TestWebhookInbox(t *testing.T) {
+	s, srv := start(t, Options{}, nil)
+	for _, body := range []string{`{"text":"one"}`, `{"text":"two"}`} {
+		r := do(t, "POST", srv.URL+"/sim/webhook/slack", body)
+		if r.status != 200 || string(r.body) != "ok" {
+			t.Fatalf("post: %d %q, want 200 ok", r.status, r.body)
+		}
+	}
+	if r := do(t, "POST", srv.URL+"/sim/webhook/other/x", "plain"); r.status != 200 {
+		t.Fatalf("post to another name: %d %s", r.status, r.body)
+	}
+	if r := do(t, "POST", srv.URL+"/sim/webhook/slack", strings.Repeat("x", maxWebhookBody+1)); r.status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversized post: %d, want 413", r.status)
+	}
+	r := do(t, "GET", srv.URL+"/sim/webhook", "")
+	var got struct{ Posts []WebhookPost }
+	if err := json.Unmarshal(r.body, &got); err != nil || r.status != 200 {
+		t.Fatalf("list: %d %s %v", r.status, r.body, err)
+	}
+	want := []WebhookPost{{Path: "/sim/webhook/slack", Body: `{"text":"one"}`}, {Path: "/sim/webhook/slack", Body: `{"text":"two"}`},
+		{Path: "/sim/webhook/other/x", Body: "plain"}}
+	if len(got.Posts) != len(want) {
+		t.Fatalf("posts %+v, want %+v", got.Posts, want)
+	}
+	for i, p := range got.Posts {
+		if p.Path != want[i].Path || p.Body != want[i].Body || p.At.IsZero() {
+			t.Fatalf("post %d: %+v, want %+v", i, p, want[i])
+		}
+	}
+	if st := s.Stats(); st.Requests != 0 {
+		t.Fatalf("webhook posts were counted as API requests: %+v", st)
+	}
+	if r := do(t, "DELETE", srv.URL+"/sim/webhook", ""); r.status != 200 || len(s.Webhooks()) != 0 {
+		t.Fatalf("delete: %d, %d posts left", r.status, len(s.Webhooks()))
+	}
+	if r := do(t, "PUT", srv.URL+"/sim/webhook/slack", "x"); r.status != http.StatusMethodNotAllowed && r.status != 404 {
+		t.Fatalf("PUT: %d, want 405 or 404", r.status)
+	}
+}
+
 // TestGoBinanceClient fetches through the client the fetcher uses and must
 // end with the truth, bit for bit.
 func TestGoBinanceClient(t *testing.T) {
