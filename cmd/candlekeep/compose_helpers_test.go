@@ -6,6 +6,8 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/candlekeep/candlekeep/pkg/candles"
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
+	"github.com/candlekeep/candlekeep/pkg/sim"
 )
 
 // The container tests drive deploy/compose with docker-compose (1.29 or
@@ -74,12 +77,16 @@ type stack struct {
 	urls     []string // the three nodes as the host reaches them
 	seed     string   // the operator's nkey seed ("" without auth)
 	monitor  string   // host:port of the monitor's HTTP
+	sim      string   // host:port of the simulator (its webhook inbox)
 	authDone bool
 }
 
 // stackConfig is what a test changes of the stack.
 type stackConfig struct {
 	symbols, intervals, schedule, simLatency string
+	// ruleTimeScale and evalInterval are the monitor's (default 1 and 15s);
+	// the container test shortens them so its incidents fire.
+	ruleTimeScale, evalInterval string
 }
 
 // hasAuthInit reports whether the binary under test has `candlekeep auth
@@ -98,7 +105,7 @@ func newStack(t testing.TB, ckImage, natsImage string, c stackConfig) *stack {
 		t.Logf("chown data dir: %v (needs root; opening it to the containers instead)", err)
 		_ = os.Chmod(s.dataDir, 0o777)
 	}
-	ports := make([]string, 4)
+	ports := make([]string, 5)
 	for i := range ports {
 		ports[i] = freeAddr(t)[len("127.0.0.1:"):]
 	}
@@ -106,6 +113,13 @@ func newStack(t testing.TB, ckImage, natsImage string, c stackConfig) *stack {
 		s.urls = append(s.urls, "nats://127.0.0.1:"+ports[i])
 	}
 	s.monitor = "127.0.0.1:" + ports[3]
+	s.sim = "127.0.0.1:" + ports[4]
+	if c.ruleTimeScale == "" {
+		c.ruleTimeScale = "1"
+	}
+	if c.evalInterval == "" {
+		c.evalInterval = "15s"
+	}
 	envFile := filepath.Join(t.TempDir(), "empty.env") // not the operator's .env
 	if err := os.WriteFile(envFile, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -113,7 +127,8 @@ func newStack(t testing.TB, ckImage, natsImage string, c stackConfig) *stack {
 	s.env = append(os.Environ(),
 		"COMPOSE_PROJECT_NAME="+s.project, "CANDLEKEEP_IMAGE="+ckImage, "NATS_IMAGE="+natsImage,
 		"CANDLEKEEP_SECRETS_DIR="+s.secrets, "TEST_DATA_DIR="+s.dataDir,
-		"NATS_1_PORT="+ports[0], "NATS_2_PORT="+ports[1], "NATS_3_PORT="+ports[2], "MONITOR_PORT="+ports[3],
+		"NATS_1_PORT="+ports[0], "NATS_2_PORT="+ports[1], "NATS_3_PORT="+ports[2], "MONITOR_PORT="+ports[3], "SIM_PORT="+ports[4],
+		"TEST_RULE_TIME_SCALE="+c.ruleTimeScale, "TEST_EVAL_INTERVAL="+c.evalInterval,
 		"TEST_SYMBOLS="+c.symbols, "TEST_INTERVALS="+c.intervals, "TEST_LOOKBACK=10",
 		"TEST_SYNC_SCHEDULE="+c.schedule, "SIM_LATENCY="+c.simLatency, "COMPOSE_ENV_FILE="+envFile)
 	s.writeSecrets()
@@ -153,6 +168,7 @@ func (s *stack) writeSecrets() {
 		}
 		s.seed = filepath.Join(s.secrets, "operator.nk")
 		s.authDone = true
+		s.slackToInbox()
 		return
 	}
 	t.Log("candlekeep auth init is not in this binary yet: the stack runs without NATS credentials")
@@ -163,6 +179,7 @@ func (s *stack) writeSecrets() {
 	for _, u := range []string{"fetcher", "writer", "backup", "monitor"} {
 		files[u+".nk"] = ""
 	}
+	files["monitor.env"] = ""
 	for name, body := range files {
 		p := filepath.Join(s.secrets, name)
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
@@ -170,6 +187,62 @@ func (s *stack) writeSecrets() {
 		}
 		_ = os.Chown(p, 65532, 65532)
 	}
+}
+
+// slackToInbox fills in the Slack line of the monitor.env that `make
+// secrets` wrote, as an operator does, with the simulator's webhook inbox
+// for the workspace.
+func (s *stack) slackToInbox() {
+	p := filepath.Join(s.secrets, "monitor.env")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		s.t.Fatalf("make secrets wrote no monitor.env: %v", err)
+	}
+	const line = "#CANDLEKEEP_SLACK_WEBHOOK_URL="
+	i := strings.Index(string(b), line)
+	if i < 0 {
+		s.t.Fatalf("monitor.env has no %s line to fill in:\n%s", line, b)
+	}
+	end := i + strings.IndexByte(string(b[i:]), '\n')
+	filled := string(b[:i]) + "CANDLEKEEP_SLACK_WEBHOOK_URL=http://sim:9100" + slackInboxPath + string(b[end:])
+	if err := os.WriteFile(p, []byte(filled), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// slackInboxPath is where the monitor's Slack messages go in the stack.
+const slackInboxPath = "/sim/webhook/slack"
+
+// slackMessages is every message the monitor posted to Slack, in order.
+func (s *stack) slackMessages() ([]inboxMsg, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.sim+"/sim/webhook", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var got struct{ Posts []sim.WebhookPost }
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		return nil, fmt.Errorf("the webhook inbox: %s: %w", resp.Status, err)
+	}
+	var msgs []inboxMsg
+	for _, p := range got.Posts {
+		if p.Path != slackInboxPath {
+			continue
+		}
+		m, err := decodeSlack([]byte(p.Body))
+		if err != nil {
+			return nil, fmt.Errorf("a Slack message the monitor posted at %s is not Block Kit as it sends: %w: %s", p.At, err, p.Body)
+		}
+		m.At = p.At
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
 }
 
 // compose runs docker-compose on the project with the test override.
@@ -493,30 +566,90 @@ func (s *stack) violations(user, subject string) int {
 	return n
 }
 
-// alertsOncePerIncident checks the alert events of the whole test: per
-// rule, firing and resolved alternate. A monitor restart (or an upgrade)
-// that re-sent a firing alert, or resolved one it never fired, breaks the
-// alternation: the receivers are driven by the same transitions, so this is
-// "one message per incident".
-func alertsOncePerIncident(t testing.TB, ev *events) {
+// alertsOncePerIncident checks every alert of the whole test, in the
+// events and in the Slack messages the monitor posted (the simulator's
+// webhook inbox): per rule, firing and resolved alternate, and Slack got
+// one FIRING message per alert.firing and one RESOLVED per alert.resolved.
+// A monitor restart (or an upgrade) that re-sent a firing alert, resolved
+// one it never fired, or lost a message breaks the alternation or the
+// count. It fails when no alert fired at all: then it proves nothing.
+func (s *stack) alertsOncePerIncident(t testing.TB, cev clusterEvents) {
 	t.Helper()
-	state := map[string]string{}
-	fired := 0
+	type counts struct{ firing, resolved int }
+	var ev *events
+	var slack []inboxMsg
+	// The receivers post after the event: wait for Slack to catch up.
+	checkfor.Check(t, 2*time.Minute, time.Second, func() error {
+		var err error
+		if ev, err = cev.snapshot(); err != nil {
+			return err
+		}
+		if slack, err = s.slackMessages(); err != nil {
+			return err
+		}
+		want, got := map[string]counts{}, map[string]counts{}
+		for _, raw := range ev.all {
+			var a candles.AlertEvent
+			if json.Unmarshal(raw, &a) != nil {
+				continue
+			}
+			c := want[a.Alert]
+			switch a.Kind {
+			case candles.KindAlertFiring:
+				c.firing++
+			case candles.KindAlertResolved:
+				c.resolved++
+			default:
+				continue
+			}
+			want[a.Alert] = c
+		}
+		for _, m := range slack {
+			c := got[m.Alert]
+			switch m.Kind {
+			case "FIRING":
+				c.firing++
+			case "RESOLVED":
+				c.resolved++
+			}
+			got[m.Alert] = c
+		}
+		if !maps.Equal(want, got) {
+			return fmt.Errorf("alert events (firing, resolved) per rule %v, Slack messages %v", want, got)
+		}
+		return nil
+	})
+	alternate := func(source, alert, kind string, at time.Time, state map[string]string) {
+		switch {
+		case kind == candles.KindAlertFiring && state[alert] == candles.KindAlertFiring:
+			t.Errorf("%s: %s fired again at %s without resolving in between (a restart sent it twice)", source, alert, at.UTC())
+		case kind == candles.KindAlertResolved && state[alert] != candles.KindAlertFiring:
+			t.Errorf("%s: %s resolved at %s without having fired", source, alert, at.UTC())
+		}
+		state[alert] = kind
+	}
+	fired, state := 0, map[string]string{}
 	for _, raw := range ev.all {
 		var a candles.AlertEvent
 		if json.Unmarshal(raw, &a) != nil || (a.Kind != candles.KindAlertFiring && a.Kind != candles.KindAlertResolved) {
 			continue
 		}
-		switch {
-		case a.Kind == candles.KindAlertFiring && state[a.Alert] == candles.KindAlertFiring:
-			t.Errorf("%s fired again at %s without resolving in between (a restart sent it twice)", a.Alert, a.Time.UTC())
-		case a.Kind == candles.KindAlertResolved && state[a.Alert] != candles.KindAlertFiring:
-			t.Errorf("%s resolved at %s without having fired", a.Alert, a.Time.UTC())
-		}
 		if a.Kind == candles.KindAlertFiring {
 			fired++
 		}
-		state[a.Alert] = a.Kind
+		alternate("events", a.Alert, a.Kind, a.Time, state)
 	}
-	t.Logf("%d alert incidents over the test, each fired once", fired)
+	state = map[string]string{}
+	for _, m := range slack {
+		switch m.Kind {
+		case "FIRING":
+			alternate("Slack", m.Alert, candles.KindAlertFiring, m.At, state)
+		case "RESOLVED":
+			alternate("Slack", m.Alert, candles.KindAlertResolved, m.At, state)
+		}
+	}
+	if fired == 0 {
+		t.Errorf("no alert fired over the test: nothing shows one message per incident")
+	}
+	t.Logf("%d alert incidents over the test, each fired once, %d Slack messages: %v", fired, len(slack), slack)
 }

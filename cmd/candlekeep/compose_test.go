@@ -45,7 +45,7 @@ func TestComposeStackSurvivesNodeLossRestartsAndUpgrades(t *testing.T) {
 	ckImage, natsImage := requireDocker(t)
 	symbols := candles.DefaultSymbols()[:20]
 	st := newStack(t, ckImage, natsImage, stackConfig{symbols: strings.Join(symbols, ","), intervals: "1h,4h,30m",
-		schedule: "off", simLatency: "100ms"})
+		schedule: "off", simLatency: "100ms", ruleTimeScale: "0.01", evalInterval: "1s"})
 	nc := st.connect()
 	st.waitReady(nc)
 	js, err := jetstream.New(nc)
@@ -218,9 +218,8 @@ func TestComposeStackSurvivesNodeLossRestartsAndUpgrades(t *testing.T) {
 		if n := st.docker("inspect", "-f", "{{.RestartCount}}", st.container("writer")); n == "0" {
 			t.Errorf("the writer's restart count is 0: its restart policy did not bring it back")
 		}
-		all := ev.mustSnapshot(t)
-		runLedger(t, all)
-		alertsOncePerIncident(t, all)
+		runLedger(t, ev.mustSnapshot(t))
+		st.alertsOncePerIncident(t, ev)
 	})
 
 	t.Run("rolling upgrade", func(t *testing.T) {
@@ -277,9 +276,8 @@ func TestComposeStackSurvivesNodeLossRestartsAndUpgrades(t *testing.T) {
 			}
 			return nil
 		})
-		all := ev.mustSnapshot(t)
-		runLedger(t, all)
-		alertsOncePerIncident(t, all)
+		runLedger(t, ev.mustSnapshot(t))
+		st.alertsOncePerIncident(t, ev)
 		// Every pair is exact up to its newest candle, and caught up to
 		// the time the upgrade began.
 		got := readDB(t, db)

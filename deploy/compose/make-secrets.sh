@@ -4,7 +4,8 @@
 # accounts, one nkey per service and the nats CLI contexts (owned by the
 # containers' user 65532, files 0600), then cluster.conf: the route
 # authorization plus the routes between nats-1..3 carrying the route
-# password, and Grafana's admin password. Existing credentials are kept
+# password, Grafana's admin password, and monitor.env, the monitor's alert
+# receivers (commented out until you fill them in). Existing files are kept
 # (rotate: docs/deploy.md).
 # Usage: make-secrets.sh CANDLEKEEP_BINARY [DIR]
 set -euo pipefail
@@ -25,6 +26,21 @@ if [ ! -e "$dir/cluster.conf" ]; then
 		echo "]"
 	} >"$dir/cluster.conf"
 	chown "$owner" "$dir/cluster.conf" 2>/dev/null || true
+fi
+if [ ! -e "$dir/monitor.env" ]; then
+	# The monitor's alert receivers (an env file: compose reads it on the
+	# host and passes the variables to the monitor alone).
+	cat >"$dir/monitor.env" <<'ENV'
+# The candlekeep monitor's alert receivers (docs/alerts.md). Uncomment
+# what you use, then: docker-compose ... up -d monitor
+#CANDLEKEEP_SLACK_WEBHOOK_URL=https://hooks.slack.com/services/T000/B000/XXXX
+#CANDLEKEEP_PAGERDUTY_ROUTING_KEY=
+#CANDLEKEEP_SMTP_ADDR=smtp.example.com:587
+#CANDLEKEEP_SMTP_FROM=candlekeep@example.com
+#CANDLEKEEP_SMTP_TO=oncall@example.com
+#CANDLEKEEP_SMTP_USERNAME=
+#CANDLEKEEP_SMTP_PASSWORD=
+ENV
 fi
 if [ ! -e "$dir/grafana_admin_password" ]; then
 	head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$dir/grafana_admin_password"
