@@ -35,10 +35,16 @@ func freshnessEvents(t *testing.T, s *system) (evs []candles.FreshnessChanged, i
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		msg, err := cons.Next(jetstream.FetchMaxWait(300 * time.Millisecond))
+	// Read exactly what the stream holds now (a short fetch timeout would
+	// read a loaded machine's slow delivery as "no events").
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := info.NumPending; n > 0; n-- {
+		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
 		if err != nil {
-			return evs, ids
+			t.Fatalf("read freshness.changed (%d more pending): %v", n, err)
 		}
 		var ev candles.FreshnessChanged
 		if err := json.Unmarshal(msg.Data(), &ev); err != nil {
@@ -47,6 +53,7 @@ func freshnessEvents(t *testing.T, s *system) (evs []candles.FreshnessChanged, i
 		evs = append(evs, ev)
 		ids = append(ids, msg.Headers().Get("Nats-Msg-Id"))
 	}
+	return evs, ids
 }
 
 // TestFreshnessHistory: the monitor records freshness.changed at its first

@@ -466,6 +466,38 @@ func TestRestartReplaysTheLastHour(t *testing.T) {
 	}
 }
 
+// TestReplayWithAClockBehindTheServer: the server stamps the events; a
+// monitor whose clock is a month behind still replays one hour (a sample a
+// minute up to its now), not one sample per minute of the difference
+// (44,000 of them, which kept a monitor from evaluating for seconds), and
+// counts the event.
+func TestReplayWithAClockBehindTheServer(t *testing.T) {
+	s := newSystem(t)
+	s.publish(&candles.RateLimitHit{EventHeader: candles.NewHeader(candles.KindRateLimitHit, ""), UsedWeight: 6100})
+	clock := testclock.New(time.Now().Add(-30 * 24 * time.Hour))
+	var rec backfillRecorder
+	r := startMonitor(t, s, clock, nil, rec.wrap)
+	checkfor.Check(t, waitFor, pollGap, func() error {
+		if ok, why := r.m.ready(); !ok {
+			return fmt.Errorf("not ready: %s", why)
+		}
+		if v, _ := value(r.metrics(t), "candlekeep_ratelimit_hits_total"); v != 1 {
+			return fmt.Errorf("monitor counts %v hits, want 1", v)
+		}
+		return nil
+	})
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	// The clock stands still: samples from an hour back up to the minute
+	// before now (the first live evaluation appends the one at now).
+	if len(rec.times) != 60 {
+		t.Fatalf("backfill: %d samples, want 60 (one a minute over the hour before the monitor's now)", len(rec.times))
+	}
+	if first, last := rec.times[0], rec.times[len(rec.times)-1]; !first.Equal(clock.Now().Add(-time.Hour)) || !last.Before(clock.Now()) {
+		t.Errorf("backfill samples from %s to %s, want from an hour before %s to before it", first, last, clock.Now())
+	}
+}
+
 func TestBanStateFromEvents(t *testing.T) {
 	s := newSystem(t)
 	f := newFixture()

@@ -140,8 +140,15 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 			}
 			if !caughtUp.Load() {
 				// Samples before the event see the counters without it.
+				// The server stamped the event; a clock of ours behind
+				// the server's must not fill the History with samples
+				// past our now (one per minute of the difference).
 				m.mu.Lock()
-				rp.advance(md.Timestamp.Add(-time.Nanosecond), m.ev.c)
+				at := md.Timestamp
+				if now := m.o.Now(); at.After(now) {
+					at = now
+				}
+				rp.advance(at.Add(-time.Nanosecond), m.ev.c)
 				m.mu.Unlock()
 			}
 			m.handleEvent(msg.Subject(), msg.Data())
