@@ -39,6 +39,8 @@ const (
 	historySlack = 5 * time.Minute
 	// shutdownGrace bounds the HTTP server's Shutdown.
 	shutdownGrace = 3 * time.Second
+	// DefaultOwnerGrace: see Options.OwnerGrace.
+	DefaultOwnerGrace = 30 * time.Second
 )
 
 // Options configure a Monitor.
@@ -78,6 +80,12 @@ type Options struct {
 	// cron installed as a JetStream message schedule, "off" removes it);
 	// "" runs no audit and leaves the schedule alone.
 	SLASchedule string
+	// OwnerGrace is how long after start the alert rules wait for the
+	// database owner's first coverage answer (real time). Without it the
+	// data-derived series are absent, and a monitor restarted beside its
+	// writer would resolve a firing CandlekeepDataStale, then fire it
+	// again once the writer answers: two messages for one incident.
+	OwnerGrace time.Duration
 }
 
 // DefaultOptions returns the production options (Conn and Logger unset).
@@ -94,6 +102,7 @@ func DefaultOptions() Options {
 		Version:        DefaultVersion,
 		Now:            time.Now,
 		SLASchedule:    sla.DefaultSchedule,
+		OwnerGrace:     DefaultOwnerGrace,
 	}
 }
 
@@ -170,6 +179,10 @@ type Monitor struct {
 	snap         *snapshot
 	report       *candles.HealthReport
 	replayed     bool
+	// started is when Run began (real time), for OwnerGrace; graceOver
+	// says the rules stopped waiting for the owner (logged once).
+	started   time.Time
+	graceOver bool
 	// alerter is set once Run created it.
 	alerter *alerts.Alerter
 	// fresh records the freshness history (evaluation goroutine only).
@@ -240,7 +253,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 		return fmt.Errorf("monitor: alerts: %w", err)
 	}
 	m.mu.Lock()
-	m.alerter = alerter
+	m.alerter, m.started = alerter, time.Now()
 	m.mu.Unlock()
 	checkEventsRetention(ctx, m.js, m.log)
 	var auditor *sla.Auditor
@@ -438,6 +451,15 @@ func (m *Monitor) evaluate(ctx context.Context) {
 	rep := &candles.HealthReport{V: candles.Version, Status: overall(*s, s.Checks), Checks: s.Checks, At: now}
 	m.snap, m.report = s, rep
 	alerter := m.alerter
+	if s.Coverage == nil && !m.graceOver {
+		if time.Since(m.started) < m.o.OwnerGrace {
+			alerter = nil // the owner may not have started yet: the rules wait for its data
+		} else {
+			m.graceOver = true
+			m.log.Warn("the database's owner has not answered since the monitor started; evaluating the alert rules without its data",
+				"subject", candles.SubjectAPICoverage, "waited", m.o.OwnerGrace)
+		}
+	}
 	m.mu.Unlock()
 
 	mfs, err := m.o.Registry.Gather()

@@ -614,3 +614,108 @@ func TestOwnerErrorAnswerMeansCannotTellTheFilesState(t *testing.T) {
 	o.fail("", "")
 	waitReport(t, r, statusIs(candles.CheckOK))
 }
+
+// TestRestartBeforeTheOwnerAnswersKeepsTheAlert: inside `up` the monitor and
+// the writer restart together. A monitor restarted while CandlekeepDataStale
+// fires, evaluating before the database's owner answers again, neither
+// resolves the alert for lack of data nor fires it a second time once the
+// owner answers with the still-stale data: one incident, one FIRING.
+func TestRestartBeforeTheOwnerAnswersKeepsTheAlert(t *testing.T) {
+	s := newSystem(t)
+	iv := candles.MustInterval("4h")
+	last := iv.Align(time.Now().Add(-72 * time.Hour).UnixMilli())
+	stale := []candles.PairCoverage{
+		{Symbol: "BTCUSDT", Interval: "4h", First: iv.Add(last, -10), Last: last, Count: 11, Expected: 11},
+		{Symbol: "ETHUSDT", Interval: "4h", First: iv.Add(last, -10), Last: last, Count: 11, Expected: 11},
+	}
+	fast := func(o *Options) { o.RuleTimeScale = 0.001 }
+	count := func(kind string) int { t.Helper(); return alertEvents(t, s, kind, "CandlekeepDataStale") }
+	firing := func(r *running) bool {
+		for _, a := range r.m.Health().Firing {
+			if a.Alert == "CandlekeepDataStale" {
+				return true
+			}
+		}
+		return false
+	}
+	// evaluated waits until r reported n evaluation intervals after since.
+	evaluated := func(r *running, since time.Time, n int) {
+		t.Helper()
+		checkfor.Check(t, waitFor, pollGap, func() error {
+			if at := r.m.Health().At; !at.After(since.Add(time.Duration(n) * 50 * time.Millisecond)) {
+				return fmt.Errorf("last evaluation at %s", at)
+			}
+			return nil
+		})
+	}
+
+	o := startOwner(t, s, candles.DatabaseHealth{V: 1, QuickCheck: candles.CheckRun{OK: true}}, stale)
+	first := startMonitor(t, s, nil, fast)
+	checkfor.Check(t, waitFor, pollGap, func() error {
+		if n := count(candles.KindAlertFiring); n != 1 || !firing(first) {
+			return fmt.Errorf("%d alert.firing, firing %v; want CandlekeepDataStale firing once", n, firing(first))
+		}
+		return nil
+	})
+	first.stop()
+	o.stop(t)
+
+	restarted := time.Now()
+	second := startMonitor(t, s, nil, fast)
+	evaluated(second, restarted, 10)
+	if n := count(candles.KindAlertResolved); n != 0 || !firing(second) {
+		t.Fatalf("before the owner answers: %d alert.resolved, firing %v; want the alert kept firing", n, firing(second))
+	}
+	answered := time.Now()
+	startOwner(t, s, candles.DatabaseHealth{V: 1, QuickCheck: candles.CheckRun{OK: true}}, stale)
+	evaluated(second, answered, 10)
+	if f, r := count(candles.KindAlertFiring), count(candles.KindAlertResolved); f != 1 || r != 0 || !firing(second) {
+		t.Fatalf("after the owner answers: %d alert.firing, %d alert.resolved, firing %v; want one incident still firing", f, r, firing(second))
+	}
+}
+
+// alertEvents is how many kind events (alert.firing, alert.resolved) EVENTS
+// holds for the rule alert.
+func alertEvents(t *testing.T, s *system, kind, alert string) int {
+	t.Helper()
+	ctx := context.Background()
+	cons, err := s.js.OrderedConsumer(ctx, candles.StreamEvents, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{candles.EventSubject(kind)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for left := info.NumPending; left > 0; left-- {
+		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			t.Fatalf("read %s (%d more pending): %v", kind, left, err)
+		}
+		var ev candles.AlertEvent
+		if err := json.Unmarshal(msg.Data(), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Alert == alert {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRulesWaitForTheOwnerOnlySoLong: with no database owner at all, the
+// alert rules wait OwnerGrace for its data and then evaluate without it
+// (here a rate-limit hit fires CandlekeepRateLimitAbuse).
+func TestRulesWaitForTheOwnerOnlySoLong(t *testing.T) {
+	s := newSystem(t)
+	startMonitor(t, s, nil, func(o *Options) { o.RuleTimeScale = 0.001; o.OwnerGrace = 300 * time.Millisecond })
+	s.publish(&candles.RateLimitHit{EventHeader: candles.NewHeader(candles.KindRateLimitHit, ""), UsedWeight: 6100})
+	checkfor.Check(t, waitFor, pollGap, func() error {
+		if n := alertEvents(t, s, candles.KindAlertFiring, "CandlekeepRateLimitAbuse"); n != 1 {
+			return fmt.Errorf("%d alert.firing for CandlekeepRateLimitAbuse, want 1", n)
+		}
+		return nil
+	})
+}
