@@ -118,7 +118,18 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 			continue
 		}
 		replaced := make(chan struct{})
+		// The handler runs on the client's goroutine, which Stop does not
+		// wait for: once follow returned, the reader waits out a handler
+		// still running and the later ones do nothing, so nothing is
+		// counted or logged after the monitor stopped.
+		var handling sync.Mutex
+		stopped := false
 		cc, err := cons.Consume(func(msg jetstream.Msg) {
+			handling.Lock()
+			defer handling.Unlock()
+			if stopped {
+				return
+			}
 			md, err := msg.Metadata()
 			if err != nil {
 				m.handleEvent(msg.Subject(), msg.Data())
@@ -166,6 +177,9 @@ func (m *Monitor) readEvents(ctx context.Context, done func(samples []sample)) e
 			continue
 		}
 		m.follow(ctx, cc, created, replaced, &pos)
+		handling.Lock()
+		stopped = true
+		handling.Unlock()
 		if ctx.Err() != nil {
 			return nil
 		}
