@@ -25,27 +25,37 @@ import (
 	"github.com/candlekeep/candlekeep/services/monitor/sla"
 )
 
-// freshnessEvents reads every freshness.changed in EVENTS with its
-// Nats-Msg-Id.
-func freshnessEvents(t *testing.T, s *system) (evs []candles.FreshnessChanged, ids []string) {
+// eventMsgs reads every kind event EVENTS holds now: exactly as many as
+// are pending (a short fetch timeout would read a loaded machine's slow
+// delivery as "no events").
+func eventMsgs(t *testing.T, s *system, kind string) []jetstream.Msg {
 	t.Helper()
 	ctx := context.Background()
 	cons, err := s.js.OrderedConsumer(ctx, candles.StreamEvents, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{candles.EventSubject(candles.KindFreshnessChanged)}})
+		FilterSubjects: []string{candles.EventSubject(kind)}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Read exactly what the stream holds now (a short fetch timeout would
-	// read a loaded machine's slow delivery as "no events").
 	info, err := cons.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var msgs []jetstream.Msg
 	for n := info.NumPending; n > 0; n-- {
 		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
 		if err != nil {
-			t.Fatalf("read freshness.changed (%d more pending): %v", n, err)
+			t.Fatalf("read %s (%d more pending): %v", kind, n, err)
 		}
+		msgs = append(msgs, msg)
+	}
+	return msgs
+}
+
+// freshnessEvents reads every freshness.changed in EVENTS with its
+// Nats-Msg-Id.
+func freshnessEvents(t *testing.T, s *system) (evs []candles.FreshnessChanged, ids []string) {
+	t.Helper()
+	for _, msg := range eventMsgs(t, s, candles.KindFreshnessChanged) {
 		var ev candles.FreshnessChanged
 		if err := json.Unmarshal(msg.Data(), &ev); err != nil {
 			t.Fatal(err)

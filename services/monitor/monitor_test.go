@@ -678,22 +678,8 @@ func TestRestartBeforeTheOwnerAnswersKeepsTheAlert(t *testing.T) {
 // holds for the rule alert.
 func alertEvents(t *testing.T, s *system, kind, alert string) int {
 	t.Helper()
-	ctx := context.Background()
-	cons, err := s.js.OrderedConsumer(ctx, candles.StreamEvents, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{candles.EventSubject(kind)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for left := info.NumPending; left > 0; left-- {
-		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-		if err != nil {
-			t.Fatalf("read %s (%d more pending): %v", kind, left, err)
-		}
+	for _, msg := range eventMsgs(t, s, kind) {
 		var ev candles.AlertEvent
 		if err := json.Unmarshal(msg.Data(), &ev); err != nil {
 			t.Fatal(err)
