@@ -159,11 +159,15 @@ func TestShortCommandsTakeCredentials(t *testing.T) {
 	hr := healthReport(candles.CheckOK)
 	fakeMonitor{health: func() candles.HealthReport { return hr },
 		status: func() candles.StatusReport { return candles.StatusReport{V: 1, At: reportAt} }}.serve(t, userConn(natsauth.UserMonitor))
-	w, err := micro.AddService(userConn(natsauth.UserWriter), micro.Config{Name: "candlekeep-writer", Version: "1.0.0"})
+	wc := userConn(natsauth.UserWriter)
+	w, err := micro.AddService(wc, micro.Config{Name: "candlekeep-writer", Version: "1.0.0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = w.Stop() })
+	if err := wc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 
 	envOf := func(kv ...string) env {
 		return func(k string) (string, bool) {

@@ -44,6 +44,11 @@ func (f fakeMonitor) serve(t *testing.T, nc *nats.Conn) {
 			t.Fatal(err)
 		}
 	}
+	// The server has the endpoints' subscriptions before a command on
+	// another connection asks (else: no responders, now and then).
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // runCmd runs the binary's command in-process with no environment.
