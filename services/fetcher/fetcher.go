@@ -264,16 +264,13 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("register micro service: %w", err)
 	}
 	defer svc.Stop()
-	if err := f.openState(ctx); err != nil {
-		return err
-	}
-	// The sync endpoint once the state is open: a request before that finds
-	// no responder (on a loaded R3 cluster opening the buckets takes
-	// seconds) rather than a half-started fetcher refusing it.
 	if err := svc.AddEndpoint("sync", micro.HandlerFunc(f.handleSyncAPI),
 		micro.WithEndpointSubject(candles.SubjectAPISync),
 		micro.WithEndpointMetadata(map[string]string{"description": "validate and queue a sync request; replies {run_id, pairs}"})); err != nil {
 		return fmt.Errorf("register sync endpoint: %w", err)
+	}
+	if err := f.openState(ctx); err != nil {
+		return err
 	}
 	f.readWeightLimit(ctx)
 	cfg := f.settings()
