@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -237,10 +238,17 @@ func (e *events) waitMatch(t testing.TB, kind string, timeout time.Duration, v a
 // requestSync sends a request to candles.api.sync and returns the accepted run.
 func requestSync(t testing.TB, nc *nats.Conn, body string) candles.SyncAccepted {
 	t.Helper()
-	msg, err := nc.Request(candles.SubjectAPISync, []byte(body), 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A fetcher serves the endpoint once its buckets are open: a process
+	// just started may not answer yet.
+	var msg *nats.Msg
+	checkfor.Check(t, 30*time.Second, 100*time.Millisecond, func() error {
+		var err error
+		msg, err = nc.Request(candles.SubjectAPISync, []byte(body), 10*time.Second)
+		if err != nil && !errors.Is(err, nats.ErrNoResponders) {
+			t.Fatal(err)
+		}
+		return err
+	})
 	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
 		t.Fatalf("sync refused: %s %s", code, msg.Header.Get("Nats-Service-Error"))
 	}

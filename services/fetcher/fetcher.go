@@ -193,6 +193,10 @@ type Fetcher struct {
 	locks    *pairLocks
 	progress *progressStore
 	runCtx   context.Context
+	// stateOpen is closed once openState set board, locks and progress:
+	// a sync request that arrives before (the endpoint is served from the
+	// start) waits for it rather than racing it.
+	stateOpen chan struct{}
 	// heal keeps the streams, consumers and buckets above in place.
 	heal *healer
 	// banRewatch restarts the board's watch of the ban after the healer
@@ -223,6 +227,7 @@ func New(o Options) (*Fetcher, error) {
 		api:        binance.New(o.BinanceURL, hc),
 		pacer:      newPacer(o.WeightLimit, time.Minute, klinesWeight*o.Concurrency, o.Now),
 		banRewatch: make(chan struct{}, 1),
+		stateOpen:  make(chan struct{}),
 		id:         fetcherID(),
 	}
 	f.clock.now = o.Now
@@ -272,6 +277,7 @@ func (f *Fetcher) Run(ctx context.Context) (err error) {
 	if err := f.openState(ctx); err != nil {
 		return err
 	}
+	close(f.stateOpen)
 	f.readWeightLimit(ctx)
 	cfg := f.settings()
 	f.log.Info("fetcher started", "binance_url", candles.RedactURL(f.o.BinanceURL), "symbols", len(cfg.Symbols),

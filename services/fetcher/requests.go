@@ -32,7 +32,13 @@ func (f *Fetcher) handleSyncAPI(req micro.Request) {
 	// A request is accepted only for a run that can start: every stream,
 	// consumer and bucket is in place (or was just recreated).
 	rctx, rcancel := context.WithTimeout(f.runCtx, 10*time.Second)
-	err = f.heal.ready(rctx)
+	select {
+	case <-f.stateOpen:
+		err = f.heal.ready(rctx)
+	case <-rctx.Done():
+		// On a busy R3 cluster opening the buckets can take seconds.
+		err = fmt.Errorf("%w: still starting (opening its buckets); ask again", errUnavailable)
+	}
 	rcancel()
 	if err != nil {
 		msg := strings.TrimPrefix(err.Error(), errUnavailable.Error()+": ")
