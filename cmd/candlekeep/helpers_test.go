@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -238,14 +239,18 @@ func (e *events) waitMatch(t testing.TB, kind string, timeout time.Duration, v a
 // requestSync sends a request to candles.api.sync and returns the accepted run.
 func requestSync(t testing.TB, nc *nats.Conn, body string) candles.SyncAccepted {
 	t.Helper()
-	// A fetcher serves the endpoint once its buckets are open: a process
-	// just started may not answer yet.
+	// A fetcher just started may not answer yet, or answer that it is
+	// still opening its buckets (a fresh cluster): ask again, as its
+	// answer says.
 	var msg *nats.Msg
-	checkfor.Check(t, 30*time.Second, 100*time.Millisecond, func() error {
+	checkfor.Check(t, time.Minute, 100*time.Millisecond, func() error {
 		var err error
-		msg, err = nc.Request(candles.SubjectAPISync, []byte(body), 10*time.Second)
+		msg, err = nc.Request(candles.SubjectAPISync, []byte(body), 15*time.Second)
 		if err != nil && !errors.Is(err, nats.ErrNoResponders) {
 			t.Fatal(err)
+		}
+		if err == nil && msg.Header.Get("Nats-Service-Error-Code") == "503" && strings.HasPrefix(msg.Header.Get("Nats-Service-Error"), "still starting") {
+			return errors.New(msg.Header.Get("Nats-Service-Error"))
 		}
 		return err
 	})
