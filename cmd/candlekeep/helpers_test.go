@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -249,7 +248,7 @@ func requestSync(t testing.TB, nc *nats.Conn, body string) candles.SyncAccepted 
 		if err != nil && !errors.Is(err, nats.ErrNoResponders) {
 			t.Fatal(err)
 		}
-		if err == nil && msg.Header.Get("Nats-Service-Error-Code") == "503" && strings.HasPrefix(msg.Header.Get("Nats-Service-Error"), "still starting") {
+		if err == nil && msg.Header.Get("Nats-Service-Error-Code") == "503" && msg.Header.Get("Nats-Service-Error") == fetcher.StillStarting {
 			return errors.New(msg.Header.Get("Nats-Service-Error"))
 		}
 		return err

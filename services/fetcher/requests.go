@@ -17,6 +17,10 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/candles"
 )
 
+// StillStarting is the 503 message of a sync request that came while the
+// fetcher was still opening its buckets.
+const StillStarting = "still starting (opening its buckets); ask again"
+
 // handleSyncAPI serves candles.api.sync: it validates the request, queues it
 // on the SYNC stream with a fresh run_id and answers {run_id, pairs}.
 func (f *Fetcher) handleSyncAPI(req micro.Request) {
@@ -37,7 +41,7 @@ func (f *Fetcher) handleSyncAPI(req micro.Request) {
 		err = f.heal.ready(rctx)
 	case <-rctx.Done():
 		// On a busy R3 cluster opening the buckets can take seconds.
-		err = fmt.Errorf("%w: still starting (opening its buckets); ask again", errUnavailable)
+		err = fmt.Errorf("%w: %s", errUnavailable, StillStarting)
 	}
 	rcancel()
 	if err != nil {

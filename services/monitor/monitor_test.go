@@ -428,15 +428,7 @@ func TestRestartReplaysTheLastHour(t *testing.T) {
 
 	var rec backfillRecorder
 	second := startMonitor(t, s, nil, nil, rec.wrap)
-	checkfor.Check(t, waitFor, pollGap, func() error {
-		if ok, why := second.m.ready(); !ok {
-			return fmt.Errorf("not ready: %s", why)
-		}
-		if v, _ := value(second.metrics(t), "candlekeep_ratelimit_hits_total"); v != 3 {
-			return fmt.Errorf("restarted monitor counts %v hits", v)
-		}
-		return nil
-	})
+	waitReplayed(t, second, 3)
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	// One sample a minute over the replayed hour: 0 an hour ago, every hit
@@ -466,6 +458,21 @@ func TestRestartReplaysTheLastHour(t *testing.T) {
 	}
 }
 
+// waitReplayed waits until r is ready (its replay done) and counts hits
+// rate-limit hits.
+func waitReplayed(t *testing.T, r *running, hits float64) {
+	t.Helper()
+	checkfor.Check(t, waitFor, pollGap, func() error {
+		if ok, why := r.m.ready(); !ok {
+			return fmt.Errorf("not ready: %s", why)
+		}
+		if v, _ := value(r.metrics(t), "candlekeep_ratelimit_hits_total"); v != hits {
+			return fmt.Errorf("the monitor counts %v rate-limit hits, want %v", v, hits)
+		}
+		return nil
+	})
+}
+
 // TestReplayWithAClockBehindTheServer: the server stamps the events; a
 // monitor whose clock is a month behind still replays one hour (a sample a
 // minute up to its now), not one sample per minute of the difference
@@ -477,15 +484,7 @@ func TestReplayWithAClockBehindTheServer(t *testing.T) {
 	clock := testclock.New(time.Now().Add(-30 * 24 * time.Hour))
 	var rec backfillRecorder
 	r := startMonitor(t, s, clock, nil, rec.wrap)
-	checkfor.Check(t, waitFor, pollGap, func() error {
-		if ok, why := r.m.ready(); !ok {
-			return fmt.Errorf("not ready: %s", why)
-		}
-		if v, _ := value(r.metrics(t), "candlekeep_ratelimit_hits_total"); v != 1 {
-			return fmt.Errorf("monitor counts %v hits, want 1", v)
-		}
-		return nil
-	})
+	waitReplayed(t, r, 1)
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	// The clock stands still: samples from an hour back up to the minute
