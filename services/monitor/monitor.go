@@ -283,6 +283,18 @@ func (m *Monitor) Run(ctx context.Context) error {
 			m.log.Debug("stop micro service", "err", err)
 		}
 	}()
+	adv, err := m.watchAdvisories()
+	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return err
+	}
+	defer func() {
+		if err := adv.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			m.log.Debug("unsubscribe advisories", "err", err)
+		}
+	}()
 
 	replayed, asked := make(chan struct{}), make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
@@ -295,7 +307,6 @@ func (m *Monitor) Run(ctx context.Context) error {
 			close(replayed)
 		})
 	})
-	g.Go(func() error { return m.watchAdvisories(gctx) })
 	g.Go(func() error { return disp.Run(gctx) })
 	if auditor != nil {
 		g.Go(func() error { m.runAuditor(gctx, auditor); return nil })

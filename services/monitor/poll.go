@@ -3,7 +3,6 @@ package monitor
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -225,8 +224,9 @@ func (m *Monitor) consumerInfos(ctx context.Context) []consumerState {
 // reached its MaxDeliver: $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>.
 const maxDeliveriesPrefix = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
 
-// watchAdvisories counts MAX_DELIVERIES advisories until ctx ends.
-func (m *Monitor) watchAdvisories(ctx context.Context) error {
+// watchAdvisories counts MAX_DELIVERIES advisories until the returned
+// subscription is ended.
+func (m *Monitor) watchAdvisories() (*nats.Subscription, error) {
 	sub, err := m.o.Conn.Subscribe(maxDeliveriesPrefix+">", func(msg *nats.Msg) {
 		rest := strings.TrimPrefix(msg.Subject, maxDeliveriesPrefix)
 		stream, consumer, ok := strings.Cut(rest, ".")
@@ -239,11 +239,12 @@ func (m *Monitor) watchAdvisories(ctx context.Context) error {
 		m.log.Warn("a message reached its max deliveries", "stream", stream, "consumer", consumer)
 	})
 	if err != nil {
-		return fmt.Errorf("subscribe to max-deliveries advisories: %w", err)
+		return nil, fmt.Errorf("subscribe to max-deliveries advisories: %w", err)
 	}
-	<-ctx.Done()
-	if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		m.log.Debug("unsubscribe advisories", "err", err)
+	// The server has the subscription before the monitor says it is
+	// listening (an advisory sent just after is not missed).
+	if err := m.o.Conn.FlushTimeout(maxPollTimeout); err != nil {
+		m.log.Debug("flush the advisories subscription", "err", err)
 	}
-	return nil
+	return sub, nil
 }
