@@ -265,12 +265,20 @@ func (id *fileIdentity) gone() error {
 	if err == nil && !os.SameFile(fi, id.fi) {
 		return fmt.Errorf("the database file %s was replaced by another file while open", id.path)
 	}
-	if err == nil && fi.Size() < id.fi.Size() {
-		return fmt.Errorf("the database file %s was truncated from %d to %d bytes while open", id.path, id.fi.Size(), fi.Size())
+	if err != nil {
+		return nil
 	}
-	if err == nil {
-		id.fi = fi
-		return shortOfHeader(id.path)
+	if err := id.shrunk(fi); err != nil {
+		return err
+	}
+	id.fi = fi
+	return id.shortOfHeader()
+}
+
+// shrunk reports fi smaller than the file at the last look.
+func (id *fileIdentity) shrunk(fi os.FileInfo) error {
+	if fi.Size() < id.fi.Size() {
+		return fmt.Errorf("the database file %s was truncated from %d to %d bytes while open", id.path, id.fi.Size(), fi.Size())
 	}
 	return nil
 }
@@ -289,14 +297,20 @@ const (
 // A checkpoint in progress (the writer's own, or another connection's)
 // writes page 1, with the new page count, before the pages that grow the
 // file: for that moment a sound file looks short. So a short file counts
-// only when it is short at every one of ten looks over two seconds.
-func shortOfHeader(path string) error {
+// only when it is short at every one of ten looks over two seconds; a file
+// that shrinks meanwhile was cut, and is reported at once.
+func (id *fileIdentity) shortOfHeader() error {
 	var err error
 	for i := range shortConfirmTries {
 		if i > 0 {
 			time.Sleep(shortConfirmWait)
+			if fi, err := os.Stat(id.path); err == nil {
+				if err := id.shrunk(fi); err != nil {
+					return err
+				}
+			}
 		}
-		if err = shortOnce(path); err == nil {
+		if err = shortOnce(id.path); err == nil {
 			return nil
 		}
 	}
