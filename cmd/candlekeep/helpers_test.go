@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,16 +24,26 @@ import (
 	"github.com/candlekeep/candlekeep/pkg/checkfor"
 	"github.com/candlekeep/candlekeep/pkg/natsauth"
 	"github.com/candlekeep/candlekeep/pkg/sim"
+	"github.com/candlekeep/candlekeep/pkg/testlog"
 	"github.com/candlekeep/candlekeep/services/fetcher"
 	"github.com/candlekeep/candlekeep/services/writer"
 )
 
-// testLogger writes to the test log only with -v, so failures stay readable.
+// testLogger writes to stderr with -v; otherwise it keeps the lines and
+// prints them only if the test fails (the last 400 lines, most recent last),
+// so a failure under make test says what the services were doing.
 func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	logs := &testlog.Buffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			lines := strings.Split(strings.TrimRight(logs.String(), "\n"), "\n")
+			t.Logf("logs (last %d lines):\n%s", min(len(lines), 400), strings.Join(lines[max(0, len(lines)-400):], "\n"))
+		}
+	})
+	return slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // startSim serves a simulator on 127.0.0.1.

@@ -130,10 +130,13 @@ func TestCatchUpAfterDowntimeFillsEveryCandle(t *testing.T) {
 	s.SetClock(func() time.Time { return later })
 	t.Run("second start", func(t *testing.T) {
 		since := time.Now()
-		// Three days later for the writer too: it refuses candles that
-		// close after its clock ("candle in the future").
-		wo := writer.DefaultOptions()
-		wo.Now = func() time.Time { return later.Add(time.Since(now)) }
+		// Three days later for the writer and the fetcher too: the writer
+		// refuses candles that close after its clock ("candle in the
+		// future"), and times out a run whose deadline, set by the
+		// fetcher's clock, is behind its own.
+		clock := func() time.Time { return later.Add(time.Since(now)) }
+		wo, fo := writer.DefaultOptions(), fo
+		wo.Now, fo.Now = clock, clock
 		natsURL := startUpConfig(t, upConfig{DataDir: dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo, Writer: wo}, testLogger(t))
 		ev := watchEventsSince(t, connect(t, natsURL), since)
 		var done candles.SyncCompleted
