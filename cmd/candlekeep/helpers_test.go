@@ -36,6 +36,12 @@ func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
+	return slog.New(slog.NewTextHandler(logsOnFailure(t), &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// logsOnFailure is a buffer for a test's service logs, printed (the last
+// 400 lines) only if the test fails.
+func logsOnFailure(t testing.TB) *testlog.Buffer {
 	logs := &testlog.Buffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -43,7 +49,7 @@ func testLogger(t testing.TB) *slog.Logger {
 			t.Logf("logs (last %d lines):\n%s", min(len(lines), 400), strings.Join(lines[max(0, len(lines)-400):], "\n"))
 		}
 	})
-	return slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return logs
 }
 
 // startSim serves a simulator on 127.0.0.1.

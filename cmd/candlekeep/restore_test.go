@@ -52,7 +52,7 @@ func newRestoreRig(t *testing.T, bc backupConfig) *restoreRig {
 	t.Helper()
 	clock := testclock.New(exchangeNow)
 	s, simURL := startSim(t, sim.Options{Now: clock.Now})
-	r := &restoreRig{t: t, sim: s, dataDir: t.TempDir(), logs: &lockedBuffer{}}
+	r := &restoreRig{t: t, sim: s, dataDir: t.TempDir(), logs: logsOnFailure(t)}
 	r.dbPath = filepath.Join(r.dataDir, databaseFile)
 	fo := testFetcherOptions(simURL)
 	fo.Symbols, fo.Intervals = restorePair, []string{"1h"}
@@ -74,11 +74,6 @@ func newRestoreRig(t *testing.T, bc backupConfig) *restoreRig {
 	cfg := upConfig{DataDir: r.dataDir, NATSListen: "127.0.0.1:-1", Fetcher: fo, Writer: wo, Backup: bc}
 	r.url = startUpConfig(t, cfg, slog.New(slog.NewJSONHandler(r.logs, nil)))
 	r.ev = watchEvents(t, connect(t, r.url))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s", r.logs.String())
-		}
-	})
 	return r
 }
 
